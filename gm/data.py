@@ -1,0 +1,242 @@
+"""In-memory datasets with a deterministic, resumable batch order.
+
+Every dataset lives in host memory as NumPy arrays (CIFAR-10 train is 150 MB of uint8), so a batch is
+a fancy-index away and its contents are a pure function of `(seed, step)`:
+
+* Images are `{'image': uint8[N, H, W, C], 'label': int32[N]}` holding integer levels
+  `0 .. 2**num_bits - 1` at the dataset's own bit depth (8 for MNIST and CIFAR-10, 4 for the 8x8
+  digits). Nothing here scales, centres or dequantizes: each model family does that for itself, so
+  one pipeline serves all of them. `DatasetInfo.num_bits` is the ONE bit depth that bits/dim is
+  measured at (a discrete model's log-likelihood over `2**num_bits` levels per sub-pixel).
+* 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode the point
+  was drawn from), `num_bits=None`.
+
+`train_batch(step=s)` returns what an uninterrupted run saw at step `s`, so resuming needs only the step
+and the seed. Examples are visited in a fresh permutation per epoch, batches run straight across epoch
+boundaries, and every process takes its contiguous share of the one global batch.
+`eval_batches` walks a split in fixed order with a constant batch shape and a validity `mask`.
+
+The sklearn digits and the toys are always available offline; MNIST and CIFAR-10 come through TFDS,
+which (and with it TensorFlow) is imported only when one of them is asked for.
+"""
+import dataclasses
+import functools
+import math
+from typing import Iterator
+
+import numpy as np
+
+DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25')
+
+
+class DataError(ValueError):
+    """A data problem the user can fix; the message is one sentence naming the config field or fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    shape: tuple[int, ...]  # (H, W, C) for images; (2,) for 2-D toys
+    num_bits: int | None  # bits per sub-pixel; None for continuous toys
+    num_classes: int
+    num_train: int
+    num_test: int
+
+    @property
+    def num_dims(self) -> int:
+        """Scalars per example, the denominator of bits/dim."""
+        return math.prod(self.shape)
+
+    @property
+    def num_levels(self) -> int | None:
+        """Distinct values per sub-pixel (`2**num_bits`), or None for continuous data."""
+        return None if self.num_bits is None else 2**self.num_bits
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    info: DatasetInfo
+    train: dict[str, np.ndarray]
+    test: dict[str, np.ndarray]
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    a.setflags(write=False)  # shared arrays: a stray in-place edit would corrupt every later batch
+    return a
+
+
+def _make(name: str, shape: tuple[int, ...], num_bits: int | None, num_classes: int,
+          train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> Dataset:
+    """Freezes the arrays and derives the split sizes."""
+    train = {k: _readonly(v) for k, v in train.items()}
+    test = {k: _readonly(v) for k, v in test.items()}
+    info = DatasetInfo(name, tuple(shape), num_bits, num_classes,
+                       len(train['label']), len(test['label']))
+    return Dataset(info, train, test)
+
+
+# --- sklearn digits: 1,797 real 8x8 images, the offline dataset --------------------------------------
+
+_DIGITS_NUM_TEST = 360
+
+
+def _load_digits() -> Dataset:
+    from sklearn.datasets import load_digits  # lazy: sklearn costs a second or two to import
+    raw = load_digits()
+    # Values are 0..16 (17 levels, pen counts over 4x4 blocks); 16 merges into 15 so the data is exactly
+    # 4-bit and every model sees 16 levels.
+    images = np.minimum(raw.images, 15).astype(np.uint8)[..., None]  # [1797, 8, 8, 1]
+    labels = raw.target.astype(np.int32)
+    # The split is part of the dataset, never of a run: seed 0, whatever the run's seed.
+    perm = np.random.default_rng(0).permutation(len(labels))
+    test, train = perm[:_DIGITS_NUM_TEST], perm[_DIGITS_NUM_TEST:]
+    return _make('digits', (8, 8, 1), 4, 10,
+                 {'image': images[train], 'label': labels[train]},
+                 {'image': images[test], 'label': labels[test]})
+
+
+# --- 2-D Gaussian mixtures (the unrolled-GAN / VEEGAN mode-coverage benchmarks) ---------------------
+
+TOY_STD = 0.02
+_ANGLES = 2 * np.pi * np.arange(8) / 8
+TOY_MODES: dict[str, np.ndarray] = {
+    'ring8': _readonly(np.stack([2 * np.cos(_ANGLES), 2 * np.sin(_ANGLES)], 1).astype(np.float32)),
+    'grid25': _readonly(np.array([(x, y) for x in range(-4, 5, 2) for y in range(-4, 5, 2)],
+                                 np.float32)),
+}
+_TOY_NUM_TRAIN, _TOY_NUM_TEST = 50_000, 10_000
+
+
+def _toy_split(modes: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """n points from the equal-weight mixture: {'x': float32[n, 2], 'label': int32[n] mode index}."""
+    label = rng.integers(len(modes), size=n).astype(np.int32)
+    x = modes[label] + TOY_STD * rng.standard_normal((n, 2))
+    return {'x': x.astype(np.float32), 'label': label}
+
+
+def _load_toy(name: str) -> Dataset:
+    modes = TOY_MODES[name]
+    rng = np.random.default_rng([DATASETS.index(name), 2024])  # fixed: the data never depends on a run
+    train = _toy_split(modes, _TOY_NUM_TRAIN, rng)
+    test = _toy_split(modes, _TOY_NUM_TEST, rng)
+    return _make(name, (2,), None, len(modes), train, test)
+
+
+# --- MNIST / CIFAR-10 through TFDS ------------------------------------------------------------------
+
+_TFDS = {'mnist': ('MNIST', (28, 28, 1)), 'cifar10': ('CIFAR-10', (32, 32, 3))}
+
+
+def _load_tfds(name: str, data_dir: str | None) -> Dataset:
+    import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
+    title, shape = _TFDS[name]
+    # What `tfds.load(..., download=True)` does, split in two so that only the download sits inside
+    # the broad `except` below (reading a prepared dataset that fails should fail loudly).
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        # The download boundary, caught broadly on purpose: offline it is a requests ConnectionError
+        # (after ~3 minutes of TFDS retries), but SSL, checksum, disk and missing-package failures
+        # mean the same to the user: the data cannot be had here. The cause rides along in brackets.
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # pylint: disable=broad-except
+            cause = f'{type(e).__name__}: {e}'.splitlines()[0][:160]
+            raise DataError(
+                f'{title} is not prepared in {builder.data_dir_root} and cannot be downloaded '
+                f'({cause}): run `tfds build {name} --data_dir=DIR` once on a machine with network '
+                f'and pass --config.data.data_dir=DIR, or use --config.data.name=digits to run '
+                'offline.') from None
+    # batch_size=-1: each split as one batch of NumPy arrays (TFDS sizes it from the prepared metadata).
+    train, test = tfds.as_numpy(builder.as_dataset(split=['train', 'test'], batch_size=-1))
+
+    def arrays(split):  # keep only image and label (CIFAR-10 also carries string ids)
+        return {'image': np.asarray(split['image'], np.uint8),
+                'label': np.asarray(split['label'], np.int32)}
+
+    return _make(name, shape, 8, 10, arrays(train), arrays(test))
+
+
+def load(name: str, *, data_dir: str | None = None) -> Dataset:
+    """Loads dataset `name` (one of DATASETS) whole into memory; `data_dir` is the TFDS data dir."""
+    if name == 'digits':
+        return _load_digits()
+    if name in TOY_MODES:
+        return _load_toy(name)
+    if name in _TFDS:
+        return _load_tfds(name, data_dir)
+    raise DataError(f'Unknown dataset {name!r} in config.data.name: use one of {", ".join(DATASETS)}.')
+
+
+# --- batching -----------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=4)  # a batch touches at most two epochs; a couple spare for train+eval use
+def _permutation(n: int, seed: int, epoch: int) -> np.ndarray:
+    """Epoch `epoch`'s order: int64[n], a permutation of 0..n-1, a pure function of its arguments."""
+    return _readonly(np.random.default_rng([seed, epoch]).permutation(n))
+
+
+def _process_rows(batch_size: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[lo, hi): this process's contiguous rows of the global batch."""
+    if batch_size <= 0 or batch_size % process_count:
+        raise DataError(f'config.train.batch_size={batch_size} must be a positive multiple of the '
+                        f'{process_count} processes, so that every process gets an equal share.')
+    if not 0 <= process_index < process_count:
+        raise DataError(f'process_index={process_index} is outside 0..{process_count - 1}.')
+    per_process = batch_size // process_count
+    return process_index * per_process, (process_index + 1) * per_process
+
+
+_FLIP_STREAM = 0x666C6970  # 'flip': keeps the flip coins independent of the epoch permutations
+
+
+def _flip_mask(seed: int, step: int, batch_size: int) -> np.ndarray:
+    """bool[batch_size] over the GLOBAL batch: which examples of step `step` get mirrored."""
+    return np.random.default_rng([seed, step, _FLIP_STREAM]).random(batch_size) < 0.5
+
+
+def train_batch(ds: Dataset, *, step: int, batch_size: int, seed: int, process_index: int = 0,
+                process_count: int = 1, random_flip: bool = False) -> dict[str, np.ndarray]:
+    """This process's share of global training batch `step`: arrays with leading dim batch_size/P.
+
+    Global example g = step*batch_size + row lives in epoch g // N at offset g % N of that epoch's
+    permutation, so the batch depends only on (seed, step) and a resumed run sees exactly what an
+    uninterrupted one would. `random_flip` mirrors images horizontally with probability 1/2, decided
+    over the global batch so it does not depend on the number of processes.
+    """
+    lo, hi = _process_rows(batch_size, process_index, process_count)
+    n = len(ds.train['label'])
+    g = step * batch_size + np.arange(lo, hi, dtype=np.int64)
+    epoch, offset = np.divmod(g, n)
+    index = np.empty_like(g)
+    for e in np.unique(epoch):  # one or two epochs, unless the batch is bigger than the dataset
+        rows = epoch == e
+        index[rows] = _permutation(n, seed, int(e))[offset[rows]]
+    batch = {k: v[index] for k, v in ds.train.items()}
+    if random_flip:
+        if 'image' not in batch:
+            raise DataError(f'random_flip needs images but {ds.info.name!r} has none: set '
+                            'config.data.random_flip=False.')
+        flip = _flip_mask(seed, step, batch_size)[lo:hi]
+        batch['image'] = np.where(flip[:, None, None, None], batch['image'][:, :, ::-1],
+                                  batch['image'])
+    return batch
+
+
+def eval_batches(ds: Dataset, *, batch_size: int, split: str = 'test', process_index: int = 0,
+                 process_count: int = 1, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """This process's shares of the global batches of `split`, in fixed order, each of one shape.
+
+    The last global batch is padded to batch_size by repeating the split's first rows; every batch
+    carries 'mask': bool[batch_size/P], True for real examples, so each example counts exactly once.
+    `limit` evaluates only the first `limit` examples.
+    """
+    if split not in ('train', 'test'):
+        raise DataError(f"split={split!r} must be 'train' or 'test'.")
+    data = getattr(ds, split)
+    lo, hi = _process_rows(batch_size, process_index, process_count)
+    n = len(data['label']) if limit is None else min(limit, len(data['label']))
+    for start in range(0, n, batch_size):
+        g = start + np.arange(lo, hi, dtype=np.int64)
+        mask = g < n
+        index = np.where(mask, g, (g - n) % n)  # padding rows: 0, 1, 2, ... of the split
+        yield {**{k: v[index] for k, v in data.items()}, 'mask': mask}

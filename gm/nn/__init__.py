@@ -1,0 +1,24 @@
+"""Neural network architectures and their building blocks."""
+from gm.nn.layers import (
+    AttnBlock,
+    Downsample,
+    GroupNorm,
+    ResnetBlock,
+    Upsample,
+    default_init,
+    num_groups,
+    timestep_embedding,
+)
+from gm.nn.unet import UNet
+
+__all__ = [
+    "AttnBlock",
+    "Downsample",
+    "GroupNorm",
+    "ResnetBlock",
+    "UNet",
+    "Upsample",
+    "default_init",
+    "num_groups",
+    "timestep_embedding",
+]

@@ -1,0 +1,173 @@
+"""Data parallelism: the ONLY module of gm that names devices, meshes or axis names.
+
+Models and losses are written for one global batch. A `Strategy` turns a train step written that way
+into a data-parallel one:
+
+- `sharded` (default): one jit over a 1-D Mesh of every device of every process; the batch is split
+  along its first axis (NamedSharding P('batch')), the state is replicated, and XLA inserts the
+  gradient all-reduce. It computes exactly what one device would with the same key.
+- `pmap`: the per-device API many JAX research codebases use. Each device runs the step on its slice
+  with its own key, fold_in(key, device index), and gradients and metrics are averaged with
+  `lax.pmean`, so it equals the single-device step over the same per-device slices and keys.
+
+Multi-host: `initialize_distributed` calls `jax.distributed.initialize` when asked; afterwards each
+process feeds its own share of the global batch and both strategies span all processes.
+"""
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXIS = "batch"
+STRATEGIES = ("sharded", "pmap")
+
+
+def initialize_distributed(enabled=False):
+    """Start multi-process JAX when `enabled` or the environment asks for it (GM_DISTRIBUTED=1).
+
+    The coordinator address, process count and id come from the usual JAX environment variables or the
+    cluster auto-detection of `jax.distributed.initialize` (SLURM, TPU pods, ...).
+    """
+    if enabled or os.environ.get("GM_DISTRIBUTED", "") == "1":
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()
+
+
+def process_index():
+    return jax.process_index()
+
+
+def process_count():
+    return jax.process_count()
+
+
+def check_batch_size(batch_size, field="config.train.batch_size"):
+    """Raise one clear sentence unless the global batch splits evenly over every device."""
+    n = jax.device_count()
+    if batch_size <= 0 or batch_size % n:
+        raise ValueError(f"{field}={batch_size} must be a positive multiple of the {n} devices "
+                         f"({jax.process_count()} process(es)); set it to a multiple of {n}.")
+
+
+def data_mesh():
+    """A 1-D mesh over every device of every process, axis name 'batch'."""
+    return Mesh(np.asarray(jax.devices()), (BATCH_AXIS,))
+
+
+def batch_sharding():
+    return NamedSharding(data_mesh(), P(BATCH_AXIS))
+
+
+def replicated_sharding():
+    return NamedSharding(data_mesh(), P())
+
+
+def replicate(tree):
+    """Place a pytree (numpy or single-device arrays, equal on every process) replicated on all devices."""
+    return jax.device_put(tree, replicated_sharding())
+
+
+def shard_batch(local_batch):
+    """This process's rows of the global batch -> global arrays split along axis 0 over all devices."""
+    sharding = batch_sharding()
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+                        local_batch)
+
+
+class Strategy(NamedTuple):
+    """How state and batches live on devices and how a step is compiled.
+
+    put_state(state) -> device state;  get_state(device state) -> one replicated global copy (for
+    checkpoints, sampling and evaluation);  put_batch(local numpy batch) -> device batch;
+    compile_step(step) -> compiled (state, batch, key) -> (state, metrics), where `step` takes a
+    keywords `reduce_fn` and `device_key_fn`; the metrics are equal on every device: read them with `host_scalars`.
+    """
+    name: str
+    put_state: Callable[[Any], Any]
+    get_state: Callable[[Any], Any]
+    put_batch: Callable[[Any], Any]
+    compile_step: Callable[[Callable], Callable]
+
+
+def _sharded():
+    def compile_step(step):
+        rep, data = replicated_sharding(), batch_sharding()
+        return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
+
+    return Strategy("sharded", put_state=replicate, get_state=lambda s: s, put_batch=shard_batch,
+                    compile_step=compile_step)
+
+
+def _pmap():
+    n_local = jax.local_device_count()
+
+    def put_state(state):
+        return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n_local,) + np.shape(x)), state)
+
+    def get_state(state):
+        return replicate(jax.tree.map(lambda x: np.asarray(x[0]), state))
+
+    def put_batch(local_batch):
+        return jax.tree.map(lambda x: np.reshape(x, (n_local, -1) + x.shape[1:]), local_batch)
+
+    def compile_step(step):
+        def per_device(state, batch, key):
+            return step(state, batch, key, reduce_fn=lambda t: jax.lax.pmean(t, BATCH_AXIS),
+                        device_key_fn=lambda k: jax.random.fold_in(k, jax.lax.axis_index(BATCH_AXIS)))
+
+        return jax.pmap(per_device, axis_name=BATCH_AXIS, in_axes=(0, 0, None), donate_argnums=0)
+
+    return Strategy("pmap", put_state=put_state, get_state=get_state, put_batch=put_batch,
+                    compile_step=compile_step)
+
+
+def make_strategy(name):
+    """'sharded' or 'pmap' -> Strategy."""
+    if name == "sharded":
+        return _sharded()
+    if name == "pmap":
+        return _pmap()
+    raise ValueError(f"Unknown config.parallel.strategy {name!r}; use one of {STRATEGIES}.")
+
+
+def jit_sampler(sample_fn, num):
+    """jit (params, key) -> sample_fn(params, key, num), the samples split over devices when num allows.
+
+    XLA partitions the whole sampling loop along the sample axis, so every device draws its share.
+    """
+    out = batch_sharding() if num % jax.device_count() == 0 else replicated_sharding()
+    return jax.jit(lambda params, key: sample_fn(params, key, num), out_shardings=out)
+
+
+def jit_per_example(fn):
+    """jit fn(params, key, batch) -> [B] with the batch and the result split over devices.
+
+    For evaluation under either strategy; `params` come from `Strategy.get_state`.
+    """
+    rep, data = replicated_sharding(), batch_sharding()
+    return jax.jit(fn, in_shardings=(rep, rep, data), out_shardings=data)
+
+
+def to_host(tree):
+    """Fetch a pytree of (possibly multi-process) global arrays as numpy on every process."""
+    from jax.experimental import multihost_utils
+
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def host_scalars(tree):
+    """Scalars of a pytree of replicated (or per-device) arrays -> Python floats, read from this
+    process's first shard so it works across processes without a collective."""
+    return jax.tree.map(lambda x: float(np.asarray(x.addressable_shards[0].data).reshape(-1)[0]), tree)
+
+
+def sync(name):
+    """Barrier across processes (no-op for one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)

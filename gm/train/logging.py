@@ -1,0 +1,71 @@
+"""What a run writes for people: metrics.jsonl, TensorBoard events and PNG sample grids.
+
+Only process 0 writes; the other processes get writers that do nothing, so callers never branch.
+"""
+import json
+import math
+import os
+import time
+
+import numpy as np
+from PIL import Image
+
+
+def image_grid(images, ncol=None, pad=1, min_cell=32):
+    """uint8 [N, H, W, C] in [0, 255] -> one uint8 [rows, cols, C] grid, cells upscaled (nearest) so
+    small images (8x8 digits) stay visible; C is 1 or 3."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"image_grid expects uint8 [N, H, W, C], got {images.dtype} {images.shape}.")
+    n, h, w, c = images.shape
+    up = max(1, math.ceil(min_cell / max(h, w)))
+    images = images.repeat(up, axis=1).repeat(up, axis=2)
+    h, w = h * up, w * up
+    ncol = ncol or math.ceil(math.sqrt(n))
+    nrow = math.ceil(n / ncol)
+    grid = np.full((nrow * (h + pad) + pad, ncol * (w + pad) + pad, c), 255, np.uint8)
+    for i, img in enumerate(images):
+        r, q = divmod(i, ncol)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = img
+    return grid
+
+
+def save_image_grid(path, images, ncol=None):
+    """Write uint8 [N, H, W, C] images in [0, 255] to `path` as one PNG grid; returns the grid."""
+    grid = image_grid(images, ncol)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return grid
+
+
+class MetricWriter:
+    """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR; images to TB."""
+
+    def __init__(self, workdir, enabled=True):
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            os.makedirs(workdir, exist_ok=True)
+            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            from tensorboardX import SummaryWriter
+            self._tb = SummaryWriter(workdir, flush_secs=30)
+
+    def write_scalars(self, step, scalars):
+        if not self.enabled:
+            return
+        record = {"step": int(step), "time": time.time()}
+        record.update({k: float(v) for k, v in scalars.items()})
+        self._jsonl.write(json.dumps(record) + "\n")
+        self._jsonl.flush()
+        for k, v in scalars.items():
+            self._tb.add_scalar(k, float(v), int(step))
+
+    def write_images(self, step, name, grid):
+        """grid: uint8 [H, W, C]."""
+        if self.enabled:
+            self._tb.add_image(name, np.asarray(grid), int(step), dataformats="HWC")
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()

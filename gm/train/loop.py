@@ -1,0 +1,203 @@
+"""The one training loop: any Method, any strategy, resumable, with logging, samples and checkpoints.
+
+    state = train_and_evaluate(config, workdir, method, dataset)
+
+Reads config.seed, config.train (batch_size, num_steps, log_every, checkpoint_every, keep_checkpoints,
+sample_every, num_samples, on_nonfinite), config.optim (see `gm.train.state.optimizer_from_config`,
+plus ema_decay), config.data.random_flip and config.parallel.strategy. WORKDIR gets checkpoints/,
+samples/step_*.png, metrics.jsonl and TensorBoard events. Running again with the same WORKDIR resumes
+from the newest checkpoint and continues exactly as an uninterrupted run would: batch s is a pure
+function of (seed, s), and the step's key is fold_in(key, s).
+"""
+import contextlib
+import functools
+import os
+import signal
+import time
+
+import jax
+import numpy as np
+from absl import logging
+from tqdm.auto import tqdm
+
+from gm import data as gm_data
+from gm import distributions as dist
+from gm import parallel
+from gm.checkpoint import Checkpointer
+from gm.train import state as state_lib
+from gm.train.logging import MetricWriter, save_image_grid
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or a gradient became NaN/inf and config.train.on_nonfinite='stop'."""
+
+
+def run_keys(seed):
+    """The run's base keys from config.seed: (init, train, sample, eval)."""
+    return jax.random.split(jax.random.key(seed), 4)
+
+
+def _check_train_config(config):
+    t = config.train
+    if t.num_steps < 0:
+        raise ValueError(f"config.train.num_steps must be >= 0, got {t.num_steps}.")
+    for field in ("log_every", "checkpoint_every", "sample_every"):
+        if t[field] <= 0:
+            raise ValueError(f"config.train.{field} must be a positive number of steps, got {t[field]}.")
+    if t.on_nonfinite not in NONFINITE_POLICIES:
+        raise ValueError(f"config.train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {t.on_nonfinite!r}.")
+    if not 0.0 <= config.optim.ema_decay < 1.0:
+        raise ValueError(f"config.optim.ema_decay must be in [0, 1), got {config.optim.ema_decay}.")
+    parallel.check_batch_size(t.batch_size)
+
+
+def _local_batch(config, dataset, step):
+    return gm_data.train_batch(
+        dataset, step=step, batch_size=config.train.batch_size, seed=config.seed,
+        process_index=parallel.process_index(), process_count=parallel.process_count(),
+        random_flip=config.data.get("random_flip", False))
+
+
+def _run_meta(config, step):
+    """What a checkpoint records besides arrays: the data position and what it depends on."""
+    return {"data_step": int(step), "seed": int(config.seed), "batch_size": int(config.train.batch_size),
+            "dataset": str(config.data.name)}
+
+
+def _check_resume_meta(meta, config, directory):
+    expected = _run_meta(config, meta.get("data_step", 0))
+    for field, name in (("seed", "config.seed"), ("batch_size", "config.train.batch_size"),
+                        ("dataset", "config.data.name")):
+        if field in meta and meta[field] != expected[field]:
+            raise ValueError(f"The checkpoint in {directory} was written with {name}={meta[field]!r}, "
+                             f"not {expected[field]!r}; use that value to resume or start a new --workdir.")
+
+
+def init_or_restore(config, method, dataset, optimizer, ckpt):
+    """(global TrainState, start step): the newest checkpoint in `ckpt` if any, else a fresh init."""
+    init_key = run_keys(config.seed)[0]
+    example = {k: v for k, v in _local_batch(config, dataset, 0).items()}
+    make = lambda: state_lib.init_state(method.init(init_key, example), optimizer)
+    step = ckpt.latest_step() if ckpt is not None else None
+    if step is None:
+        return parallel.replicate(jax.jit(make)()), 0
+    rep = parallel.replicated_sharding()
+    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), jax.eval_shape(make))
+    try:
+        state, meta = ckpt.restore(target, step)
+    except ValueError as e:
+        raise ValueError(f"The checkpoint at step {step} in {ckpt.directory} does not fit this config's "
+                         f"model ({e}); restore it with the config it was written with or use a new --workdir.") from None
+    _check_resume_meta(meta, config, ckpt.directory)
+    logging.info("Restored step %d from %s", step, ckpt.directory)
+    return state, int(meta.get("data_step", step))
+
+
+class _SigtermFlag:
+    """Sets `.raised` on SIGTERM (a pre-empted job) so the loop can save before exiting."""
+
+    def __init__(self):
+        self.raised = False
+        self._previous = None
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # not the main thread: leave signals alone
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _summarize(pending, on_nonfinite, ckpt_dir):
+    """Mean of the buffered per-step metrics; raise on a non-finite step when the policy says stop."""
+    host = [parallel.host_scalars(m) for _, m in pending]
+    bad = [s for (s, _), m in zip(pending, host) if m["finite"] < 1]
+    if bad and on_nonfinite == "stop":
+        raise NonFiniteLossError(
+            f"The loss became non-finite at step {bad[0]} (config.train.on_nonfinite='stop'); the last good "
+            f"checkpoint is kept in {ckpt_dir}. Lower config.optim.learning_rate or set "
+            f"config.train.on_nonfinite='skip' to skip such updates.")
+    keys = host[0].keys()
+    return {k: float(np.mean([m[k] for m in host if np.isfinite(m[k])] or [np.nan])) for k in keys}
+
+
+def write_samples(path, images, num_bits):
+    """uint8 levels [N, H, W, C] at num_bits -> PNG grid at `path`; returns the grid."""
+    return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(images, num_bits)))
+
+
+def train_and_evaluate(config, workdir, method, dataset):
+    """Train `method` on `dataset` as configured, resuming from WORKDIR; returns the final global state."""
+    _check_train_config(config)
+    t = config.train
+    strategy = parallel.make_strategy(config.parallel.strategy)
+    optimizer = state_lib.optimizer_from_config(config.optim)
+    _, train_key, sample_key, _ = run_keys(config.seed)
+    is_main = parallel.process_index() == 0
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,
+                        keep=t.keep_checkpoints)
+    state, start = init_or_restore(config, method, dataset, optimizer, ckpt)
+    step_impl = method.train_step or functools.partial(state_lib.train_step, loss_fn=method.loss)
+    train_step = strategy.compile_step(functools.partial(step_impl, optimizer=optimizer,
+                                                         ema_decay=config.optim.ema_decay))
+    sampler = parallel.jit_sampler(method.sample, t.num_samples)
+    writer = MetricWriter(workdir, enabled=is_main)
+    device_state = strategy.put_state(state)
+    pending, window_start, window_time = [], start, time.perf_counter()
+
+    last_saved = start
+
+    def checkpoint(step, force=False):
+        nonlocal last_saved
+        if ckpt.save(step, strategy.get_state(device_state), _run_meta(config, step), force=force):
+            last_saved = step
+
+    def flush(step):
+        nonlocal pending, window_start, window_time
+        if not pending:
+            return
+        scalars = _summarize(pending, t.on_nonfinite, ckpt.directory)
+        elapsed = time.perf_counter() - window_time
+        scalars["images_per_sec"] = (step - window_start) * t.batch_size / max(elapsed, 1e-9)
+        scalars["num_nonfinite"] = parallel.host_scalars(device_state.num_nonfinite)
+        writer.write_scalars(step, scalars)
+        bar.set_postfix(loss=f"{scalars['loss']:.4f}", img_s=f"{scalars['images_per_sec']:.0f}")
+        pending, window_start, window_time = [], step, time.perf_counter()
+
+    bar = tqdm(total=t.num_steps, initial=start, disable=not is_main, desc="train", mininterval=2.0)
+    with _SigtermFlag() as sigterm:
+        step = start
+        while step < t.num_steps:
+            batch = strategy.put_batch(_local_batch(config, dataset, step))
+            device_state, metrics = train_step(device_state, batch, train_key)
+            pending.append((step, metrics))
+            step += 1
+            bar.update(1)
+            if step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.num_steps:
+                flush(step)
+            if step % t.checkpoint_every == 0:
+                checkpoint(step)
+            if step % t.sample_every == 0 or step == t.num_steps:
+                ema = strategy.get_state(device_state).ema_params
+                images = parallel.to_host(sampler(ema, jax.random.fold_in(sample_key, step)))
+                if is_main:
+                    grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"),
+                                         images, dataset.info.num_bits)
+                    writer.write_images(step, "samples", grid)
+            if sigterm.raised:
+                logging.warning("SIGTERM: saving step %d and exiting.", step)
+                flush(step)
+                break
+    bar.close()
+    if last_saved != step or ckpt.latest_step() is None:
+        checkpoint(step, force=True)
+    ckpt.close()
+    writer.close()
+    return strategy.get_state(device_state)

@@ -1,0 +1,132 @@
+"""The command line every experiment shares: train, sample or evaluate one Method.
+
+    python -m experiments.NAME --workdir=DIR [--config=experiments/NAME.py:smoke]
+        [--config.a.b=value ...] [--mode=train|sample|eval]
+
+`train` trains (resuming from DIR); `sample` writes config.sample.num samples from the newest
+checkpoint's EMA params to DIR/samples/ as .npz and a PNG grid; `eval` reports test bits/dim through
+`gm.metrics.evaluate_log_prob` and appends it to DIR/metrics.jsonl and DIR/eval_step_N.json.
+"""
+import json
+import os
+import sys
+
+import jax
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+from tqdm.auto import tqdm
+
+from gm import data as gm_data
+from gm import parallel
+from gm.checkpoint import Checkpointer
+from gm.metrics.likelihood import evaluate_log_prob
+from gm.train import loop
+from gm.train import state as state_lib
+from gm.train.logging import MetricWriter
+
+MODES = ("train", "sample", "eval")
+# Errors a person can fix from the command line: shown as their one sentence, not a traceback.
+USER_ERRORS = (ValueError, gm_data.DataError, loop.NonFiniteLossError, FileNotFoundError, PermissionError)
+
+
+def load_dataset(config):
+    return gm_data.load(config.data.name, data_dir=config.data.get("data_dir") or None)
+
+
+def restore_latest(config, workdir, method, dataset):
+    """(global TrainState, step) of the newest checkpoint in WORKDIR/checkpoints; one sentence if none."""
+    directory = os.path.join(workdir, "checkpoints")
+    ckpt = Checkpointer(directory) if os.path.isdir(directory) else None
+    if ckpt is None or ckpt.latest_step() is None:
+        raise FileNotFoundError(f"No checkpoint in {directory}; train first with the same --workdir.")
+    optimizer = state_lib.optimizer_from_config(config.optim)
+    state, step = loop.init_or_restore(config, method, dataset, optimizer, ckpt)
+    ckpt.close()
+    return state, step
+
+
+def sample_to_files(config, workdir, method, dataset):
+    """Draw config.sample.num samples in chunks of config.sample.batch_size; returns the .npz path."""
+    state, step = restore_latest(config, workdir, method, dataset)
+    num, chunk = config.sample.num, min(config.sample.batch_size, config.sample.num)
+    if num <= 0 or chunk <= 0:
+        raise ValueError("config.sample.num and config.sample.batch_size must be positive.")
+    sampler = parallel.jit_sampler(method.sample, chunk)
+    key = jax.random.fold_in(loop.run_keys(config.seed)[2], 10**9 + step)  # apart from training grids
+    chunks = [parallel.to_host(sampler(state.ema_params, jax.random.fold_in(key, i)))
+              for i in tqdm(range(-(-num // chunk)), desc="sample", disable=parallel.process_index() != 0)]
+    images = np.concatenate(chunks)[:num]
+    out_dir = os.path.join(workdir, "samples")
+    path = os.path.join(out_dir, f"samples_step_{step}_n{num}.npz")
+    if parallel.process_index() == 0:
+        os.makedirs(out_dir, exist_ok=True)
+        np.savez_compressed(path, levels=images, num_bits=dataset.info.num_bits)
+        loop.write_samples(path.replace(".npz", ".png"), images[:64], dataset.info.num_bits)
+    logging.info("Wrote %d samples to %s", num, path)
+    return path
+
+
+def evaluate(config, workdir, method, dataset):
+    """Test-split likelihood of the newest checkpoint's EMA params; returns the result dict."""
+    if method.log_prob is None:
+        raise ValueError(f"This model has no log_prob, so --mode=eval has nothing to report.")
+    state, step = restore_latest(config, workdir, method, dataset)
+    limit = config.eval.get("num_examples") or None
+    batches = gm_data.eval_batches(dataset, batch_size=config.eval.batch_size, split="test", limit=limit,
+                                   process_index=parallel.process_index(),
+                                   process_count=parallel.process_count())
+    n = min(limit or dataset.info.num_test, dataset.info.num_test)
+    result = evaluate_log_prob(method.log_prob, state.ema_params, loop.run_keys(config.seed)[3], batches,
+                               dataset.info.num_dims, method.log_prob_is_bound,
+                               num_batches=-(-n // config.eval.batch_size))
+    result["step"] = step
+    if parallel.process_index() == 0:
+        with open(os.path.join(workdir, f"eval_step_{step}.json"), "w") as f:
+            json.dump(result, f, indent=2)
+        writer = MetricWriter(workdir)
+        writer.write_scalars(step, {"eval/test_bpd": result["bpd"], "eval/test_nll_nats": result["nll_nats"]})
+        writer.close()
+    print(f"step {step}: test {result['kind']} {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim "
+          f"({result['nll_nats']:.2f} nats per example, {result['num_examples']} examples)")
+    return result
+
+
+def run(config, workdir, make_method, mode="train"):
+    """Build the dataset and Method from `config` and do `mode` in WORKDIR."""
+    if mode not in MODES:
+        raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
+    if not workdir:
+        raise ValueError("--workdir is required: the folder for checkpoints, samples and metrics.")
+    parallel.initialize_distributed(config.parallel.get("distributed", False))
+    os.makedirs(workdir, exist_ok=True)
+    if not os.access(workdir, os.W_OK):
+        raise PermissionError(f"--workdir={workdir} is not writable; choose a folder you can write to.")
+    dataset = load_dataset(config)
+    method = make_method(config, dataset.info)
+    if mode == "train":
+        return loop.train_and_evaluate(config, workdir, method, dataset)
+    if mode == "sample":
+        return sample_to_files(config, workdir, method, dataset)
+    return evaluate(config, workdir, method, dataset)
+
+
+def main(experiment_file, make_method):
+    """Entry point for `python -m experiments.NAME`: flags, then `run`, errors as one sentence."""
+    config_flags.DEFINE_config_file("config", experiment_file, "Experiment config file[:variant].",
+                                    lock_config=True)
+    flags.DEFINE_string("workdir", None, "Folder for checkpoints/, samples/, metrics.jsonl, TensorBoard.")
+    flags.DEFINE_enum("mode", "train", MODES, "train, sample (from the newest checkpoint) or eval.")
+
+    def _main(argv):
+        del argv
+        logging.set_verbosity(logging.INFO)
+        try:
+            run(flags.FLAGS.config, flags.FLAGS.workdir, make_method, flags.FLAGS.mode)
+        except USER_ERRORS as e:
+            if os.environ.get("GM_DEBUG"):
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(1)
+
+    app.run(_main)

@@ -1,0 +1,99 @@
+"""Training state, optimizer, EMA and the generic train step built from a Method's loss.
+
+Nothing here names a device or an axis: `gm.parallel` wraps `train_step` for a strategy and hands it a
+`reduce_fn` (identity for one global batch, a cross-device mean under pmap).
+"""
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a run needs to continue exactly, apart from the data position (= `step`).
+
+    step: int32 scalar, the number of train steps taken (and so the index of the next batch).
+    params / opt_state / ema_params: pytrees of float32 arrays.
+    num_nonfinite: int32 scalar, updates skipped because the loss or a gradient was not finite.
+    """
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    num_nonfinite: jax.Array
+
+
+def make_optimizer(learning_rate, warmup_steps=0, grad_clip=None, b1=0.9, b2=0.999, eps=1e-8,
+                   weight_decay=0.0):
+    """Global-norm clipping -> Adam(W) with a linear warm-up from 0 to `learning_rate`, then constant."""
+    if learning_rate <= 0:
+        raise ValueError(f"config.optim.learning_rate must be positive, got {learning_rate}.")
+    if warmup_steps < 0:
+        raise ValueError(f"config.optim.warmup_steps must be >= 0, got {warmup_steps}.")
+    schedule = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate
+    parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
+    if weight_decay:
+        parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    else:
+        parts.append(optax.adam(schedule, b1=b1, b2=b2, eps=eps))
+    return optax.chain(*parts)
+
+
+def optimizer_from_config(optim):
+    """config.optim (learning_rate, warmup_steps, grad_clip, b1, b2, eps, weight_decay) -> optax chain."""
+    return make_optimizer(optim.learning_rate, optim.warmup_steps, optim.get("grad_clip"),
+                          optim.get("b1", 0.9), optim.get("b2", 0.999), optim.get("eps", 1e-8),
+                          optim.get("weight_decay", 0.0))
+
+
+def init_state(params, optimizer):
+    """A fresh TrainState at step 0 with EMA params equal to params."""
+    # The EMA gets its own buffers: a donated step must never see one buffer twice.
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
+                      ema_params=jax.tree.map(jnp.copy, params), num_nonfinite=jnp.zeros((), jnp.int32))
+
+
+def ema_update(ema_params, params, decay):
+    """Exponential moving average: decay * ema + (1 - decay) * params, leaf by leaf."""
+    return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)
+
+
+def all_finite(tree):
+    """Scalar bool: every element of every leaf is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def _identity(x):
+    return x
+
+
+def train_step(state, batch, key, *, loss_fn, optimizer, ema_decay,
+               reduce_fn: Callable[[Any], Any] = _identity, device_key_fn: Callable[[Any], Any] = _identity):
+    """One optimizer step on `batch`; returns (new state, scalar metrics).
+
+    The step's randomness is fold_in(key, state.step), so a run's base key never changes (a per-device
+    strategy then folds in the device index through `device_key_fn`). When the loss
+    or any gradient is not finite the update is skipped (params, optimizer state and EMA unchanged),
+    `num_nonfinite` counts it and `metrics['finite']` is 0; the trainer decides whether to stop.
+    `reduce_fn` averages gradients and metrics across devices when the caller shards the batch.
+    """
+    step_key = device_key_fn(jax.random.fold_in(key, state.step))
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, step_key, batch)
+    grads, metrics = reduce_fn((grads, dict(metrics, loss=loss)))
+    finite = jnp.isfinite(metrics["loss"]) & all_finite(grads)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = ema_update(state.ema_params, params, ema_decay)
+    keep_old = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_old(params, state.params),
+        opt_state=keep_old(opt_state, state.opt_state),
+        ema_params=keep_old(ema_params, state.ema_params),
+        num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32),
+    )
+    metrics = dict(metrics, grad_norm=optax.global_norm(grads), finite=finite.astype(jnp.float32))
+    return new_state, metrics

@@ -1,0 +1,289 @@
+"""gm.data: the datasets, the resumable batch order, and the offline failure mode. Nothing downloads."""
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from gm import data
+
+
+def _indexed(n, image_shape=None):
+    """A tiny dataset whose 'label' is the example's index, so a batch says which examples it holds."""
+    split = {'label': np.arange(n, dtype=np.int32)}
+    if image_shape is not None:
+        # Distinct, left-right asymmetric images: a mirrored image never equals the original.
+        split['image'] = (np.arange(n * np.prod(image_shape)) % 251).astype(np.uint8).reshape(
+            n, *image_shape)
+    info = data.DatasetInfo('indexed', image_shape or (1,), 8, n, n, n)
+    return data.Dataset(info, split, split)
+
+
+@pytest.fixture(scope='module')
+def digits():
+    return data.load('digits')
+
+
+# --- digits ---------------------------------------------------------------------------------------
+
+def test_digits_shapes_and_levels(digits):
+    info = digits.info
+    assert (info.shape, info.num_bits, info.num_levels, info.num_classes) == ((8, 8, 1), 4, 16, 10)
+    assert (info.num_train, info.num_test, info.num_dims) == (1437, 360, 64)
+    for split, n in ((digits.train, 1437), (digits.test, 360)):
+        assert set(split) == {'image', 'label'}
+        assert split['image'].shape == (n, 8, 8, 1) and split['image'].dtype == np.uint8
+        assert split['label'].shape == (n,) and split['label'].dtype == np.int32
+        assert split['image'].max() == 15 and split['image'].min() == 0
+        assert set(np.unique(split['label'])) == set(range(10))
+
+
+def test_digits_are_sklearn_digits_with_16_merged_into_15(digits):
+    from sklearn.datasets import load_digits
+    raw = load_digits()
+    assert (raw.images == 16).any()  # the merge is not vacuous
+    expected = sorted(np.minimum(im, 15).astype(np.uint8).tobytes() + bytes([int(y)])
+                      for im, y in zip(raw.images, raw.target))
+    ours = sorted(im.tobytes() + bytes([int(y)])
+                  for split in (digits.train, digits.test)
+                  for im, y in zip(split['image'], split['label']))
+    # Same multiset: train and test together are exactly the 1,797 examples, none lost or doubled.
+    assert ours == expected
+
+
+def test_digits_split_is_fixed(digits):
+    np.random.seed(123)  # global NumPy state must not matter
+    again = data.load('digits')
+    for a, b in ((digits.train, again.train), (digits.test, again.test)):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
+# --- train_batch ----------------------------------------------------------------------------------
+
+def test_train_batch_is_a_pure_function_of_seed_and_step(digits):
+    a = data.train_batch(digits, step=7, batch_size=32, seed=1)
+    data.train_batch(digits, step=500, batch_size=32, seed=9)  # churn the permutation cache
+    b = data.train_batch(digits, step=7, batch_size=32, seed=1)
+    assert set(a) == {'image', 'label'} and a['image'].shape == (32, 8, 8, 1)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    c = data.train_batch(digits, step=8, batch_size=32, seed=1)
+    d = data.train_batch(digits, step=7, batch_size=32, seed=2)
+    assert not np.array_equal(a['image'], c['image'])
+    assert not np.array_equal(a['image'], d['image'])
+
+
+@pytest.mark.parametrize('random_flip', [False, True])
+def test_process_shares_concatenate_to_the_global_batch(digits, random_flip):
+    kw = dict(step=3, batch_size=48, seed=5, random_flip=random_flip)
+    whole = data.train_batch(digits, **kw)
+    shares = [data.train_batch(digits, process_index=p, process_count=4, **kw) for p in range(4)]
+    for k in whole:
+        assert all(s[k].shape[0] == 12 for s in shares)
+        np.testing.assert_array_equal(np.concatenate([s[k] for s in shares]), whole[k])
+
+
+@pytest.mark.parametrize('n,batch_size', [(12, 4), (12, 5), (1437, 100)])
+def test_every_epoch_covers_every_example_once(n, batch_size):
+    ds = _indexed(n)
+    epochs = 5
+    steps = -(-epochs * n // batch_size)
+    stream = np.concatenate([data.train_batch(ds, step=s, batch_size=batch_size, seed=3)['label']
+                             for s in range(steps)])
+    orders = [stream[e * n:(e + 1) * n] for e in range(epochs)]
+    for order in orders:
+        np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    assert not np.array_equal(orders[0], orders[1])  # a fresh order each epoch
+    # Resuming (here: asking for the steps backwards, cold cache) gives the same stream.
+    again = [data.train_batch(ds, step=s, batch_size=batch_size, seed=3)['label']
+             for s in reversed(range(steps))]
+    np.testing.assert_array_equal(np.concatenate(again[::-1]), stream)
+
+
+def test_batch_crossing_an_epoch_boundary():
+    ds = _indexed(12)
+    # step 2 of batch 5 holds global positions 10..14: the last two of epoch 0, the first three of 1.
+    batch = data.train_batch(ds, step=2, batch_size=5, seed=0)['label']
+    epoch0 = np.random.default_rng([0, 0]).permutation(12)
+    epoch1 = np.random.default_rng([0, 1]).permutation(12)
+    np.testing.assert_array_equal(batch, np.concatenate([epoch0[10:], epoch1[:3]]))
+
+
+def test_batch_bigger_than_the_dataset():
+    ds = _indexed(3)
+    batch = data.train_batch(ds, step=0, batch_size=10, seed=0)['label']
+    assert batch.shape == (10,)
+    for e in range(3):
+        np.testing.assert_array_equal(np.sort(batch[3 * e:3 * e + 3]), np.arange(3))
+
+
+def test_random_flip_mirrors_exactly_the_chosen_examples():
+    ds = _indexed(40, image_shape=(4, 6, 3))
+    kw = dict(step=11, batch_size=32, seed=4)
+    plain = data.train_batch(ds, **kw)
+    flipped = data.train_batch(ds, random_flip=True, **kw)
+    np.testing.assert_array_equal(plain['label'], flipped['label'])
+    expected = data._flip_mask(4, 11, 32)
+    assert 0 < expected.sum() < 32
+    is_mirrored = np.all(flipped['image'] == plain['image'][:, :, ::-1], axis=(1, 2, 3))
+    is_same = np.all(flipped['image'] == plain['image'], axis=(1, 2, 3))
+    np.testing.assert_array_equal(is_mirrored, expected)
+    np.testing.assert_array_equal(is_same, ~expected)
+    # The coins belong to the global batch: 8 processes flip the same examples.
+    shares = [data.train_batch(ds, random_flip=True, process_index=p, process_count=8, **kw)
+              for p in range(8)]
+    np.testing.assert_array_equal(np.concatenate([s['image'] for s in shares]), flipped['image'])
+    assert not np.array_equal(data._flip_mask(4, 12, 32), expected)  # fresh coins every step
+
+
+# --- eval_batches ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('process_count', [1, 4])
+@pytest.mark.parametrize('n,limit', [(360, None), (64, None), (10, None), (360, 100)])
+def test_eval_batches_cover_each_example_once(n, limit, process_count):
+    ds = _indexed(n, image_shape=(2, 2, 1))
+    seen = []
+    batches = []
+    for p in range(process_count):
+        batches.append(list(data.eval_batches(ds, batch_size=64, process_index=p,
+                                              process_count=process_count, limit=limit)))
+        for b in batches[-1]:
+            assert set(b) == {'image', 'label', 'mask'} and b['mask'].dtype == bool
+            assert b['image'].shape == (64 // process_count, 2, 2, 1)
+            assert b['label'].shape == b['mask'].shape == (64 // process_count,)
+            seen.extend(b['label'][b['mask']])
+    expected = n if limit is None else limit
+    assert len({len(b) for b in batches}) == 1 and len(batches[0]) == -(-expected // 64)
+    np.testing.assert_array_equal(np.sort(seen), np.arange(expected))
+    # Global batches in fixed order: the shares of one step concatenate to consecutive examples.
+    first = np.concatenate([b[0]['label'] for b in batches])
+    np.testing.assert_array_equal(first[:min(64, expected)], np.arange(min(64, expected)))
+
+
+def test_eval_padding_repeats_the_first_rows():
+    ds = _indexed(70, image_shape=(2, 2, 1))
+    last = list(data.eval_batches(ds, batch_size=64))[-1]
+    np.testing.assert_array_equal(last['label'], np.concatenate([np.arange(64, 70), np.arange(58)]))
+    np.testing.assert_array_equal(last['mask'], np.arange(64) < 6)
+
+
+# --- 2-D toys -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name,num_modes', [('ring8', 8), ('grid25', 25)])
+def test_toys(name, num_modes):
+    ds = data.load(name)
+    info = ds.info
+    assert (info.shape, info.num_bits, info.num_levels, info.num_classes) == ((2,), None, None,
+                                                                              num_modes)
+    modes = data.TOY_MODES[name]
+    assert modes.shape == (num_modes, 2)
+    for split, n in ((ds.train, info.num_train), (ds.test, info.num_test)):
+        assert set(split) == {'x', 'label'}
+        assert split['x'].shape == (n, 2) and split['x'].dtype == np.float32
+        assert split['label'].dtype == np.int32
+        assert set(np.unique(split['label'])) == set(range(num_modes))
+        nearest = np.argmin(((split['x'][:, None] - modes[None]) ** 2).sum(-1), axis=1)
+        np.testing.assert_array_equal(nearest, split['label'])
+        residual = split['x'] - modes[split['label']]
+        np.testing.assert_allclose(residual.std(0), data.TOY_STD, rtol=0.05)
+    np.testing.assert_array_equal(data.load(name).train['x'], ds.train['x'])  # fixed seed
+
+
+def test_toy_mode_geometry():
+    np.testing.assert_allclose(np.linalg.norm(data.TOY_MODES['ring8'], axis=1), 2.0, rtol=1e-6)
+    assert {tuple(m) for m in data.TOY_MODES['grid25']} == {
+        (x, y) for x in (-4, -2, 0, 2, 4) for y in (-4, -2, 0, 2, 4)}
+
+
+# --- errors ---------------------------------------------------------------------------------------
+
+def test_unknown_name_names_the_config_field():
+    with pytest.raises(data.DataError, match='config.data.name') as e:
+        data.load('imagenet')
+    assert all(name in str(e.value) for name in data.DATASETS)
+
+
+def test_indivisible_batch_names_the_config_field(digits):
+    with pytest.raises(data.DataError, match='config.train.batch_size'):
+        data.train_batch(digits, step=0, batch_size=30, seed=0, process_count=4)
+    with pytest.raises(data.DataError, match='config.train.batch_size'):
+        next(data.eval_batches(digits, batch_size=30, process_count=4))
+
+
+def test_random_flip_on_toys_is_an_error():
+    with pytest.raises(data.DataError, match='random_flip'):
+        data.train_batch(data.load('ring8'), step=0, batch_size=8, seed=0, random_flip=True)
+
+
+def test_offline_datasets_never_import_tensorflow():
+    code = ("import sys; from gm import data; data.load('digits'); data.load('grid25'); "
+            "assert 'tensorflow' not in sys.modules and 'tensorflow_datasets' not in sys.modules")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    subprocess.run([sys.executable, '-c', code], cwd=root, check=True, timeout=60)
+
+
+# --- MNIST / CIFAR-10 through TFDS (mocked; nothing downloads) -------------------------------------
+
+@pytest.fixture
+def no_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise OSError('network disabled in tests')
+    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
+    monkeypatch.setattr(socket.socket, 'connect', refuse)
+
+
+def _write_metadata(tfds, name, data_dir, num_train, num_test):
+    """TFDS metadata with split sizes, which `batch_size=-1` needs to size its one batch: under
+    `mock_data` without it the split sizes are unknown and TFDS batches by sys.maxsize, aborting."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[k], num_bytes=0, filename_template=None)
+        for s, k in (('train', num_train), ('test', num_test))]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+
+
+def test_tfds_datasets_with_mock_data(tmp_path, no_network):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    metadata = str(tmp_path / 'metadata')
+    for name in ('mnist', 'cifar10'):
+        _write_metadata(tfds, name, metadata, num_train=7, num_test=7)
+    with tfds.testing.mock_data(num_examples=7, data_dir=metadata):
+        for name, shape in (('mnist', (28, 28, 1)), ('cifar10', (32, 32, 3))):
+            ds = data.load(name, data_dir=str(tmp_path / 'unused'))
+            info = ds.info
+            assert (info.name, info.shape, info.num_bits, info.num_levels) == (name, shape, 8, 256)
+            assert (info.num_classes, info.num_train, info.num_test) == (10, 7, 7)
+            for split in (ds.train, ds.test):
+                assert set(split) == {'image', 'label'}
+                assert split['image'].shape == (7, *shape) and split['image'].dtype == np.uint8
+                assert split['label'].shape == (7,) and split['label'].dtype == np.int32
+            batch = data.train_batch(ds, step=0, batch_size=4, seed=0, random_flip=True)
+            assert batch['image'].shape == (4, *shape)
+
+
+@pytest.mark.parametrize('failure', [
+    ModuleNotFoundError("No module named 'importlib_resources'"),
+    OSError("HTTPSConnectionPool(host='www.cs.toronto.edu', port=443): Max retries exceeded\n..."),
+])
+def test_unavailable_cifar10_is_one_sentence(tmp_path, monkeypatch, no_network, failure):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    requests = pytest.importorskip('requests')
+    if isinstance(failure, OSError):
+        failure = requests.exceptions.ConnectionError(*failure.args)  # what TFDS raises offline
+
+    def download_and_prepare(self, *args, **kwargs):
+        raise failure
+    monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', download_and_prepare)
+    empty = tmp_path / 'tfds'
+    empty.mkdir()
+    with pytest.raises(data.DataError) as e:
+        data.load('cifar10', data_dir=str(empty))
+    message = str(e.value)
+    assert '\n' not in message and message.endswith('.') and message.startswith('CIFAR-10')
+    for part in (str(empty), 'config.data.data_dir', 'config.data.name=digits', type(failure).__name__):
+        assert part in message
+    assert e.value.__cause__ is None and e.value.__suppress_context__  # no traceback wall

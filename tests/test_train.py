@@ -1,0 +1,213 @@
+"""The trainer's pieces: optimizer, EMA, non-finite handling, both parallel strategies, checkpoints."""
+import functools
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from gm import data as gm_data
+from gm import diffusion, parallel
+from gm.checkpoint import Checkpointer
+from gm.method import Method
+from gm.train import loop
+from gm.train import state as state_lib
+from experiments import ddpm_cifar
+
+
+def tree_allclose(a, b, **kw):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw), a, b)
+
+
+def tree_equal(a, b):
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return gm_data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def smoke_config():
+    return ddpm_cifar.get_config("smoke")
+
+
+def test_warmup_then_constant_learning_rate():
+    opt = state_lib.make_optimizer(1e-2, warmup_steps=4, grad_clip=None)
+    params = jnp.zeros(())
+    opt_state = opt.init(params)
+    sizes = []
+    for _ in range(6):
+        updates, opt_state = opt.update(jnp.ones(()), opt_state, params)
+        sizes.append(-float(updates))
+    # Adam's first steps with a constant gradient move by exactly the learning rate.
+    np.testing.assert_allclose(sizes, [0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-4)
+
+
+def test_gradient_clipping_bounds_the_update_norm():
+    opt = optax.chain(optax.clip_by_global_norm(1.0))  # the first link of make_optimizer's chain
+    g = {"a": jnp.full((4,), 10.0)}
+    updates, _ = opt.update(g, opt.init(g))
+    np.testing.assert_allclose(optax.global_norm(updates), 1.0, rtol=1e-6)
+    with pytest.raises(ValueError, match="config.optim.learning_rate"):
+        state_lib.make_optimizer(-1.0)
+
+
+def test_ema_update_formula():
+    ema = state_lib.ema_update({"w": jnp.array(2.0)}, {"w": jnp.array(4.0)}, 0.75)
+    assert float(ema["w"]) == pytest.approx(0.75 * 2 + 0.25 * 4)
+
+
+def _quadratic_method():
+    """A loss that draws no randomness: least squares of a linear map on the pixels."""
+    def init(key, batch):
+        return {"w": jax.random.normal(key, (64,)) * 0.1, "b": jnp.zeros(())}
+
+    def loss(params, key, batch):
+        x = batch["image"].reshape(batch["image"].shape[0], -1).astype(jnp.float32) / 15.0
+        pred = x @ params["w"] + params["b"]
+        value = jnp.mean((pred - batch["label"].astype(jnp.float32)) ** 2)
+        return value, {"loss": value}
+
+    return Method(init=init, loss=loss, sample=lambda p, k, n: jnp.zeros((n, 8, 8, 1), jnp.uint8))
+
+
+def _run_steps(strategy_name, method, loss_fn, batches, key, steps=2):
+    opt = state_lib.make_optimizer(1e-2, warmup_steps=0, grad_clip=1.0)
+    params = method.init(jax.random.key(0), batches[0])
+    state = state_lib.init_state(params, opt)
+    step = functools.partial(state_lib.train_step, loss_fn=loss_fn, optimizer=opt, ema_decay=0.9)
+    if strategy_name == "single":
+        compiled = jax.jit(step)
+        for b in batches[:steps]:
+            state, _ = compiled(state, b, key)
+        return state
+    strategy = parallel.make_strategy(strategy_name)
+    compiled = strategy.compile_step(step)
+    state = strategy.put_state(state)
+    for b in batches[:steps]:
+        state, _ = compiled(state, strategy.put_batch(b), key)
+    return jax.device_get(strategy.get_state(state))
+
+
+def _batches(ds, n=2, batch_size=32):
+    return [gm_data.train_batch(ds, step=s, batch_size=batch_size, seed=0) for s in range(n)]
+
+
+def test_eight_devices_present():
+    assert jax.device_count() == 8
+
+
+@pytest.mark.parametrize("strategy", ["sharded", "pmap"])
+def test_deterministic_loss_equals_single_device(digits, strategy):
+    method = _quadratic_method()
+    batches = _batches(digits)
+    single = _run_steps("single", method, method.loss, batches, jax.random.key(1))
+    multi = _run_steps(strategy, method, method.loss, batches, jax.random.key(1))
+    tree_allclose(single, multi, rtol=2e-6, atol=1e-7)
+
+
+def _tiny_ddpm(digits, smoke_config):
+    return diffusion.make(smoke_config, digits.info)
+
+
+def test_sharded_ddpm_step_equals_single_device(digits, smoke_config):
+    method = _tiny_ddpm(digits, smoke_config)
+    batches = _batches(digits)
+    single = _run_steps("single", method, method.loss, batches, jax.random.key(1))
+    sharded = _run_steps("sharded", method, method.loss, batches, jax.random.key(1))
+    tree_allclose(single, sharded, rtol=1e-4, atol=1e-6)
+    assert int(sharded.step) == 2
+
+
+def test_pmap_ddpm_step_equals_single_device_over_the_same_device_keys(digits, smoke_config):
+    method = _tiny_ddpm(digits, smoke_config)
+    n = jax.local_device_count()
+
+    def per_device_mean_loss(params, step_key, batch):
+        # What pmap computes: device i draws with fold_in(step_key, i) on the i-th slice of the batch.
+        shards = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+        losses = jax.vmap(lambda i, b: method.loss(params, jax.random.fold_in(step_key, i), b)[0])(
+            jnp.arange(n), shards)
+        return jnp.mean(losses), {"loss": jnp.mean(losses)}
+
+    batches = _batches(digits)
+    single = _run_steps("single", method, per_device_mean_loss, batches, jax.random.key(1))
+    pmapped = _run_steps("pmap", method, method.loss, batches, jax.random.key(1))
+    tree_allclose(single, pmapped, rtol=1e-4, atol=1e-6)
+
+
+def test_batch_not_divisible_by_devices_is_one_sentence():
+    with pytest.raises(ValueError, match=r"config.train.batch_size=12 must be a positive multiple of the 8"):
+        parallel.check_batch_size(12)
+    with pytest.raises(ValueError, match="config.parallel.strategy"):
+        parallel.make_strategy("nope")
+
+
+def test_nonfinite_update_is_skipped_and_counted():
+    def loss(params, key, batch):
+        value = jnp.where(batch["bad"], jnp.nan, jnp.sum(params["w"] ** 2))
+        return value, {}
+
+    opt = state_lib.make_optimizer(0.1)
+    state = state_lib.init_state({"w": jnp.ones(3)}, opt)
+    step = jax.jit(functools.partial(state_lib.train_step, loss_fn=loss, optimizer=opt, ema_decay=0.5))
+    good, m = step(state, {"bad": jnp.array(False)}, jax.random.key(0))
+    assert float(m["finite"]) == 1 and not np.allclose(good.params["w"], 1.0)
+    skipped, m = step(good, {"bad": jnp.array(True)}, jax.random.key(0))
+    assert float(m["finite"]) == 0 and int(skipped.num_nonfinite) == 1 and int(skipped.step) == 2
+    tree_equal((skipped.params, skipped.opt_state, skipped.ema_params), (good.params, good.opt_state, good.ema_params))
+
+
+def test_checkpointer_round_trip_onto_a_sharding(tmp_path):
+    ckpt = Checkpointer(tmp_path / "ck", save_every=2, keep=2)
+    tree = parallel.replicate({"a": jnp.arange(4.0), "step": jnp.array(3)})
+    assert not ckpt.save(3, tree)  # not a multiple of save_every
+    for s in (2, 4, 6):
+        assert ckpt.save(s, tree, {"data_step": s})
+    ckpt.wait()
+    assert ckpt.all_steps() == [4, 6]
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated_sharding()), tree)
+    restored, meta = ckpt.restore(target)
+    tree_equal(restored, tree)
+    assert meta == {"data_step": 6} and restored["a"].sharding == parallel.replicated_sharding()
+    ckpt.close()
+
+
+def _exploding_method():
+    """Finite at w = 0 (gradient -1); Adam's first step (lr 1) moves w to 1 where exp(500) overflows."""
+    def loss(params, key, batch):
+        value = jnp.exp(1000.0 * params["w"] - 500.0) - params["w"] + 0.0 * jnp.sum(batch["label"])
+        return value, {"loss": value}
+
+    return Method(init=lambda k, b: {"w": jnp.zeros(())}, loss=loss,
+                  sample=lambda p, k, n: jnp.zeros((n, 8, 8, 1), jnp.uint8))
+
+
+def _toy_config(smoke_config, **train):
+    config = ml_collections.ConfigDict(smoke_config.to_dict())
+    config.optim.update(learning_rate=1.0, warmup_steps=0, grad_clip=0.0)
+    config.train.update(num_steps=6, log_every=1, checkpoint_every=1, sample_every=100, num_samples=8, **train)
+    return config
+
+
+def test_nonfinite_stop_names_the_step_and_keeps_good_checkpoints(tmp_path, digits, smoke_config):
+    config = _toy_config(smoke_config, on_nonfinite="stop")
+    with pytest.raises(loop.NonFiniteLossError, match=r"non-finite at step 1 .*on_nonfinite"):
+        loop.train_and_evaluate(config, str(tmp_path), _exploding_method(), digits)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.all_steps() == [1]
+    ckpt.close()
+
+
+def test_nonfinite_skip_counts_and_finishes(tmp_path, digits, smoke_config):
+    config = _toy_config(smoke_config, on_nonfinite="skip")
+    state = loop.train_and_evaluate(config, str(tmp_path), _exploding_method(), digits)
+    assert int(state.step) == 6 and int(state.num_nonfinite) == 5
+    records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
+    assert records[-1]["num_nonfinite"] == 5

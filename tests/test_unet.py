@@ -1,0 +1,192 @@
+"""The DDPM UNet: paper parameter count, shapes, conditioning, dropout, init.
+
+Compilation dominates on CPU, so the tests share a few jitted functions of a
+tiny network, and most of them use parameters drawn with numpy on the shapes
+from ``jax.eval_shape`` instead of compiling the random initialisers again.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gm.nn import UNet, timestep_embedding
+from gm.nn.layers import num_groups
+
+# Ho et al. 2020, CIFAR-10 model (diffusion_tf: ch=128, ch_mult=(1,2,2,2), 2 blocks, attn at 16).
+PAPER_CIFAR10_PARAMS = 35_746_307
+
+TINY = dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+B, H, W, C = 3, 8, 8, 1
+
+MODEL = UNet(**TINY)  # dropout 0.1, as in the paper
+_apply_tiny = jax.jit(MODEL.apply, static_argnames="train")
+
+
+def _key(seed):
+    # A counter-based generator compiles several times faster than threefry on
+    # CPU; nothing tested here depends on which generator is used.
+    return jax.random.key(seed, impl="unsafe_rbg")
+
+
+def run_tiny(variables, x, t, *, train=False, seed=0):
+    """The tiny model, always called with the same signature to reuse its compilation."""
+    return _apply_tiny(variables, x, t, train=train, rngs={"dropout": _key(seed)})
+
+
+def _inputs(seed=0):
+    rng = np.random.default_rng(seed)
+    x = jnp.asarray(rng.uniform(-1.0, 1.0, (B, H, W, C)), jnp.float32)
+    t = jnp.asarray(rng.integers(0, 1000, (B,)), jnp.int32)
+    return x, t
+
+
+def _abstract_init(model, *args):
+    return jax.eval_shape(
+        lambda *a: model.init({"params": jax.random.key(0)}, *a, train=False), *args)
+
+
+def _random_variables(model, *args, seed=1):
+    """Variables shaped like ``model.init(...)``, every entry O(1) and random.
+
+    At init the residual branches and the output conv are ~1e-5 in scale, so
+    effects of labels, timesteps or dropout would sit near float32 rounding;
+    a "trained-like" network makes those tests meaningful.
+    """
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = getattr(path[-1], "key", None)
+        if name == "kernel":
+            value = rng.normal(size=leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))
+        elif name == "scale":
+            value = 1.0 + 0.1 * rng.normal(size=leaf.shape)
+        else:  # biases and embedding tables
+            value = 0.1 * rng.normal(size=leaf.shape)
+        return jnp.asarray(value, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, _abstract_init(model, *args))
+
+
+def _max_abs(a):
+    return float(jnp.max(jnp.abs(a)))
+
+
+@pytest.fixture(scope="module")
+def tiny_random():
+    x, t = _inputs()
+    return _random_variables(MODEL, x, t), x, t
+
+
+def test_paper_config_parameter_count():
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    shapes = _abstract_init(UNet(), x, t)
+    n = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
+    print(f"UNet paper config: {n:,} parameters (reference {PAPER_CIFAR10_PARAMS:,})")
+    assert abs(n - PAPER_CIFAR10_PARAMS) <= 100_000
+    assert n == PAPER_CIFAR10_PARAMS
+    assert set(shapes) == {"params"}  # no batch stats or other state
+
+
+def test_num_groups():
+    # The paper's widths all use 32 groups, like the reference.
+    assert [num_groups(c) for c in (64, 128, 256, 512)] == [32] * 4
+    # Narrow layers keep >= 2 channels per group so conditioning survives the norm.
+    assert num_groups(16) == 8 and num_groups(32) == 16 and num_groups(48) == 24
+
+
+def test_timestep_embedding_matches_formula():
+    t = np.array([0, 1, 7, 999], dtype=np.int32)
+    dim = 10
+    half = dim // 2
+    freqs = np.exp(-np.log(10000.0) * np.arange(half) / (half - 1))
+    args = t.astype(np.float64)[:, None] * freqs[None, :]
+    want = np.concatenate([np.sin(args), np.cos(args)], axis=1)
+    got = timestep_embedding(jnp.asarray(t), dim)
+    assert got.shape == (4, dim) and got.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-4)
+    # Float timesteps are accepted and agree with integer ones.
+    np.testing.assert_allclose(
+        np.asarray(timestep_embedding(jnp.asarray(t, jnp.float32), dim)), np.asarray(got))
+    # Odd widths get a zero column.
+    odd = timestep_embedding(jnp.asarray(t), dim + 1)
+    assert odd.shape == (4, dim + 1)
+    np.testing.assert_array_equal(np.asarray(odd[:, -1]), 0.0)
+
+
+def test_init_output_shape_dtype_and_near_zero():
+    x, t = _inputs()
+    variables = jax.jit(lambda x, t: MODEL.init({"params": _key(0)}, x, t, train=False))(x, t)
+    out = run_tiny(variables, x, t)
+    assert out.shape == (B, H, W, C) and out.dtype == jnp.float32
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+    # The near-zero output conv makes the untrained model predict ~0.
+    assert bool(jnp.all(jnp.isfinite(out)))
+    assert _max_abs(out) < 1e-3
+
+
+def test_attention_placed_at_feature_map_resolution():
+    x, t = _inputs()
+    attn = sorted(k for k in _abstract_init(MODEL, x, t)["params"] if "attn" in k)
+    # 8x8 input, ch_mult=(1, 2): level 0 is 8x8, level 1 is 4x4.
+    assert attn == ["down_1_attn_0", "mid_attn_1", "up_1_attn_0", "up_1_attn_1"]
+
+
+def test_timestep_changes_output(tiny_random):
+    variables, x, t = tiny_random
+    out_a = run_tiny(variables, x, t)
+    out_b = run_tiny(variables, x, t + 100)
+    assert _max_abs(out_a - out_b) > 1e-3
+
+
+def test_out_ch_and_class_labels():
+    model = UNet(**TINY, num_classes=10, out_ch=2)
+    x, t = _inputs()
+    y0 = jnp.zeros((B,), jnp.int32)
+    variables = _random_variables(model, x, t, y0)
+    assert variables["params"]["class_embed"]["embedding"].shape == (10, 4 * TINY["ch"])
+    apply = jax.jit(lambda y: model.apply(variables, x, t, y, train=False))
+    out_a, out_b = apply(y0), apply(jnp.full((B,), 7, jnp.int32))
+    assert out_a.shape == (B, H, W, 2) and out_a.dtype == jnp.float32
+    assert _max_abs(out_a - out_b) > 1e-3
+    with pytest.raises(ValueError):
+        model.apply(variables, x, t, None, train=False)
+    with pytest.raises(ValueError):
+        MODEL.apply(variables, x, t, y0, train=False)
+
+
+def test_eval_deterministic_train_dropout_varies(tiny_random):
+    variables, x, t = tiny_random
+    e1 = run_tiny(variables, x, t, seed=3)
+    e2 = run_tiny(variables, x, t, seed=4)
+    np.testing.assert_array_equal(np.asarray(e1), np.asarray(e2))
+    d1 = run_tiny(variables, x, t, train=True, seed=3)
+    d2 = run_tiny(variables, x, t, train=True, seed=4)
+    assert _max_abs(d1 - d2) > 1e-3
+    assert _max_abs(d1 - e1) > 1e-3
+    d1_again = run_tiny(variables, x, t, train=True, seed=3)
+    np.testing.assert_array_equal(np.asarray(d1), np.asarray(d1_again))
+
+
+def test_batch_elements_are_independent(tiny_random):
+    variables, x, t = tiny_random
+    base = run_tiny(variables, x, t)
+    noise = jnp.asarray(np.random.default_rng(5).normal(size=x[1:].shape), jnp.float32)
+    moved = run_tiny(variables, x.at[1:].add(noise), t)
+    assert _max_abs(moved[1:] - base[1:]) > 1e-3  # the perturbation does reach the output
+    np.testing.assert_allclose(np.asarray(moved[0]), np.asarray(base[0]), rtol=0, atol=1e-6)
+
+
+def test_bfloat16_compute(tiny_random):
+    variables, x, t = tiny_random
+    model = UNet(**TINY, dtype=jnp.bfloat16)
+    shapes = _abstract_init(model, x, t)
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(shapes))  # params stay f32
+    out = jax.jit(lambda v: model.apply(v, x, t, train=False))(variables)
+    assert out.shape == (B, H, W, C) and out.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(out)))
+    ref = run_tiny(variables, x, t)
+    # bfloat16 keeps ~3 significant digits; the two agree loosely.
+    assert _max_abs(out - ref) < 0.1 * _max_abs(ref) + 1e-2
