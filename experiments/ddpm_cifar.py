@@ -15,7 +15,7 @@ def get_config(arg=None):
     """The paper's CIFAR-10 setup; arg='smoke' is a tiny offline variant on the 8x8 digits."""
     config = ml_collections.ConfigDict()
     config.seed = 0
-    config.data = dict(name="cifar10", data_dir="", random_flip=True)
+    config.data = dict(name="cifar10", data_dir="", manual_dir="", random_flip=True)
     config.model = dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
                         class_conditional=False, dtype="float32")
     config.diffusion = dict(num_timesteps=1000, schedule="linear", beta_start=1e-4, beta_end=0.02,

@@ -27,8 +27,9 @@ class Checkpointer:
         if keep is not None and keep <= 0:
             raise ValueError(f"config.train.keep_checkpoints must be positive, got {keep}.")
         self.directory = os.path.abspath(os.fspath(directory))
+        self.save_every = save_every
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=save_every, max_to_keep=keep, create=True,
+            max_to_keep=keep, create=True,
             enable_async_checkpointing=async_save)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("state", "meta"))
 
@@ -45,6 +46,8 @@ class Checkpointer:
         Returns True when a save was started. Does not block on the write unless a previous one is
         still in flight.
         """
+        if not force and step % self.save_every:
+            return False
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta or {}))
         return self._manager.save(int(step), args=args, force=force)
 

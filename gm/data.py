@@ -124,28 +124,47 @@ def _load_toy(name: str) -> Dataset:
 
 # --- MNIST / CIFAR-10 through TFDS ------------------------------------------------------------------
 
-_TFDS = {'mnist': ('MNIST', (28, 28, 1)), 'cifar10': ('CIFAR-10', (32, 32, 3))}
+# name -> (title, shape, download host, the files a manual dir must hold)
+_TFDS = {
+    'mnist': ('MNIST', (28, 28, 1), 'storage.googleapis.com',
+              'the four *-ubyte.gz files of https://storage.googleapis.com/cvdf-datasets/mnist/'),
+    'cifar10': ('CIFAR-10', (32, 32, 3), 'www.cs.toronto.edu',
+                'cifar-10-binary.tar.gz from https://www.cs.toronto.edu/~kriz/cifar.html'),
+}
 
 
-def _load_tfds(name: str, data_dir: str | None) -> Dataset:
+def _reachable(host: str, timeout: float = 5.0) -> bool:
+    """Whether `host`:443 answers; TFDS itself would retry an unreachable host for minutes."""
+    import socket
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _load_tfds(name: str, data_dir: str | None, manual_dir: str | None) -> Dataset:
     import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
-    title, shape = _TFDS[name]
+    title, shape, host, files = _TFDS[name]
     # What `tfds.load(..., download=True)` does, split in two so that only the download sits inside
     # the broad `except` below (reading a prepared dataset that fails should fail loudly).
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
-        # The download boundary, caught broadly on purpose: offline it is a requests ConnectionError
-        # (after ~3 minutes of TFDS retries), but SSL, checksum, disk and missing-package failures
-        # mean the same to the user: the data cannot be had here. The cause rides along in brackets.
+        how = (f'put {files} in a folder and pass --config.data.manual_dir=FOLDER (the TFDS manual-dir '
+               f'build, like `tfds build {name} --manual_dir=FOLDER`), or use --config.data.name=digits '
+               'to run offline.')
+        if not manual_dir and not _reachable(host):
+            raise DataError(f'{title} is not prepared in {builder.data_dir_root} and {host} cannot be '
+                            f'reached to download it: {how}')
+        # The download boundary, caught broadly on purpose: network, SSL, checksum, disk and
+        # missing-package failures mean the same to the user. The cause rides along in brackets.
         try:
-            builder.download_and_prepare()
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
         except Exception as e:  # pylint: disable=broad-except
             cause = f'{type(e).__name__}: {e}'.splitlines()[0][:160]
-            raise DataError(
-                f'{title} is not prepared in {builder.data_dir_root} and cannot be downloaded '
-                f'({cause}): run `tfds build {name} --data_dir=DIR` once on a machine with network '
-                f'and pass --config.data.data_dir=DIR, or use --config.data.name=digits to run '
-                'offline.') from None
+            raise DataError(f'{title} is not prepared in {builder.data_dir_root} and could not be '
+                            f'built ({cause}): {how}') from None
     # batch_size=-1: each split as one batch of NumPy arrays (TFDS sizes it from the prepared metadata).
     train, test = tfds.as_numpy(builder.as_dataset(split=['train', 'test'], batch_size=-1))
 
@@ -156,14 +175,18 @@ def _load_tfds(name: str, data_dir: str | None) -> Dataset:
     return _make(name, shape, 8, 10, arrays(train), arrays(test))
 
 
-def load(name: str, *, data_dir: str | None = None) -> Dataset:
-    """Loads dataset `name` (one of DATASETS) whole into memory; `data_dir` is the TFDS data dir."""
+def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+    """Loads dataset `name` (one of DATASETS) whole into memory.
+
+    `data_dir` is the TFDS data dir; `manual_dir` a folder holding the raw download files, for
+    machines without network.
+    """
     if name == 'digits':
         return _load_digits()
     if name in TOY_MODES:
         return _load_toy(name)
     if name in _TFDS:
-        return _load_tfds(name, data_dir)
+        return _load_tfds(name, data_dir, manual_dir)
     raise DataError(f'Unknown dataset {name!r} in config.data.name: use one of {", ".join(DATASETS)}.')
 
 

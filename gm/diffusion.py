@@ -256,6 +256,15 @@ def _sum_per_example(x):
 # The Method.
 # ---------------------------------------------------------------------------------------------------
 
+def unet_from_config(model, num_classes=None):
+    """config.model (ch, ch_mult, num_res_blocks, attn_resolutions, dropout, dtype) -> the DDPM UNet."""
+    from gm.nn.unet import UNet  # imported here so the schedule math loads without Flax modules
+
+    return UNet(ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
+                attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
+                num_classes=num_classes, dtype=jnp.dtype(model.get("dtype", "float32")))
+
+
 def make(config, info):
     """DDPM on images of `info.shape` at `info.num_bits` -> Method.
 
@@ -263,17 +272,13 @@ def make(config, info):
     var_type, sampler, ddim_steps, ddim_eta, clip_denoised). `log_prob` is the variational bound
     (a lower bound on log P(x), nats per example).
     """
-    from gm.nn.unet import UNet  # imported here so the schedule math loads without Flax modules
-
     if info.num_bits is None:
         raise ValueError(f"DDPM needs image data; config.data.name={info.name!r} is not an image dataset.")
     d = config.diffusion
     m = config.model
     sched = schedule_from_name(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
     num_classes = info.num_classes if m.class_conditional else None
-    net = UNet(ch=m.ch, ch_mult=tuple(m.ch_mult), num_res_blocks=m.num_res_blocks,
-               attn_resolutions=tuple(m.attn_resolutions), dropout=m.dropout,
-               num_classes=num_classes, dtype=jnp.dtype(m.get("dtype", "float32")))
+    net = unet_from_config(m, num_classes)
     fixed_log_variance(sched, d.var_type)  # validates var_type before any training
     num_bits = info.num_bits
 

@@ -265,25 +265,48 @@ def test_tfds_datasets_with_mock_data(tmp_path, no_network):
             assert batch['image'].shape == (4, *shape)
 
 
-@pytest.mark.parametrize('failure', [
-    ModuleNotFoundError("No module named 'importlib_resources'"),
-    OSError("HTTPSConnectionPool(host='www.cs.toronto.edu', port=443): Max retries exceeded\n..."),
-])
-def test_unavailable_cifar10_is_one_sentence(tmp_path, monkeypatch, no_network, failure):
+def _assert_one_sentence(message, *parts):
+    assert '\n' not in message and message.endswith('.') and message.startswith('CIFAR-10')
+    for part in parts:
+        assert part in message
+
+
+def test_cifar10_offline_without_manual_dir_fails_at_once(tmp_path, monkeypatch, no_network):
     tfds = pytest.importorskip('tensorflow_datasets')
-    requests = pytest.importorskip('requests')
-    if isinstance(failure, OSError):
-        failure = requests.exceptions.ConnectionError(*failure.args)  # what TFDS raises offline
 
     def download_and_prepare(self, *args, **kwargs):
-        raise failure
+        raise AssertionError('must not try to download when the host cannot be reached')
     monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', download_and_prepare)
     empty = tmp_path / 'tfds'
     empty.mkdir()
     with pytest.raises(data.DataError) as e:
         data.load('cifar10', data_dir=str(empty))
-    message = str(e.value)
-    assert '\n' not in message and message.endswith('.') and message.startswith('CIFAR-10')
-    for part in (str(empty), 'config.data.data_dir', 'config.data.name=digits', type(failure).__name__):
-        assert part in message
-    assert e.value.__cause__ is None and e.value.__suppress_context__  # no traceback wall
+    _assert_one_sentence(str(e.value), str(empty), 'cannot be reached', 'cifar-10-binary.tar.gz',
+                         'config.data.manual_dir', 'tfds build cifar10 --manual_dir', 'config.data.name=digits')
+    assert e.value.__cause__ is None and e.value.__context__ is None  # no traceback wall
+
+
+@pytest.mark.parametrize('failure', [
+    ModuleNotFoundError("No module named 'importlib_resources'"),
+    OSError("HTTPSConnectionPool(host='www.cs.toronto.edu', port=443): Max retries exceeded\n..."),
+])
+def test_failed_manual_dir_build_is_one_sentence(tmp_path, monkeypatch, no_network, failure):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    requests = pytest.importorskip('requests')
+    if isinstance(failure, OSError):
+        failure = requests.exceptions.ConnectionError(*failure.args)  # what TFDS raises offline
+    seen = {}
+
+    def download_and_prepare(self, *args, download_config=None, **kwargs):
+        seen['manual_dir'] = download_config.manual_dir
+        raise failure
+    monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', download_and_prepare)
+    empty, manual = tmp_path / 'tfds', tmp_path / 'manual'
+    empty.mkdir()
+    manual.mkdir()
+    with pytest.raises(data.DataError) as e:
+        data.load('cifar10', data_dir=str(empty), manual_dir=str(manual))
+    assert str(seen['manual_dir']) == str(manual)
+    _assert_one_sentence(str(e.value), str(empty), 'could not be built', type(failure).__name__,
+                         'config.data.manual_dir')
+    assert e.value.__cause__ is None and e.value.__suppress_context__

@@ -117,3 +117,38 @@ def test_vlb_is_a_valid_bound_for_a_random_model():
     nats = diffusion.vlb(s, eps_fn, jax.random.key(1), x0, num_bits=4)
     # No model can beat -log(1) = 0 nats on discrete data; a bad one pays a lot.
     assert nats.shape == (1,) and float(nats[0]) > 0
+
+
+def test_ddpm_method_learns_digits_and_samples_uint8_levels():
+    import functools
+    import ml_collections
+    import optax
+    from experiments import ddpm_cifar
+    from gm import data as gm_data
+    from gm.train import state as state_lib
+
+    config = ddpm_cifar.get_config("smoke")
+    config.model.update(ch=16, ch_mult=(1,), attn_resolutions=(8,))  # one level: compiles in seconds
+    config.diffusion.update(num_timesteps=50)
+    digits = gm_data.load("digits")
+    method = diffusion.make(config, digits.info)
+    batches = [gm_data.train_batch(digits, step=s, batch_size=64, seed=0) for s in range(120)]
+    opt = optax.adam(3e-3)
+    state = state_lib.init_state(jax.jit(method.init)(jax.random.key(0), batches[0]), opt)
+    step = jax.jit(functools.partial(state_lib.train_step, loss_fn=method.loss, optimizer=opt, ema_decay=0.9))
+    losses = []
+    for b in batches:
+        state, metrics = step(state, b, jax.random.key(1))
+        losses.append(float(metrics["loss"]))
+    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:10]), (losses[:10], losses[-20:])
+
+    sample = jax.jit(method.sample, static_argnums=2)
+    a = sample(state.ema_params, jax.random.key(5), 8)
+    b = sample(state.ema_params, jax.random.key(5), 8)
+    assert a.shape == (8, 8, 8, 1) and a.dtype == jnp.uint8 and int(a.max()) <= 15
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, sample(state.ema_params, jax.random.key(6), 8))
+    # The bound on test digits is a valid number of bits per 4-bit pixel.
+    test = {k: v[:16] for k, v in digits.test.items()}
+    bpd = dist.bits_per_dim(-jax.jit(method.log_prob)(state.ema_params, jax.random.key(7), test), 64)
+    assert np.all(np.asarray(bpd) > 0) and np.all(np.isfinite(bpd))

@@ -123,4 +123,4 @@ def test_cifar_without_network_says_how_to_provide_it(tmp_path):
         cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
-    assert "tfds build" in last and "digits" in last and "Traceback" not in proc.stderr
+    assert "config.data.manual_dir" in last and "digits" in last and "Traceback" not in proc.stderr

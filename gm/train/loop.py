@@ -159,6 +159,14 @@ def train_and_evaluate(config, workdir, method, dataset):
         if ckpt.save(step, strategy.get_state(device_state), _run_meta(config, step), force=force):
             last_saved = step
 
+    def write_grid(step):
+        ema = strategy.get_state(device_state).ema_params
+        images = parallel.to_host(sampler(ema, jax.random.fold_in(sample_key, step)))
+        if is_main:
+            grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images,
+                                 dataset.info.num_bits)
+            writer.write_images(step, "samples", grid)
+
     def flush(step):
         nonlocal pending, window_start, window_time
         if not pending:
@@ -172,32 +180,30 @@ def train_and_evaluate(config, workdir, method, dataset):
         pending, window_start, window_time = [], step, time.perf_counter()
 
     bar = tqdm(total=t.num_steps, initial=start, disable=not is_main, desc="train", mininterval=2.0)
-    with _SigtermFlag() as sigterm:
-        step = start
-        while step < t.num_steps:
-            batch = strategy.put_batch(_local_batch(config, dataset, step))
-            device_state, metrics = train_step(device_state, batch, train_key)
-            pending.append((step, metrics))
-            step += 1
-            bar.update(1)
-            if step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.num_steps:
-                flush(step)
-            if step % t.checkpoint_every == 0:
-                checkpoint(step)
-            if step % t.sample_every == 0 or step == t.num_steps:
-                ema = strategy.get_state(device_state).ema_params
-                images = parallel.to_host(sampler(ema, jax.random.fold_in(sample_key, step)))
-                if is_main:
-                    grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"),
-                                         images, dataset.info.num_bits)
-                    writer.write_images(step, "samples", grid)
-            if sigterm.raised:
-                logging.warning("SIGTERM: saving step %d and exiting.", step)
-                flush(step)
-                break
-    bar.close()
-    if last_saved != step or ckpt.latest_step() is None:
-        checkpoint(step, force=True)
-    ckpt.close()
-    writer.close()
+    step = start
+    try:
+        with _SigtermFlag() as sigterm:
+            while step < t.num_steps:
+                batch = strategy.put_batch(_local_batch(config, dataset, step))
+                device_state, metrics = train_step(device_state, batch, train_key)
+                pending.append((step, metrics))
+                step += 1
+                bar.update(1)
+                if step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.num_steps:
+                    flush(step)
+                if step % t.checkpoint_every == 0:
+                    checkpoint(step)
+                if step % t.sample_every == 0 or step == t.num_steps:
+                    write_grid(step)
+                if sigterm.raised:
+                    logging.warning("SIGTERM: saving step %d and exiting.", step)
+                    flush(step)
+                    break
+        if last_saved != step or ckpt.latest_step() is None:
+            checkpoint(step, force=True)
+    finally:
+        # Also on an error: let a save in flight commit, so the last good checkpoint is complete.
+        bar.close()
+        ckpt.close()
+        writer.close()
     return strategy.get_state(device_state)

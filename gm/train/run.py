@@ -31,7 +31,8 @@ USER_ERRORS = (ValueError, gm_data.DataError, loop.NonFiniteLossError, FileNotFo
 
 
 def load_dataset(config):
-    return gm_data.load(config.data.name, data_dir=config.data.get("data_dir") or None)
+    return gm_data.load(config.data.name, data_dir=config.data.get("data_dir") or None,
+                        manual_dir=config.data.get("manual_dir") or None)
 
 
 def restore_latest(config, workdir, method, dataset):
@@ -121,6 +122,9 @@ def main(experiment_file, make_method):
     def _main(argv):
         del argv
         logging.set_verbosity(logging.INFO)
+        # Libraries (Orbax: every phase of every save) log a lot at INFO; show only gm's own INFO lines.
+        logging.get_absl_handler().addFilter(
+            lambda r: r.levelno >= logging.converter.STANDARD_WARNING or f"{os.sep}gm{os.sep}" in r.pathname)
         try:
             run(flags.FLAGS.config, flags.FLAGS.workdir, make_method, flags.FLAGS.mode)
         except USER_ERRORS as e:

@@ -1,0 +1,132 @@
+"""Throughput, compile time and peak memory of the paper's DDPM UNet (35.7M parameters, 32x32x3).
+
+    python -m benchmarks.ddpm --batch_size=128 --dtype=bfloat16          # a GPU
+    python -m benchmarks.ddpm --batch_size=8 --steps=3 --sample_steps=4  # a CPU
+
+Measures, on whatever devices JAX sees, with the trainer's real train step (Adam, clipping, EMA,
+non-finite guard, state donated) under the chosen strategy:
+  - compile time of the train step (lower + compile) and of one sampling chain,
+  - train images/s: the median over `--repeats` timed windows of `--steps` steps, after a warm-up,
+  - sampling images/s for one network evaluation per image, and for a full T=1000 ancestral chain,
+  - peak memory: the device's peak_bytes_in_use where reported (GPU), else the process's max RSS.
+Prints one JSON object and appends it to benchmarks/results.jsonl; RESULTS.md records them by machine.
+"""
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from experiments import ddpm_cifar
+from gm import data as gm_data
+from gm import diffusion, parallel
+from gm.train import state as state_lib
+
+
+def fake_cifar_info():
+    return gm_data.DatasetInfo(name="cifar10", shape=(32, 32, 3), num_bits=8, num_classes=10,
+                               num_train=50_000, num_test=10_000)
+
+
+def peak_memory_bytes():
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
+
+
+def timed(fn, *args):
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch_size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="train steps per timed window")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    p.add_argument("--strategy", default="sharded", choices=parallel.STRATEGIES)
+    p.add_argument("--sample_batch", type=int, default=0, help="default: the train batch size")
+    p.add_argument("--sample_steps", type=int, default=20, help="DDIM steps timed for sampling")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.jsonl"))
+    args = p.parse_args()
+
+    config = ddpm_cifar.get_config()
+    config.model.dtype = args.dtype
+    info = fake_cifar_info()
+    method = diffusion.make(config, info)
+    parallel.check_batch_size(args.batch_size, "--batch_size")
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (args.batch_size, 32, 32, 3), dtype=np.uint8),
+             "label": rng.integers(0, 10, (args.batch_size,), dtype=np.int32)}
+    optimizer = state_lib.optimizer_from_config(config.optim)
+    state = jax.jit(lambda: state_lib.init_state(method.init(jax.random.key(0), batch), optimizer))()
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+
+    strategy = parallel.make_strategy(args.strategy)
+    step = strategy.compile_step(functools.partial(state_lib.train_step, loss_fn=method.loss,
+                                                   optimizer=optimizer, ema_decay=config.optim.ema_decay))
+    device_state = strategy.put_state(parallel.replicate(state))
+    device_batch = strategy.put_batch(batch)
+    key = jax.random.key(1)
+    start = time.perf_counter()
+    device_state, _ = jax.block_until_ready(step(device_state, device_batch, key))  # compile + 1 step
+    compile_s = time.perf_counter() - start
+
+    windows = []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        for _ in range(args.steps):
+            device_state, metrics = step(device_state, device_batch, key)
+        jax.block_until_ready(device_state)
+        windows.append(args.steps * args.batch_size / (time.perf_counter() - start))
+
+    # Sampling: a DDIM chain of `sample_steps` network evaluations, timed after its compile.
+    n = args.sample_batch or args.batch_size
+    ema = strategy.get_state(device_state).ema_params
+    sched = diffusion.schedule_from_name("linear", 1000)
+    net = diffusion.unet_from_config(config.model)
+    eps_fn = lambda params: (lambda x, t: net.apply({"params": params}, x, t, train=False))
+    chain = jax.jit(lambda params, k: diffusion.ddim_sample(sched, eps_fn(params), k, (n, 32, 32, 3),
+                                                            num_steps=args.sample_steps),
+                    out_shardings=parallel.batch_sharding() if n % jax.device_count() == 0 else None)
+    _, sample_compile_s = timed(chain, ema, jax.random.key(2))
+    _, sample_s = timed(chain, ema, jax.random.key(3))
+    evals_per_s = n * args.sample_steps / sample_s
+
+    peak, peak_kind = peak_memory_bytes()
+    gflop_per_image = 37.0  # forward + backward of the paper UNet at 32x32, as stated in the target
+    result = {
+        "benchmark": "ddpm_unet_train_step",
+        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "jax": jax.__version__,
+        "dtype": args.dtype,
+        "strategy": args.strategy,
+        "params": int(num_params),
+        "batch_size": args.batch_size,
+        "train_compile_s": round(compile_s, 1),
+        "train_images_per_s": round(statistics.median(windows), 2),
+        "train_tflops": round(statistics.median(windows) * gflop_per_image / 1000, 3),
+        "sample_compile_s": round(sample_compile_s, 1),
+        "sample_network_evals_per_s": round(evals_per_s, 2),
+        "sample_images_per_s_T1000": round(evals_per_s / 1000, 4),
+        "peak_memory_gb": round(peak / 2 ** 30, 2),
+        "peak_memory_kind": peak_kind,
+    }
+    print(json.dumps(result, indent=2))
+    with open(args.out, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
