@@ -33,7 +33,7 @@ def get_config(arg=None):
         config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
         config.diffusion.update(num_timesteps=100)
         config.optim.update(learning_rate=1e-3, warmup_steps=20, ema_decay=0.99)
-        config.train.update(batch_size=32, num_steps=300, log_every=25, checkpoint_every=100,
+        config.train.update(batch_size=32, num_steps=200, log_every=25, checkpoint_every=100,
                             sample_every=150, num_samples=16)
         config.eval.update(batch_size=120)
         config.sample.update(num=64, batch_size=64)

@@ -101,14 +101,21 @@ def _sharded():
                     compile_step=compile_step)
 
 
+def _local_copy(x):
+    """A replicated (or per-device) array as numpy, read from this process's first shard."""
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        x = x.addressable_data(0)
+    return np.asarray(x)
+
+
 def _pmap():
     n_local = jax.local_device_count()
 
     def put_state(state):
-        return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (n_local,) + np.shape(x)), state)
+        return jax.tree.map(lambda x: np.broadcast_to(_local_copy(x), (n_local,) + np.shape(x)), state)
 
     def get_state(state):
-        return replicate(jax.tree.map(lambda x: np.asarray(x[0]), state))
+        return replicate(jax.tree.map(lambda x: _local_copy(x)[0], state))
 
     def put_batch(local_batch):
         return jax.tree.map(lambda x: np.reshape(x, (n_local, -1) + x.shape[1:]), local_batch)

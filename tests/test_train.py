@@ -111,7 +111,7 @@ def test_deterministic_loss_equals_single_device(digits, strategy):
     batches = _batches(digits)
     single = _run_steps("single", method, method.loss, batches, jax.random.key(1))
     multi = _run_steps(strategy, method, method.loss, batches, jax.random.key(1))
-    tree_allclose(single, multi, rtol=2e-6, atol=1e-7)
+    tree_allclose(single, multi, rtol=1e-5, atol=1e-6)  # float32 sums over the batch in another order
 
 
 def _tiny_ddpm(digits, smoke_config):
@@ -155,7 +155,7 @@ def test_adam_steps_agree_across_strategies(digits):
     single = _run_steps("single", method, method.loss, batches, jax.random.key(1), opt=adam)
     for strategy in ("sharded", "pmap"):
         tree_allclose(single, _run_steps(strategy, method, method.loss, batches, jax.random.key(1), opt=adam),
-                      rtol=1e-5, atol=1e-7)
+                      rtol=1e-5, atol=1e-6)
 
 
 def test_batch_not_divisible_by_devices_is_one_sentence():

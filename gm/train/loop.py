@@ -78,7 +78,7 @@ def _check_resume_meta(meta, config, directory):
 def init_or_restore(config, method, dataset, optimizer, ckpt):
     """(global TrainState, start step): the newest checkpoint in `ckpt` if any, else a fresh init."""
     init_key = run_keys(config.seed)[0]
-    example = {k: v for k, v in _local_batch(config, dataset, 0).items()}
+    example = _local_batch(config, dataset, 0)
     make = lambda: state_lib.init_state(method.init(init_key, example), optimizer)
     step = ckpt.latest_step() if ckpt is not None else None
     if step is None:
