@@ -35,6 +35,16 @@ def fake_cifar_info():
                                num_train=50_000, num_test=10_000)
 
 
+def machine_description():
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
 def peak_memory_bytes():
     stats = jax.local_devices()[0].memory_stats() or {}
     if "peak_bytes_in_use" in stats:
@@ -107,7 +117,7 @@ def main():
     gflop_per_image = 37.0  # forward + backward of the paper UNet at 32x32, as stated in the target
     result = {
         "benchmark": "ddpm_unet_train_step",
-        "machine": f"{platform.node()} {platform.processor() or platform.machine()}",
+        "machine": machine_description(),
         "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
         "jax": jax.__version__,
         "dtype": args.dtype,

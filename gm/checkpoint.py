@@ -9,13 +9,24 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
-# Replica-parallel saving (Orbax's default off GPU) slices every replicated array into one piece per
-# device, which costs a compiled slice per array shape and saves nothing for parameter-sized arrays;
-# above 64 MiB per replica it still pays off, so only smaller arrays are written whole by one replica.
-ocp.type_handlers.register_type_handler(
-    jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=64 * 2 ** 20),
-    override=True)
+
+def _register_array_handler():
+    """Replica-parallel saving (Orbax's default off GPU) slices every replicated array into one piece
+    per device, which costs a compiled slice per array shape and saves nothing for parameter-sized
+    arrays; above 64 MiB per replica it still pays off, so only smaller arrays are written whole."""
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity(logging.ERROR)  # Orbax warns on every override; this one is deliberate
+    try:
+        ocp.type_handlers.register_type_handler(
+            jax.Array, ocp.type_handlers.ArrayHandler(min_slice_bytes_for_replica_parallel=64 * 2 ** 20),
+            override=True)
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+_register_array_handler()
 
 
 class Checkpointer:

@@ -6,7 +6,7 @@ examples, and whether the number is exact or a bound.
 """
 import jax
 import numpy as np
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from gm import distributions as dist
 from gm import parallel

@@ -18,7 +18,7 @@ import time
 import jax
 import numpy as np
 from absl import logging
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from gm import data as gm_data
 from gm import distributions as dist

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from gm import data as gm_data
 from gm import parallel
