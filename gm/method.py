@@ -38,5 +38,7 @@ class Method(NamedTuple):
     sample: SampleFn
     log_prob: Optional[LogProbFn] = None
     log_prob_is_bound: bool = False
-    # (state, batch, key, optimizer, ema_decay) -> (state, metrics), for families with several players.
+    # For families with several players: replaces the generic `gm.train.state.train_step` and takes the
+    # same arguments, (state, batch, key, *, optimizer, ema_decay, reduce_fn, device_key_fn) ->
+    # (state, metrics), so every parallel strategy wraps it unchanged.
     train_step: Optional[Callable[..., Any]] = None

@@ -71,7 +71,8 @@ def sample_to_files(config, workdir, method, dataset):
 def evaluate(config, workdir, method, dataset):
     """Test-split likelihood of the newest checkpoint's EMA params; returns the result dict."""
     if method.log_prob is None:
-        raise ValueError(f"This model has no log_prob, so --mode=eval has nothing to report.")
+        raise ValueError("This model has no log_prob, so --mode=eval has nothing to report.")
+    parallel.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
     state, step = restore_latest(config, workdir, method, dataset)
     limit = config.eval.get("num_examples") or None
     batches = gm_data.eval_batches(dataset, batch_size=config.eval.batch_size, split="test", limit=limit,
