@@ -7,8 +7,9 @@ into a data-parallel one:
   along its first axis (NamedSharding P('batch')), the state is replicated, and XLA inserts the
   gradient all-reduce. It computes exactly what one device would with the same key.
 - `pmap`: the per-device API many JAX research codebases use. Each device runs the step on its slice
-  with its own key, fold_in(key, device index), and gradients and metrics are averaged with
-  `lax.pmean`, so it equals the single-device step over the same per-device slices and keys.
+  with its own key, fold_in(step key, device index), and gradients and metrics are averaged with
+  `lax.pmean`. So it equals the single-device step whose loss is the mean over the same per-device
+  slices and keys, and the plain single-device step for a loss that draws no randomness.
 
 Multi-host: `initialize_distributed` calls `jax.distributed.initialize` when asked; afterwards each
 process feeds its own share of the global batch and both strategies span all processes.
@@ -17,7 +18,6 @@ import os
 from typing import Any, Callable, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
