@@ -49,11 +49,15 @@ def test_warmup_then_constant_learning_rate():
     np.testing.assert_allclose(sizes, [0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-4)
 
 
-def test_gradient_clipping_bounds_the_update_norm():
-    opt = optax.chain(optax.clip_by_global_norm(1.0))  # the first link of make_optimizer's chain
-    g = {"a": jnp.full((4,), 10.0)}
-    updates, _ = opt.update(g, opt.init(g))
-    np.testing.assert_allclose(optax.global_norm(updates), 1.0, rtol=1e-6)
+def test_gradients_are_clipped_to_the_global_norm_before_adam():
+    opt = state_lib.make_optimizer(1e-3, warmup_steps=0, grad_clip=1.0, b1=0.9)
+    params = {"a": jnp.zeros(4), "b": jnp.zeros(2)}
+    grads = {"a": jnp.full((4,), 3.0), "b": jnp.full((2,), 4.0)}  # global norm sqrt(36 + 32) > 1
+    _, opt_state = opt.update(grads, opt.init(params), params)
+    adam_state = next(s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: hasattr(s, "mu")) if hasattr(s, "mu"))
+    norm = optax.global_norm(grads)
+    # Adam's first moment after one step is (1 - b1) * g, with g the clipped gradient.
+    tree_allclose(adam_state.mu, jax.tree.map(lambda g: 0.1 * g / norm, grads), rtol=1e-6)
     with pytest.raises(ValueError, match="config.optim.learning_rate"):
         state_lib.make_optimizer(-1.0)
 
