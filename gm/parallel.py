@@ -171,10 +171,3 @@ def host_scalars(tree):
     """Scalars of a pytree of replicated (or per-device) arrays -> Python floats, read from this
     process's first shard so it works across processes without a collective."""
     return jax.tree.map(lambda x: float(np.asarray(x.addressable_shards[0].data).reshape(-1)[0]), tree)
-
-
-def sync(name):
-    """Barrier across processes (no-op for one process)."""
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-        multihost_utils.sync_global_devices(name)

@@ -121,7 +121,6 @@ def test_vlb_is_a_valid_bound_for_a_random_model():
 
 def test_ddpm_method_learns_digits_and_samples_uint8_levels():
     import functools
-    import ml_collections
     import optax
     from experiments import ddpm_cifar
     from gm import data as gm_data

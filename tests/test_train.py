@@ -1,7 +1,6 @@
 """The trainer's pieces: optimizer, EMA, non-finite handling, both parallel strategies, checkpoints."""
 import functools
 import json
-import os
 
 import jax
 import jax.numpy as jnp
