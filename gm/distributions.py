@@ -117,3 +117,160 @@ def discretized_gaussian_log_prob(x, mean, log_scale, num_bits):
     return jnp.where(
         x < -1.0 + half_width, log_cdf_plus,
         jnp.where(x > 1.0 - half_width, log_one_minus_cdf_min, log_cdf_delta))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Discrete distributions over levels.
+# ---------------------------------------------------------------------------------------------------
+
+def bernoulli_log_prob(logits, x):
+    """Elementwise log Bernoulli(x; sigmoid(logits)) in nats, x in {0, 1} (any dtype), stable for any logit."""
+    x = x.astype(logits.dtype)
+    return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
+
+
+def categorical_log_prob(logits, x):
+    """log softmax(logits)[..., x] in nats: logits [..., K], integer x [...] in {0..K-1} -> [...]."""
+    log_p = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.take_along_axis(log_p, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Discretized logistic mixture (PixelCNN++, Salimans et al. 2017).
+#
+# Each pixel's C sub-pixels, at the levels of [-1, 1], get a mixture of M components; component k is a
+# product over channels of logistics discretized onto the 2^n levels, and channel c's mean moves
+# linearly with the values of the channels before it (R -> G -> B), so one mixture captures the
+# dependence between colours. Parameters along the last axis, each block channel-major:
+#
+#     [ M logits | C*M means | C*M log-scales | C(C-1)/2 * M coupling pre-activations ]
+#
+# Coupling pairs (c, d), d < c, are ordered (1,0), (2,0), (2,1), ...: for RGB g|r, b|r, b|g as in the
+# paper; the coefficients are tanh-squashed into (-1, 1).
+# ---------------------------------------------------------------------------------------------------
+
+DLM_MIN_LOG_SCALE = -7.0  # scales below e^-7 ~ 1e-3 are far narrower than an 8-bit bin anyway
+
+
+def _num_channel_pairs(num_channels):
+    return num_channels * (num_channels - 1) // 2
+
+
+def dlm_num_params(num_channels, num_mix):
+    """Output channels a network needs for a `num_mix`-component mixture over `num_channels` channels.
+
+    Per component: one logit, a mean and a log-scale per channel, and one coupling coefficient per pair
+    of channels: 3 * num_mix for grey images, 10 * num_mix for RGB (the paper's count).
+    """
+    return num_mix * (1 + 2 * num_channels + _num_channel_pairs(num_channels))
+
+
+def _split_dlm_params(params, num_channels):
+    """[..., dlm_num_params(C, M)] -> logits [..., M], means and log-scales [..., C, M] (log-scales
+    clamped below), coupling [..., C, C, M] with entry (c, d) the coefficient of channel d in channel
+    c's mean (zero unless d < c). All float32."""
+    per_component = dlm_num_params(num_channels, 1)
+    if params.shape[-1] % per_component:
+        raise ValueError(
+            f"params has {params.shape[-1]} channels, which is not a multiple of "
+            f"dlm_num_params({num_channels}, 1) = {per_component}; size the network's output with "
+            f"dlm_num_params(num_channels, num_mix).")
+    m = params.shape[-1] // per_component
+    c, p = num_channels, _num_channel_pairs(num_channels)
+    params = params.astype(jnp.float32)
+    batch = params.shape[:-1]
+    logits = params[..., :m]
+    means = params[..., m:(1 + c) * m].reshape(batch + (c, m))
+    log_scales = params[..., (1 + c) * m:(1 + 2 * c) * m].reshape(batch + (c, m))
+    pair_coeffs = jnp.tanh(params[..., (1 + 2 * c) * m:].reshape(batch + (p, m)))
+    # Gather the pair coefficients into a strictly lower-triangular [C, C] matrix; index 0 is a zero row.
+    pairs = [(i, j) for i in range(c) for j in range(i)]
+    pair_index = jnp.array([[pairs.index((i, j)) + 1 if j < i else 0 for j in range(c)] for i in range(c)])
+    padded = jnp.concatenate([jnp.zeros(batch + (1, m), jnp.float32), pair_coeffs], axis=-2)
+    coupling = padded[..., pair_index, :]
+    return logits, means, jnp.maximum(log_scales, DLM_MIN_LOG_SCALE), coupling
+
+
+def discretized_logistic_mixture_log_prob(x, params, num_bits):
+    """log P(pixel) in nats under PixelCNN++'s discretized logistic mixture, jointly over its channels.
+
+    Args:
+      x: float [B, H, W, C] (any leading shape) at level centres in [-1, 1], from `levels_to_symmetric`.
+      params: [..., dlm_num_params(C, M)], for example a network's raw output (layout above).
+      num_bits: bit depth n; bins have half-width 1 / (2^n - 1), and the lowest and highest bins extend
+        to -inf and +inf, so the probabilities of all (2^n)^C values of a pixel sum to one.
+
+    Returns:
+      float32 [B, H, W]: log sum_k pi_k prod_c P_k(x_c | x_<c), in nats.
+    """
+    x = x.astype(jnp.float32)
+    logits, means, log_scales, coupling = _split_dlm_params(params, x.shape[-1])
+    # The data are observed, so every channel's mean can use the true earlier channels at once.
+    means = means + jnp.einsum("...cdm,...d->...cm", coupling, x)
+    half_width = 1.0 / (num_levels(num_bits) - 1)
+    x = x[..., None]
+    inv_scale = jnp.exp(-log_scales)
+    mid_in = inv_scale * (x - means)
+    plus_in = mid_in + inv_scale * half_width
+    min_in = mid_in - inv_scale * half_width
+    # Subtract the two CDFs in the tail where they are small (sigma(a) - sigma(b) above the mean equals
+    # sigma(-b) - sigma(-a)): float32 sigmoids near 1 would cancel catastrophically.
+    upper = mid_in > 0
+    cdf_delta = jnp.where(upper, jax.nn.sigmoid(-min_in) - jax.nn.sigmoid(-plus_in),
+                          jax.nn.sigmoid(plus_in) - jax.nn.sigmoid(min_in))
+    # When the bin's mass underflows, treat the density as constant over the bin (the reference code's
+    # fallback); the 1e-12 only keeps the unused branch of `where` free of NaN gradients.
+    log_pdf_mid = mid_in - log_scales - 2.0 * jax.nn.softplus(mid_in)
+    log_mid_bin = jnp.where(cdf_delta > 1e-5, jnp.log(jnp.maximum(cdf_delta, 1e-12)),
+                            log_pdf_mid + math.log(2.0 * half_width))
+    # Edges are decided by the level itself (half a bin from the end), so any bit depth is exact.
+    log_probs = jnp.where(
+        x < -1.0 + half_width, jax.nn.log_sigmoid(plus_in),
+        jnp.where(x > 1.0 - half_width, jax.nn.log_sigmoid(-min_in), log_mid_bin))
+    log_probs = log_probs.sum(axis=-2) + jax.nn.log_softmax(logits, axis=-1)
+    return jax.nn.logsumexp(log_probs, axis=-1)
+
+
+def sample_discretized_logistic_mixture(key, params, num_bits, num_channels, temperature=1.0):
+    """Draw pixels from PixelCNN++'s discretized logistic mixture.
+
+    Args:
+      key: PRNG key.
+      params: [B, H, W, dlm_num_params(num_channels, M)] (any leading shape).
+      num_bits: bit depth n of the levels to snap to.
+      num_channels: C; it cannot be read off the parameter count (30 fits C=1, 2 and 3).
+      temperature: multiplies every logistic's scale; 1 samples the model, 0 gives the chosen
+        component's (coupled) mean snapped to a level. The choice of component is not tempered.
+
+    Returns:
+      float32 [B, H, W, C] at level centres in [-1, 1].
+    """
+    logits, means, log_scales, coupling = _split_dlm_params(params, num_channels)
+    key_mix, key_noise = jax.random.split(key)
+    # jax.random.categorical is the Gumbel-max trick: argmax of logits + Gumbel noise.
+    component = jax.nn.one_hot(jax.random.categorical(key_mix, logits, axis=-1), logits.shape[-1])
+    means = (means * component[..., None, :]).sum(axis=-1)
+    scales = jnp.exp((log_scales * component[..., None, :]).sum(axis=-1))
+    coupling = (coupling * component[..., None, None, :]).sum(axis=-1)
+    # Logistic noise by inverting the CDF; u stays off 0 and 1 (as in the reference) so the noise is
+    # finite and temperature 0 is exact.
+    u = jax.random.uniform(key_noise, means.shape, jnp.float32, minval=1e-5, maxval=1.0 - 1e-5)
+    noise = jnp.log(u) - jnp.log1p(-u)
+    channels = []
+    for c in range(num_channels):
+        # Later channels couple to the SNAPPED earlier values, as the likelihood conditions on them.
+        mean = means[..., c] + sum(coupling[..., c, d] * channels[d] for d in range(c))
+        value = mean + temperature * scales[..., c] * noise[..., c]
+        # Clipping then rounding to the nearest level puts everything beyond the outer bins' inner
+        # edges into the outer levels, matching the likelihood's open-ended edge bins.
+        channels.append(_snap_to_levels(value, num_bits))
+    return jnp.stack(channels, axis=-1)
+
+
+def _snap_to_levels(x, num_bits):
+    """Float -> the nearest level centre in [-1, 1], as float32 (x outside [-1, 1] goes to an end)."""
+    top = num_levels(num_bits) - 1
+    k = jnp.clip(jnp.round((x + 1.0) * (top / 2.0)), 0, top)
+    # (2k - top) / top is a single rounding of an exact integer ratio: the ends are exactly -1 and 1,
+    # which k * (2 / top) - 1 is not once the compiler fuses it into a multiply-add.
+    return (2.0 * k - top) / top

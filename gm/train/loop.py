@@ -82,7 +82,7 @@ def init_or_restore(config, method, dataset, optimizer, ckpt):
     make = lambda: state_lib.init_state(method.init(init_key, example), optimizer)
     step = ckpt.latest_step() if ckpt is not None else None
     if step is None:
-        return parallel.replicate(jax.jit(make)()), 0
+        return parallel.replicate(state_lib.run_once(make)), 0
     rep = parallel.replicated_sharding()
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), jax.eval_shape(make))
     try:

@@ -25,14 +25,27 @@ class TrainState(flax.struct.PyTreeNode):
     num_nonfinite: jax.Array
 
 
-def make_optimizer(learning_rate, warmup_steps=0, grad_clip=None, b1=0.9, b2=0.999, eps=1e-8,
-                   weight_decay=0.0):
-    """Global-norm clipping -> Adam(W) with a linear warm-up from 0 to `learning_rate`, then constant."""
+def learning_rate_schedule(learning_rate, warmup_steps=0, lr_decay=1.0):
+    """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then times `lr_decay` every step
+    (PixelCNN++'s 0.999995; 1.0 keeps it constant). A float when nothing varies."""
     if learning_rate <= 0:
         raise ValueError(f"config.optim.learning_rate must be positive, got {learning_rate}.")
     if warmup_steps < 0:
         raise ValueError(f"config.optim.warmup_steps must be >= 0, got {warmup_steps}.")
-    schedule = optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate
+    if not 0.0 < lr_decay <= 1.0:
+        raise ValueError(f"config.optim.lr_decay must be in (0, 1], got {lr_decay}.")
+    if lr_decay == 1.0:
+        return optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate
+    decay = optax.exponential_decay(learning_rate, transition_steps=1, decay_rate=lr_decay)
+    if not warmup_steps:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps])
+
+
+def make_optimizer(learning_rate, warmup_steps=0, grad_clip=None, b1=0.9, b2=0.999, eps=1e-8,
+                   weight_decay=0.0, lr_decay=1.0):
+    """Global-norm clipping -> Adam(W) on `learning_rate_schedule(learning_rate, warmup_steps, lr_decay)`."""
+    schedule = learning_rate_schedule(learning_rate, warmup_steps, lr_decay)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
     if weight_decay:
         parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
@@ -42,10 +55,21 @@ def make_optimizer(learning_rate, warmup_steps=0, grad_clip=None, b1=0.9, b2=0.9
 
 
 def optimizer_from_config(optim):
-    """config.optim (learning_rate, warmup_steps, grad_clip, b1, b2, eps, weight_decay) -> optax chain."""
+    """config.optim (learning_rate, warmup_steps, grad_clip, b1, b2, eps, weight_decay, lr_decay) -> optax
+    chain; the fields after warmup_steps are optional."""
     return make_optimizer(optim.learning_rate, optim.warmup_steps, optim.get("grad_clip"),
                           optim.get("b1", 0.9), optim.get("b2", 0.999), optim.get("eps", 1e-8),
-                          optim.get("weight_decay", 0.0))
+                          optim.get("weight_decay", 0.0), optim.get("lr_decay", 1.0))
+
+
+# XLA's backend optimizations cost far more compile time than they save on a program that runs once:
+# PixelCNN++'s initializer (114 threefry draws) compiles in 11 s without them and 36 s with them on CPU.
+_COMPILE_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def run_once(fn, *args):
+    """fn(*args) jit-compiled for a single call (an initializer): a quick compile, not a quick program."""
+    return jax.jit(fn).lower(*args).compile(compiler_options=_COMPILE_ONCE_OPTIONS)(*args)
 
 
 def init_state(params, optimizer):

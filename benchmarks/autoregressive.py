@@ -1,0 +1,108 @@
+"""Sampling speed of the autoregressive models: a 16-image grid of 32x32x3 (CIFAR-10 shape, 8 bits).
+
+    python -m benchmarks.autoregressive                       # paper-size networks
+    python -m benchmarks.autoregressive --config=smoke        # the smoke-size networks, same shape
+    python -m benchmarks.autoregressive --models=pixelcnn_pp,transformer --max_seconds=120
+
+For each model of `experiments/pixelcnn_cifar.py` (and NADE from `experiments/nade_mnist.py`), with
+random parameters (speed does not depend on training):
+  - compile time of the whole sampler (one jit: the fori_loop / scan over positions),
+  - one network evaluation on the 16 images (a log_prob call, median of --repeats),
+  - the full sampler, timed, when its estimate (evaluations x one evaluation) is under --max_seconds;
+    otherwise `sample_s` is that estimate, marked "estimated". Convolutional models evaluate the
+    whole network once per pixel (PixelCNN++: 1,024 times) or per sub-pixel (PixelCNN: 3,072 times);
+    the transformer and NADE carry a cache and pay O(T) / O(H) per position.
+Appends one JSON line per model to benchmarks/results.jsonl.
+"""
+import argparse
+import json
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes, timed
+from experiments import nade_mnist, pixelcnn_cifar
+from gm import autoregressive as ar
+from gm.train import state as state_lib
+
+NUM = 16
+
+
+def network_evaluations(name, info):
+    """How many times the sampler runs the whole network for one grid."""
+    h, w, c = info.shape
+    return {"pixelcnn_pp": h * w, "pixelcnn": h * w * c, "gated_pixelcnn": h * w * c}.get(name, 1)
+
+
+def benchmark(name, variant, info, repeats, max_seconds):
+    experiment = nade_mnist if name == "nade" else pixelcnn_cifar
+    config = experiment.get_config(variant)
+    config.model.name = name
+    method = ar.make(config, info)
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.integers(0, 256, (NUM,) + info.shape, dtype=np.uint8),
+             "label": np.zeros(NUM, np.int32)}
+    params = state_lib.run_once(method.init, jax.random.key(0), batch)
+    num_params = sum(x.size for x in jax.tree.leaves(params))
+
+    log_prob = jax.jit(method.log_prob)
+    timed(log_prob, params, jax.random.key(1), batch)
+    eval_s = statistics.median(timed(log_prob, params, jax.random.key(1), batch)[1] for _ in range(repeats))
+
+    start = time.perf_counter()
+    sampler = jax.jit(lambda p, k: method.sample(p, k, NUM)).lower(params, jax.random.key(2)).compile()
+    compile_s = time.perf_counter() - start
+    evaluations = network_evaluations(name, info)
+    estimate = evaluations * eval_s
+    if name in ("nade", "transformer") or estimate <= max_seconds:
+        samples, sample_s = timed(sampler, params, jax.random.key(3))
+        assert samples.shape == (NUM,) + info.shape
+        kind = "measured"
+    else:
+        sample_s, kind = estimate, "estimated"
+    peak, peak_kind = peak_memory_bytes()
+    return {
+        "benchmark": "autoregressive_sampling",
+        "model": name,
+        "config": variant or "paper",
+        "machine": machine_description(),
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
+        "jax": jax.__version__,
+        "params": int(num_params),
+        "num_images": NUM,
+        "shape": list(info.shape),
+        "sampler_compile_s": round(compile_s, 1),
+        "network_eval_s": round(eval_s, 4),
+        "network_evaluations": evaluations if name not in ("nade", "transformer") else None,
+        "sample_s": round(sample_s, 3),
+        "sample_s_kind": kind,
+        "images_per_s": round(NUM / sample_s, 4),
+        "peak_memory_gb": round(peak / 2 ** 30, 2),
+        "peak_memory_kind": peak_kind,
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=",".join(ar.MODELS))
+    p.add_argument("--config", default="", choices=["", "smoke"], help="'' = paper-size networks")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--max_seconds", type=float, default=600.0,
+                   help="time the full sampler only when its estimate is below this")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.jsonl"))
+    args = p.parse_args()
+    info = fake_cifar_info()
+    for name in args.models.split(","):
+        if name not in ar.MODELS:
+            raise SystemExit(f"error: --models takes names from {ar.MODELS}, got {name!r}.")
+        result = benchmark(name, args.config or None, info, args.repeats, args.max_seconds)
+        print(json.dumps(result))
+        with open(args.out, "a") as f:
+            f.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

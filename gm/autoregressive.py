@@ -1,0 +1,291 @@
+"""The autoregressive family: p(x) = prod_i p(x_i | x_<i), an exact log-likelihood, sequential sampling.
+
+Order: raster (row by row, left to right) and, inside a pixel, R -> G -> B, the order of
+`image.reshape(B, -1)`. Models (config.model.name):
+
+    nade            binary images (binarized from the data's levels), NADE       gm/nn/nade.py
+    pixelcnn        softmax over the data's 2^n levels, masked convolutions      gm/nn/pixelcnn.py
+    gated_pixelcnn  the same with vertical + horizontal gated stacks              gm/nn/pixelcnn.py
+    pixelcnn_pp     discretized logistic mixture (PixelCNN++)                     gm/nn/pixelcnn_pp.py
+    transformer     causal transformer over the sub-pixels as tokens              gm/nn/transformer.py
+
+`log_prob` is exact, in nats per example, of the data's integer levels (or of the binarized image for
+NADE), so bits/dim goes through `gm.distributions.bits_per_dim` like every other family. Sampling is
+one compiled loop on device: a `fori_loop` over pixels (PixelCNN++) or sub-pixels (PixelCNN), a
+`scan` over dimensions carrying NADE's hidden pre-activation, and a key/value-cached `scan` for the
+transformer.
+"""
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gm import distributions as dist
+from gm.method import Method
+
+MODELS = ("nade", "pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "transformer")
+BINARIZE = ("stochastic", "threshold")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data treatment.
+# ---------------------------------------------------------------------------------------------------
+
+def binarize(key, levels, num_bits, mode="stochastic"):
+    """Integer levels at `num_bits` -> int32 {0, 1}, same shape.
+
+    'stochastic': x ~ Bernoulli(level / (2^n - 1)), a fresh draw per key (the binarized-MNIST protocol
+    of Salakhutdinov & Murray 2008); 'threshold': level >= 2^(n-1).
+    """
+    top = dist.num_levels(num_bits) - 1
+    if mode == "stochastic":
+        return jax.random.bernoulli(key, levels.astype(jnp.float32) / top).astype(jnp.int32)
+    if mode == "threshold":
+        return (levels >= (top + 1) // 2).astype(jnp.int32)
+    raise ValueError(f"config.model.nade.binarize must be one of {BINARIZE}, got {mode!r}.")
+
+
+def fit_independent_pixels(images, num_levels, pseudo_count=1.0):
+    """The independent-pixel baseline p(x) = prod_d p_d(x_d), fitted by counting.
+
+    Args:
+      images: integer levels [N, ...] (e.g. the training split).
+      num_levels: L, values per sub-pixel.
+      pseudo_count: added to every count (Laplace smoothing), so unseen test values have finite NLL.
+
+    Returns:
+      float64 log-probabilities [..., L] in nats, one categorical per sub-pixel: D (L - 1) free
+      parameters, against L^D - 1 for the full joint.
+    """
+    images = np.asarray(images, np.int64)
+    counts = np.apply_along_axis(np.bincount, 0, images, minlength=num_levels)  # [L, ...]
+    counts = np.moveaxis(counts, 0, -1) + pseudo_count
+    return np.log(counts / counts.sum(-1, keepdims=True))
+
+
+def independent_pixels_log_prob(log_table, images):
+    """log p(x) in nats per example [N] of integer `images` [N, ...] under `fit_independent_pixels`."""
+    images = np.asarray(images, np.int64)
+    per_dim = np.take_along_axis(np.broadcast_to(log_table, images.shape + log_table.shape[-1:]),
+                                 images[..., None], axis=-1)[..., 0]
+    return per_dim.reshape(len(images), -1).sum(-1)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Sampling in raster order.
+# ---------------------------------------------------------------------------------------------------
+
+def sample_raster(draw, key, shape, per_pixel):
+    """Fill int32 levels [N, H, W, C] one pixel (per_pixel) or one sub-pixel at a time, on device.
+
+    Args:
+      draw: (x, key) -> int32 [N, H, W, C], a draw of every sub-pixel from its conditional given the
+        current x; only the position being filled is kept, so the model sees each earlier value.
+      key: step s draws with fold_in(key, s).
+      shape: (N, H, W, C).
+      per_pixel: True when `draw` already samples the C channels of a pixel jointly (PixelCNN++),
+        H W network evaluations; False for H W C evaluations, one per sub-pixel.
+
+    Returns:
+      int32 [N, H, W, C].
+    """
+    _, _, w, c = shape
+
+    def body(s, x):
+        proposal = draw(x, jax.random.fold_in(key, s))
+        if per_pixel:
+            i, j = jnp.divmod(s, w)
+            return x.at[:, i, j, :].set(proposal[:, i, j, :])
+        pixel, ch = jnp.divmod(s, c)
+        i, j = jnp.divmod(pixel, w)
+        return x.at[:, i, j, ch].set(proposal[:, i, j, ch])
+
+    steps = shape[1] * w * (1 if per_pixel else c)
+    return jax.lax.fori_loop(0, steps, body, jnp.zeros(shape, jnp.int32))
+
+
+# ---------------------------------------------------------------------------------------------------
+# One likelihood per model: log P(x) in nats and a sampler, over integer levels.
+# ---------------------------------------------------------------------------------------------------
+
+class Model(NamedTuple):
+    """init(key, levels, y) -> params; log_prob(params, levels, y, dropout_key) -> [B] nats (train mode
+    when dropout_key is not None); sample(params, key, num, y) -> int levels [num, H, W, C]."""
+    init: Callable
+    log_prob: Callable
+    sample: Callable
+
+
+def _apply(net, params, inputs, y, dropout_key):
+    train = dropout_key is not None
+    rngs = {"dropout": dropout_key} if train else {}
+    return net.apply({"params": params}, inputs, y, train=train, rngs=rngs)
+
+
+def _sum_per_example(x):
+    return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
+def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn):
+    """A convolutional model on images in [-1, 1]: log_prob_fn(out, x_sym, levels) -> [B, ...] nats,
+    draw_fn(key, out) -> int levels [B, H, W, C]."""
+    to_sym = lambda levels: dist.levels_to_symmetric(levels, info.num_bits)
+
+    def init(key, levels, y):
+        return net.init({"params": key}, to_sym(levels), y, train=False)["params"]
+
+    def log_prob(params, levels, y, dropout_key=None):
+        out = _apply(net, params, to_sym(levels), y, dropout_key)
+        return _sum_per_example(log_prob_fn(out, to_sym(levels), levels))
+
+    def sample(params, key, num, y):
+        draw = lambda x, k: draw_fn(k, _apply(net, params, to_sym(x), y, None))
+        return sample_raster(draw, key, (num,) + tuple(info.shape), per_pixel)
+
+    return Model(init, log_prob, sample)
+
+
+def _categorical_model(net, info):
+    return _conv_model(net, info, per_pixel=False,
+                       log_prob_fn=lambda logits, _, levels: dist.categorical_log_prob(logits, levels),
+                       draw_fn=jax.random.categorical)
+
+
+def _mixture_model(net, info):
+    num_bits = info.num_bits
+    return _conv_model(
+        net, info, per_pixel=True,
+        log_prob_fn=lambda out, x, _: dist.discretized_logistic_mixture_log_prob(x, out, num_bits),
+        draw_fn=lambda key, out: dist.symmetric_to_levels(
+            dist.sample_discretized_logistic_mixture(key, out, num_bits, info.shape[-1]), num_bits
+        ).astype(jnp.int32))
+
+
+def _transformer_model(net, info):
+    from gm.nn import transformer
+
+    tokens = lambda levels: levels.reshape(levels.shape[0], -1).astype(jnp.int32)
+
+    def init(key, levels, y):
+        return net.init({"params": key}, tokens(levels), y, train=False)["params"]
+
+    def log_prob(params, levels, y, dropout_key=None):
+        logits = _apply(net, params, tokens(levels), y, dropout_key)
+        return _sum_per_example(dist.categorical_log_prob(logits, tokens(levels)))
+
+    def sample(params, key, num, y):
+        seq = transformer.sample_tokens(net, params, key, num, y)
+        return seq.reshape((num,) + tuple(info.shape))
+
+    return Model(init, log_prob, sample)
+
+
+def _nade_model(net, info):
+    from gm.nn.nade import NADE
+
+    flat = lambda x: x.reshape(x.shape[0], -1)
+    top = info.num_levels - 1
+
+    def init(key, binary, y):
+        return net.init({"params": key}, flat(binary))["params"]
+
+    def log_prob(params, binary, y, dropout_key=None):
+        logits = net.apply({"params": params}, flat(binary))
+        return jnp.sum(dist.bernoulli_log_prob(logits, flat(binary)), axis=-1)
+
+    def sample(params, key, num, y):
+        binary = net.apply({"params": params}, key, num, method=NADE.sample)
+        return binary.reshape((num,) + tuple(info.shape)) * top  # 1 -> the brightest level, for display
+
+    return Model(init, log_prob, sample)
+
+
+def model_from_config(model, info):
+    """config.model -> Model. Reads model.name, the network's fields under model[name],
+    model.class_conditional and model.dtype."""
+    name = model.name
+    if name not in MODELS:
+        raise ValueError(f"Unknown config.model.name {name!r}; use one of {MODELS}.")
+    try:
+        return _build(name, model, info)
+    except TypeError as e:  # a field the network's constructor does not take
+        raise ValueError(f"config.model.{name} does not fit the {name} network ({e}).") from None
+
+
+def _build(name, model, info):
+    from gm.nn.nade import NADE
+    from gm.nn.pixelcnn import GatedPixelCNN, PixelCNN
+
+    fields = model[name].to_dict() if name in model else {}
+    num_classes = info.num_classes if model.get("class_conditional", False) else None
+    dtype = jnp.dtype(model.get("dtype", "float32"))
+    if name == "nade":
+        if num_classes:
+            raise ValueError("config.model.class_conditional is not supported for NADE; set it to False.")
+        fields.pop("binarize", None)
+        return _nade_model(NADE(info.num_dims, **fields), info)
+    if name == "transformer":
+        from gm.nn.transformer import CausalTransformer
+
+        net = CausalTransformer(vocab_size=info.num_levels, seq_len=info.num_dims, num_classes=num_classes,
+                                dtype=dtype, **fields)
+        return _transformer_model(net, info)
+    if name == "pixelcnn_pp":
+        from gm.nn.pixelcnn_pp import PixelCNNPP
+
+        return _mixture_model(PixelCNNPP(num_classes=num_classes, dtype=dtype, **fields), info)
+    cls = PixelCNN if name == "pixelcnn" else GatedPixelCNN
+    return _categorical_model(cls(info.num_levels, num_classes=num_classes, dtype=dtype, **fields), info)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Method.
+# ---------------------------------------------------------------------------------------------------
+
+def make(config, info):
+    """An autoregressive model of images of `info.shape` at `info.num_bits` -> Method.
+
+    Reads config.model.name, config.model[name] (the network's fields), config.model.class_conditional
+    and config.model.dtype. The loss is the negative log-likelihood in bits/dim (metrics also give
+    nats per example); `log_prob` is exact. For NADE the data are binarized first
+    (config.model.nade.binarize): stochastically with a fresh key in training, and with the key
+    `log_prob` is given when evaluating (fixed by the run's seed, so a test set is binarized once).
+    """
+    if info.num_bits is None:
+        raise ValueError(f"Autoregressive models need image data; config.data.name={info.name!r} is not one.")
+    m = config.model
+    model = model_from_config(m, info)
+    conditional = bool(m.get("class_conditional", False))
+    mode = m.nade.get("binarize", "stochastic") if m.name == "nade" else None
+    if mode is not None:
+        binarize(jax.random.key(0), jnp.zeros((1,), jnp.uint8), info.num_bits, mode)  # validates the field
+    num_dims = info.num_dims
+
+    def data(key, batch):
+        levels = batch["image"]
+        if mode is not None:
+            levels = binarize(key, levels, info.num_bits, mode)
+        return levels, (batch["label"] if conditional else None)
+
+    def init(key, batch):
+        levels, y = data(jax.random.key(0), batch)
+        return model.init(key, levels, y)
+
+    def loss(params, key, batch):
+        data_key, dropout_key = jax.random.split(key)
+        levels, y = data(data_key, batch)
+        nll = -model.log_prob(params, levels, y, dropout_key)
+        bpd = dist.bits_per_dim(jnp.mean(nll), num_dims)
+        return bpd, {"loss": bpd, "nll_nats": jnp.mean(nll)}
+
+    def sample(params, key, num):
+        label_key, sample_key = jax.random.split(key)
+        y = jax.random.randint(label_key, (num,), 0, info.num_classes) if conditional else None
+        return model.sample(params, sample_key, num, y).astype(jnp.uint8)
+
+    def log_prob(params, key, batch):
+        levels, y = data(key, batch)
+        return model.log_prob(params, levels, y)
+
+    return Method(init=init, loss=loss, sample=sample, log_prob=log_prob, log_prob_is_bound=False)

@@ -1,0 +1,201 @@
+"""PixelCNN++ (Salimans et al. 2017), in Flax linen.
+
+The network maps an image x in [-1, 1] to the parameters of a discretized logistic mixture per pixel
+(`gm.distributions.discretized_logistic_mixture_log_prob`), such that the output at pixel (i, j)
+depends only on the pixels strictly before (i, j) in raster order. The colours inside a pixel are
+handled by the mixture's channel coupling, not by the network, so no masks are needed.
+
+Causality comes from shifted convolutions (`gm.nn.causal`) in two streams:
+
+* ``u`` sees the rows above: down-shifted 2x3 convolutions, whose output at row i sees rows <= i,
+  fed with a map shifted one row down;
+* ``ul`` sees the rows above and the pixels to the left in the current row: down-right-shifted 2x2
+  convolutions, fed with the sum of a down-shifted map and a right-shifted one; every block of ``ul``
+  also reads ``u`` at the same position, which widens its view of the rows above.
+
+Both streams run through gated residual blocks (concat_elu, dropout, a sigmoid gate) at three
+resolutions: a first pass halves H and W twice with stride-2 shifted convolutions and keeps every
+intermediate map; a second pass doubles them back with stride-2 shifted transposed convolutions and
+feeds each of its blocks the matching map of the first pass (the reference's `u_list` / `ul_list`).
+
+This follows ``pixel_cnn_pp/model.py`` and ``nn.py`` of the reference code, without its weight
+normalisation and data-dependent initialisation: plain convolutions with Flax's default (LeCun normal)
+initialisation, the last convolution of each block scaled down by 10 as in the reference, so a block
+starts close to the identity.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gm.distributions import dlm_num_params
+from gm.nn.causal import down_padding, down_right_padding, down_shift, right_shift
+
+SHIFTS = ("down", "down_right")
+# The reference's kernels: 2x3 (one row above, centred) for `u`, 2x2 (above and left) for `ul`.
+DEFAULT_KERNELS = {"down": (2, 3), "down_right": (2, 2)}
+NUM_RESOLUTIONS = 3
+
+
+def concat_elu(x: jax.Array) -> jax.Array:
+    """ELU of [x, -x] on the channel axis: [..., C] -> [..., 2C].
+
+    Like concatenated ReLU, it passes both signs of a feature on, unlike a plain ELU.
+    """
+    return nn.elu(jnp.concatenate([x, -x], axis=-1))
+
+
+def _shifted_conv(features: int, shift: str, kernel_size: tuple[int, int] | None = None,
+                  strides: int = 1, *, dtype, init_scale: float = 1.0,
+                  name: str | None = None) -> nn.Conv:
+    """A conv padded so its output at (i, j) sees rows <= i: columns centred ("down") or <= j
+    ("down_right"). With stride 2 it halves H and W (which must be even)."""
+    if shift not in SHIFTS:
+        raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}.")
+    kernel_size = DEFAULT_KERNELS[shift] if kernel_size is None else kernel_size
+    padding = down_padding(kernel_size) if shift == "down" else down_right_padding(kernel_size)
+    # Variance scale init_scale^2: the reference's init_scale multiplies the output's standard deviation.
+    init = nn.initializers.variance_scaling(init_scale ** 2, "fan_in", "truncated_normal")
+    return nn.Conv(features, kernel_size, strides=(strides, strides), padding=padding,
+                   kernel_init=init, dtype=dtype, name=name)
+
+
+class ShiftedConvTranspose(nn.Module):
+    """Stride-2 transposed conv that doubles H and W, keeping the shifted causality of `shift`.
+
+    [B, H, W, C] -> [B, 2H, 2W, features]. Input (i, j) feeds output rows 2i, 2i + 1 and a few columns
+    from 2j on; the crop keeps the rows from the top and, for "down", centres the columns (dropping the
+    kernel's overhang on the left), as ``down_(right_)shifted_deconv2d`` of the reference.
+    """
+    features: int
+    shift: str
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.shift not in SHIFTS:
+            raise ValueError(f"shift must be one of {SHIFTS}, got {self.shift!r}.")
+        kh, kw = DEFAULT_KERNELS[self.shift]
+        y = nn.ConvTranspose(self.features, (kh, kw), strides=(2, 2), padding="VALID",
+                             dtype=self.dtype)(x)
+        height, width = 2 * x.shape[1], 2 * x.shape[2]
+        left = (kw - 1) // 2 if self.shift == "down" else 0
+        return y[:, :height, left:left + width]
+
+
+class GatedResnet(nn.Module):
+    """PixelCNN++'s gated residual block: [B, H, W, F] -> [B, H, W, F].
+
+    x + a * sigmoid(b), where [a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(aux)))))
+    (+ a class embedding). Both convs are shifted by `shift`, so the block keeps its input's causality as
+    long as `aux` has it too; `aux` is the other stream or the matching map of the first pass.
+    """
+    shift: str
+    dropout: float = 0.0
+    num_classes: Optional[int] = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, aux: jax.Array | None = None, y: jax.Array | None = None,
+                 *, train: bool) -> jax.Array:
+        features = x.shape[-1]
+        h = _shifted_conv(features, self.shift, dtype=self.dtype, name="conv1")(concat_elu(x))
+        if aux is not None:
+            h = h + nn.Dense(features, dtype=self.dtype, name="nin_aux")(concat_elu(aux))
+        h = concat_elu(h)
+        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        h = _shifted_conv(2 * features, self.shift, dtype=self.dtype, init_scale=0.1, name="conv2")(h)
+        if y is not None:
+            # One learned vector per class and block, the reference's one-hot h times its matrix `hw`.
+            embed = nn.Embed(self.num_classes, 2 * features, embedding_init=nn.initializers.normal(0.05),
+                             dtype=self.dtype, name="class_embed")
+            h = h + embed(y)[:, None, None, :]
+        a, b = jnp.split(h, 2, axis=-1)
+        return x + a * nn.sigmoid(b)
+
+
+class PixelCNNPP(nn.Module):
+    """PixelCNN++: images [B, H, W, C] in [-1, 1] -> discretized logistic mixture parameters.
+
+    Attributes:
+      nr_resnet: gated blocks per resolution in the first pass (the second pass has one more at the
+        two higher resolutions, to consume the downsampling layers' maps).
+      nr_filters: feature width F of both streams.
+      nr_logistic_mix: mixture components M.
+      dropout: dropout rate inside every block, active when ``train=True`` (rng name "dropout").
+      num_classes: if set, the network is class-conditional and needs labels ``y``.
+      dtype: compute precision; parameters are float32 and the output is cast to float32.
+
+    Call ``model.apply(params, x, y, train=...)``; x is float [B, H, W, C] with H and W divisible by 4
+    (two halvings), y int [B] in {0..num_classes-1} or None. Returns float32
+    [B, H, W, dlm_num_params(C, nr_logistic_mix)], whose pixel (i, j) depends only on the pixels of x
+    strictly before (i, j) in raster order (and on y).
+    """
+    nr_resnet: int = 5
+    nr_filters: int = 160
+    nr_logistic_mix: int = 10
+    dropout: float = 0.5
+    num_classes: Optional[int] = None
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, y: jax.Array | None = None, *, train: bool) -> jax.Array:
+        _check_inputs(x, y, self.num_classes)
+        num_channels = x.shape[-1]
+        filters = self.nr_filters
+        # A channel of ones tells the first convs the image apart from their zero padding.
+        x = x.astype(self.dtype)
+        x = jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), self.dtype)], axis=-1)
+
+        def block(shift):
+            return GatedResnet(shift, dropout=self.dropout, num_classes=self.num_classes, dtype=self.dtype)
+
+        def conv(shift, kernel_size=None, strides=1):
+            return _shifted_conv(filters, shift, kernel_size, strides, dtype=self.dtype)
+
+        # Shifting after the first convs makes them see strictly earlier rows (u) and, in the current
+        # row, strictly earlier columns (ul); every later layer only keeps that property.
+        u_list = [down_shift(conv("down", (2, 3))(x))]
+        ul_list = [down_shift(conv("down", (1, 3))(x)) + right_shift(conv("down_right", (2, 1))(x))]
+
+        # First pass: full, 1/2 and 1/4 resolution, keeping every map for the second pass.
+        for level in range(NUM_RESOLUTIONS):
+            if level > 0:
+                u_list.append(conv("down", strides=2)(u_list[-1]))
+                ul_list.append(conv("down_right", strides=2)(ul_list[-1]))
+            for _ in range(self.nr_resnet):
+                u_list.append(block("down")(u_list[-1], None, y, train=train))
+                ul_list.append(block("down_right")(ul_list[-1], u_list[-1], y, train=train))
+
+        # Second pass: back up to full resolution, consuming the first pass's maps in reverse.
+        u, ul = u_list.pop(), ul_list.pop()
+        for level in range(NUM_RESOLUTIONS):
+            if level > 0:
+                u = ShiftedConvTranspose(filters, "down", self.dtype)(u)
+                ul = ShiftedConvTranspose(filters, "down_right", self.dtype)(ul)
+            for _ in range(self.nr_resnet + (level > 0)):
+                u = block("down")(u, u_list.pop(), y, train=train)
+                ul = block("down_right")(ul, jnp.concatenate([u, ul_list.pop()], axis=-1), y,
+                                         train=train)
+        assert not u_list and not ul_list, "every map of the first pass is used exactly once"
+
+        out = nn.Dense(dlm_num_params(num_channels, self.nr_logistic_mix), dtype=self.dtype,
+                       name="nin_out")(nn.elu(ul))
+        return out.astype(jnp.float32)
+
+
+def _check_inputs(x, y, num_classes):
+    if x.ndim != 4:
+        raise ValueError(f"PixelCNNPP expects images [B, H, W, C], got shape {x.shape}.")
+    height, width = x.shape[1:3]
+    if height % 4 or width % 4:
+        raise ValueError(
+            f"PixelCNNPP halves H and W twice, so both must be divisible by 4; got {height}x{width}. "
+            f"Pad or crop the images.")
+    if num_classes is None and y is not None:
+        raise ValueError("Labels y were given but num_classes is None; set num_classes to condition on them.")
+    if num_classes is not None and y is None:
+        raise ValueError(f"This PixelCNNPP is class-conditional (num_classes={num_classes}); pass labels y.")

@@ -1,0 +1,295 @@
+"""A decoder-only causal transformer over discrete tokens, in Flax linen.
+
+One network serves two autoregressive models: images as sequences of integer levels (pixels in raster
+order, channels minor: R, G, B of a pixel, then the next pixel) and the prior over VQ-VAE code grids.
+Both factorise p(x | y) = prod_i p(x_i | x_<i, y) over a fixed length T.
+
+The input is the sequence shifted right by one: position 0 holds a learned start-of-sequence embedding
+(plus a learned class embedding when the model is class-conditional) and position i > 0 holds the
+embedding of x_{i-1}; x_{T-1} is never an input. With causal self-attention, the output at position i
+therefore sees x_<i (and y) only, and parameterises p(x_i | x_<i, y).
+
+Blocks are pre-LayerNorm (GPT-2): x + Attn(LN(x)), then x + MLP(LN(x)) with GELU, then a final
+LayerNorm and a linear head to the vocabulary.
+
+Sampling reuses keys and values: `decode` runs ONE position against an explicit cache of every
+earlier position's keys and values, so step i costs O(T) rather than the O(T^2) of a full forward
+pass. The cache is a plain pytree passed in and returned (`init_cache`), not a Flax variable
+collection, so `sample_tokens` is an ordinary `lax.scan` over positions with the cache in its carry.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gm.distributions import categorical_log_prob
+
+Dtype = Any
+# Per layer, {"k": [B, T, heads, head_dim], "v": [B, T, heads, head_dim]} in the compute dtype.
+Cache = tuple[dict[str, jax.Array], ...]
+
+# GPT-2's initialisation: N(0, 0.02) everywhere; the projections closing a residual branch are
+# further scaled by 1/sqrt(2 * num_layers) so the residual stream's variance does not grow with depth.
+_INIT_STD = 0.02
+
+
+def _normal(std: float) -> nn.initializers.Initializer:
+    return nn.initializers.normal(stddev=std)
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, query_positions: jax.Array) -> jax.Array:
+    """Causal multi-head attention of n queries over all T cached/full keys.
+
+    Args:
+      q: [B, n, heads, head_dim] queries at sequence positions ``query_positions``.
+      k, v: [B, T, heads, head_dim] keys and values at positions 0..T-1.
+      query_positions: int [n]; a query at position p attends to keys at positions <= p only.
+
+    Returns:
+      [B, n, heads, head_dim] in the dtype of ``v``.
+    """
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) * (q.shape[-1] ** -0.5)
+    mask = jnp.arange(k.shape[1])[None, :] <= query_positions[:, None]  # [n, T]
+    # A finite floor rather than -inf: masked keys get weight exactly 0 and no row is ever all-NaN.
+    scores = jnp.where(mask[None, None], scores, jnp.finfo(jnp.float32).min)
+    # Softmax in float32: low-precision logits saturate the exponent quickly.
+    weights = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention, [B, n, D] -> [B, n, D], with an explicit key/value cache."""
+
+    embed_dim: int
+    num_heads: int
+    out_init_std: float = _INIT_STD
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim ({self.embed_dim}) must be divisible by num_heads "
+                             f"({self.num_heads}).")
+        self.qkv = nn.Dense(3 * self.embed_dim, kernel_init=_normal(_INIT_STD), dtype=self.dtype)
+        self.out = nn.Dense(self.embed_dim, kernel_init=_normal(self.out_init_std), dtype=self.dtype)
+
+    def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        b, n, _ = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.embed_dim // self.num_heads)
+        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+
+    def _merge(self, h: jax.Array) -> jax.Array:
+        return self.out(h.reshape(h.shape[0], h.shape[1], self.embed_dim))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Full sequence: x [B, T, D] at positions 0..T-1 -> [B, T, D]."""
+        q, k, v = self._qkv(x)
+        return self._merge(_attend(q, k, v, jnp.arange(x.shape[1])))
+
+    def step(self, x: jax.Array, position: jax.Array,
+             cache: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One position: x [B, 1, D] at int scalar ``position`` -> ([B, 1, D], updated cache).
+
+        The new key and value are written into the cache at ``position``; the query then attends to
+        cache entries 0..position. Entries after ``position`` may hold anything: they are masked.
+        """
+        q, k, v = self._qkv(x)
+        start = (0, position, 0, 0)
+        cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
+                 "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
+        h = _attend(q, cache["k"], cache["v"], jnp.reshape(position, (1,)))
+        return self._merge(h), cache
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + Attn(LN(x)), then x + MLP(LN(x)); [B, n, D] -> [B, n, D]."""
+
+    embed_dim: int
+    num_heads: int
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    out_init_std: float = _INIT_STD
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        self.ln_attn = nn.LayerNorm(dtype=self.dtype)
+        self.attn = CausalSelfAttention(self.embed_dim, self.num_heads, self.out_init_std,
+                                        dtype=self.dtype)
+        self.ln_mlp = nn.LayerNorm(dtype=self.dtype)
+        self.mlp_in = nn.Dense(self.mlp_ratio * self.embed_dim, kernel_init=_normal(_INIT_STD),
+                               dtype=self.dtype)
+        self.mlp_out = nn.Dense(self.embed_dim, kernel_init=_normal(self.out_init_std),
+                                dtype=self.dtype)
+        self.drop = nn.Dropout(self.dropout)
+
+    def _mlp_residual(self, x: jax.Array, train: bool) -> jax.Array:
+        h = self.mlp_out(nn.gelu(self.mlp_in(self.ln_mlp(x))))
+        return x + self.drop(h, deterministic=not train)
+
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        h = self.attn(self.ln_attn(x))
+        return self._mlp_residual(x + self.drop(h, deterministic=not train), train)
+
+    def step(self, x: jax.Array, position: jax.Array,
+             cache: dict[str, jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """One position at inference (no dropout): x [B, 1, D] -> ([B, 1, D], updated cache)."""
+        h, cache = self.attn.step(self.ln_attn(x), position, cache)
+        return self._mlp_residual(x + h, False), cache
+
+
+class CausalTransformer(nn.Module):
+    """Autoregressive model over token sequences of length ``seq_len``.
+
+    Fields:
+      vocab_size: tokens are ints in [0, vocab_size) (e.g. 2^num_bits pixel levels, or codebook size).
+      seq_len: T, the fixed sequence length (H * W * C for images in raster order, channels minor).
+      num_layers, num_heads, embed_dim, mlp_ratio: the usual sizes; embed_dim % num_heads == 0.
+      dropout: residual dropout rate, used when ``train`` (needs a 'dropout' rng).
+      num_classes: when set, a learned class embedding is added to the start token and ``y`` must be
+        given; every later position sees it through attention.
+      dtype: compute dtype; parameters stay float32 and logits are returned in float32.
+    """
+
+    vocab_size: int
+    seq_len: int
+    num_layers: int = 4
+    num_heads: int = 4
+    embed_dim: int = 128
+    mlp_ratio: int = 4
+    dropout: float = 0.0
+    num_classes: Optional[int] = None
+    dtype: Dtype = jnp.float32
+
+    def setup(self):
+        d = self.embed_dim
+        self.token_embed = nn.Embed(self.vocab_size, d, embedding_init=_normal(_INIT_STD),
+                                    dtype=self.dtype)
+        self.pos_embed = self.param("pos_embed", _normal(_INIT_STD), (self.seq_len, d))
+        self.start_embed = self.param("start_embed", _normal(_INIT_STD), (d,))
+        if self.num_classes is not None:
+            self.class_embed = nn.Embed(self.num_classes, d, embedding_init=_normal(_INIT_STD),
+                                        dtype=self.dtype)
+        out_std = _INIT_STD / math.sqrt(2 * self.num_layers)
+        self.blocks = [
+            TransformerBlock(d, self.num_heads, self.mlp_ratio, self.dropout, out_std, dtype=self.dtype)
+            for _ in range(self.num_layers)
+        ]
+        self.ln_final = nn.LayerNorm(dtype=self.dtype)
+        self.head = nn.Dense(self.vocab_size, kernel_init=_normal(_INIT_STD), dtype=self.dtype)
+
+    def __call__(self, tokens: jax.Array, y: Optional[jax.Array] = None, *,
+                 train: bool) -> jax.Array:
+        """Teacher-forced logits for a whole batch of sequences.
+
+        Args:
+          tokens: int [B, T] in [0, vocab_size).
+          y: int [B] class labels in [0, num_classes), or None when the model is unconditional.
+          train: enables residual dropout.
+
+        Returns:
+          float32 [B, T, vocab_size]; ``logits[:, i]`` parameterise p(x_i | x_<i, y) and do not
+          depend on ``tokens[:, j]`` for any j >= i.
+        """
+        self._check_inputs(tokens, y)
+        # Shift right: the token at position i - 1 is the input at position i; x_{T-1} is dropped.
+        prev = jnp.pad(tokens[:, :-1], ((0, 0), (1, 0)))
+        h = self._embed_inputs(prev, jnp.arange(self.seq_len), y)
+        for block in self.blocks:
+            h = block(h, train=train)
+        return self._logits(h)
+
+    def decode(self, prev_tokens: jax.Array, position: jax.Array, cache: Cache,
+               y: Optional[jax.Array] = None) -> tuple[jax.Array, Cache]:
+        """One step of cached decoding: the logits of p(x_i | x_<i, y) at i = ``position``.
+
+        Call with ``method="decode"``. Positions must be visited in order 0, 1, ..., since step i
+        reads the keys and values that steps 0..i-1 wrote into the cache.
+
+        Args:
+          prev_tokens: int [B], the token x_{i-1} (ignored at position 0, where the start token is used).
+          position: int scalar i in [0, T); may be traced.
+          cache: from `init_cache` or the previous step.
+          y: int [B] class labels, or None when the model is unconditional.
+
+        Returns:
+          (float32 logits [B, vocab_size], the cache with position i's keys and values written).
+        """
+        self._check_labels(y, prev_tokens.shape[0])
+        h = self._embed_inputs(prev_tokens[:, None], jnp.reshape(position, (1,)), y)
+        new_cache = []
+        for block, layer_cache in zip(self.blocks, cache):
+            h, layer_cache = block.step(h, position, layer_cache)
+            new_cache.append(layer_cache)
+        return self._logits(h)[:, 0], tuple(new_cache)
+
+    def _embed_inputs(self, prev: jax.Array, positions: jax.Array,
+                      y: Optional[jax.Array]) -> jax.Array:
+        """prev int [B, n] (x_{p-1} for each position p), positions int [n] -> [B, n, D]."""
+        start = self.start_embed.astype(self.dtype)[None, None, :]  # [1, 1, D]
+        if self.num_classes is not None:
+            start = start + self.class_embed(y)[:, None, :]  # [B, 1, D]
+        h = jnp.where((positions == 0)[None, :, None], start, self.token_embed(prev))
+        return h + self.pos_embed[positions].astype(self.dtype)[None]
+
+    def _logits(self, h: jax.Array) -> jax.Array:
+        return self.head(self.ln_final(h)).astype(jnp.float32)
+
+    def _check_labels(self, y: Optional[jax.Array], batch: int) -> None:
+        if self.num_classes is None and y is not None:
+            raise ValueError("y was given but the model is unconditional (num_classes=None).")
+        if self.num_classes is not None:
+            if y is None:
+                raise ValueError("a class-conditional model needs labels y.")
+            if jnp.shape(y) != (batch,):
+                raise ValueError(f"y must have shape [{batch}], got {jnp.shape(y)}.")
+
+    def _check_inputs(self, tokens: jax.Array, y: Optional[jax.Array]) -> None:
+        if tokens.ndim != 2 or tokens.shape[1] != self.seq_len:
+            raise ValueError(f"tokens must have shape [B, {self.seq_len}], got {tokens.shape}.")
+        self._check_labels(y, tokens.shape[0])
+
+
+def init_cache(model: CausalTransformer, batch_size: int) -> Cache:
+    """An empty key/value cache for `CausalTransformer.decode`: per layer, zeros [B, T, heads, head_dim]."""
+    shape = (batch_size, model.seq_len, model.num_heads, model.embed_dim // model.num_heads)
+    return tuple({"k": jnp.zeros(shape, model.dtype), "v": jnp.zeros(shape, model.dtype)}
+                 for _ in range(model.num_layers))
+
+
+def sample_tokens(model: CausalTransformer, params, key: jax.Array, num: int,
+                  y: Optional[jax.Array] = None, temperature: float = 1.0) -> jax.Array:
+    """Draw ``num`` sequences x ~ p(x | y) with cached decoding, as one `lax.scan` over positions.
+
+    Args:
+      model: the network.
+      params: its 'params' collection (``model.init(...)["params"]``).
+      key: PRNG key; token i is drawn with ``fold_in(key, i)``.
+      num: number of sequences (a Python int).
+      y: int [num] class labels, or None when the model is unconditional.
+      temperature: > 0; logits are divided by it (-> 0 approaches greedy decoding).
+
+    Returns:
+      int32 [num, T] in [0, vocab_size). Jit-compatible (``model`` and ``num`` static).
+    """
+    variables = {"params": params}
+
+    def step(carry, i):
+        prev, cache = carry
+        logits, cache = model.apply(variables, prev, i, cache, y, method="decode")
+        token = jax.random.categorical(jax.random.fold_in(key, i), logits / temperature)
+        token = token.astype(jnp.int32)
+        return (token, cache), token
+
+    carry = (jnp.zeros((num,), jnp.int32), init_cache(model, num))
+    _, tokens = jax.lax.scan(step, carry, jnp.arange(model.seq_len))
+    return tokens.T  # [T, num] -> [num, T]
+
+
+def log_prob_tokens(model: CausalTransformer, params, tokens: jax.Array,
+                    y: Optional[jax.Array] = None) -> jax.Array:
+    """Exact log p(x | y) = sum_i log p(x_i | x_<i, y) in nats: tokens int [B, T] -> float32 [B]."""
+    logits = model.apply({"params": params}, tokens, y, train=False)
+    return jnp.sum(categorical_log_prob(logits, tokens), axis=-1)
