@@ -80,12 +80,13 @@ def sample_raster(draw, key, shape, per_pixel):
     """Fill int32 levels [N, H, W, C] one pixel (per_pixel) or one sub-pixel at a time, on device.
 
     Args:
-      draw: (x, key) -> int32 [N, H, W, C], a draw of every sub-pixel from its conditional given the
-        current x; only the position being filled is kept, so the model sees each earlier value.
+      draw: (x, key, i, j) -> int32 [N, C], a draw of pixel (i, j)'s sub-pixels from their conditionals
+        given the current x. Noise is drawn for that pixel only, not for every position.
       key: step s draws with fold_in(key, s).
       shape: (N, H, W, C).
-      per_pixel: True when `draw` already samples the C channels of a pixel jointly (PixelCNN++),
-        H W network evaluations; False for H W C evaluations, one per sub-pixel.
+      per_pixel: True when `draw` samples the C channels of a pixel jointly (PixelCNN++): H W network
+        evaluations. False: H W C evaluations, keeping channel c of the draw at step (i, j, c), so
+        channel c + 1 is drawn after the model has seen channel c.
 
     Returns:
       int32 [N, H, W, C].
@@ -93,13 +94,12 @@ def sample_raster(draw, key, shape, per_pixel):
     _, _, w, c = shape
 
     def body(s, x):
-        proposal = draw(x, jax.random.fold_in(key, s))
-        if per_pixel:
-            i, j = jnp.divmod(s, w)
-            return x.at[:, i, j, :].set(proposal[:, i, j, :])
-        pixel, ch = jnp.divmod(s, c)
+        pixel, ch = (s, None) if per_pixel else jnp.divmod(s, c)
         i, j = jnp.divmod(pixel, w)
-        return x.at[:, i, j, ch].set(proposal[:, i, j, ch])
+        values = draw(x, jax.random.fold_in(key, s), i, j)
+        if per_pixel:
+            return x.at[:, i, j, :].set(values)
+        return x.at[:, i, j, ch].set(values[:, ch])
 
     steps = shape[1] * w * (1 if per_pixel else c)
     return jax.lax.fori_loop(0, steps, body, jnp.zeros(shape, jnp.int32))
@@ -129,7 +129,7 @@ def _sum_per_example(x):
 
 def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn):
     """A convolutional model on images in [-1, 1]: log_prob_fn(out, x_sym, levels) -> [B, ...] nats,
-    draw_fn(key, out) -> int levels [B, H, W, C]."""
+    draw_fn(key, out_ij) -> int levels [B, C] from the network's output at one pixel, out[:, i, j]."""
     to_sym = lambda levels: dist.levels_to_symmetric(levels, info.num_bits)
 
     def init(key, levels, y):
@@ -140,7 +140,7 @@ def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn):
         return _sum_per_example(log_prob_fn(out, to_sym(levels), levels))
 
     def sample(params, key, num, y):
-        draw = lambda x, k: draw_fn(k, _apply(net, params, to_sym(x), y, None))
+        draw = lambda x, k, i, j: draw_fn(k, _apply(net, params, to_sym(x), y, None)[:, i, j])
         return sample_raster(draw, key, (num,) + tuple(info.shape), per_pixel)
 
     return Model(init, log_prob, sample)
@@ -158,8 +158,8 @@ def _mixture_model(net, info):
         net, info, per_pixel=True,
         log_prob_fn=lambda out, x, _: dist.discretized_logistic_mixture_log_prob(x, out, num_bits),
         draw_fn=lambda key, out: dist.symmetric_to_levels(
-            dist.sample_discretized_logistic_mixture(key, out, num_bits, info.shape[-1]), num_bits
-        ).astype(jnp.int32))
+            dist.sample_discretized_logistic_mixture(key, out[:, None, None], num_bits, info.shape[-1]),
+            num_bits)[:, 0, 0].astype(jnp.int32))
 
 
 def _transformer_model(net, info):

@@ -42,11 +42,12 @@ class LevelLogits(nn.Module):
         return jnp.swapaxes(out, -1, -2).astype(jnp.float32)
 
 
-class PixelCNN(nn.Module):
-    """PixelCNN: x float [B, H, W, C] in [-1, 1] (y int [B] if num_classes) -> logits [B, H, W, C, L].
+class _PixelCNNFields(nn.Module):
+    """The sizes both PixelCNNs share.
 
-    features: channels of the residual stream (2h in the paper); colours take channels in turn (k % C).
-    num_layers: residual blocks after the first 7x7 layer.
+    num_levels: L, softmax size per sub-pixel. first_kernel / kernel: the first layer's and the later
+    layers' kernel width. out_hidden: width of the masked 1x1 layer before the logits.
+    num_classes: class-conditional (a per-layer bias from the label y) when set.
     """
     num_levels: int
     features: int = 128
@@ -56,6 +57,14 @@ class PixelCNN(nn.Module):
     out_hidden: int = 1024
     num_classes: Optional[int] = None
     dtype: jnp.dtype = jnp.float32
+
+
+class PixelCNN(_PixelCNNFields):
+    """PixelCNN: x float [B, H, W, C] in [-1, 1] (y int [B] if num_classes) -> logits [B, H, W, C, L].
+
+    features: channels of the residual stream (2h in the paper); colours take channels in turn (k % C).
+    num_layers: residual blocks after the first layer.
+    """
 
     @nn.compact
     def __call__(self, x, y=None, *, train=False):
@@ -107,20 +116,12 @@ class GatedLayer(nn.Module):
         return _gate(v_pre), h_out
 
 
-class GatedPixelCNN(nn.Module):
+class GatedPixelCNN(_PixelCNNFields):
     """Gated PixelCNN: x float [B, H, W, C] in [-1, 1] (y int [B] if num_classes) -> logits
     [B, H, W, C, L], without a blind spot.
 
     features: channels of each stack; a multiple of C. num_layers: gated layers after the first.
     """
-    num_levels: int
-    features: int = 128
-    num_layers: int = 15
-    first_kernel: int = 7
-    kernel: int = 3
-    out_hidden: int = 1024
-    num_classes: Optional[int] = None
-    dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, y=None, *, train=False):
