@@ -41,8 +41,7 @@ def baseline(config):
 
     def log_prob(table, key, batch):
         levels = batch["image"] if mode is None else ar.binarize(key, batch["image"], info.num_bits, mode)
-        per_dim = jnp.take_along_axis(table[None], levels[..., None].astype(jnp.int32), axis=-1)[..., 0]
-        return per_dim.reshape(levels.shape[0], -1).sum(-1)
+        return ar.independent_pixels_log_prob(table, levels)
 
     limit = config.eval.get("num_examples") or None
     batches = gm_data.eval_batches(dataset, batch_size=config.eval.batch_size, split="test", limit=limit)

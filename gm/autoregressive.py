@@ -65,11 +65,12 @@ def fit_independent_pixels(images, num_levels, pseudo_count=1.0):
 
 
 def independent_pixels_log_prob(log_table, images):
-    """log p(x) in nats per example [N] of integer `images` [N, ...] under `fit_independent_pixels`."""
-    images = np.asarray(images, np.int64)
-    per_dim = np.take_along_axis(np.broadcast_to(log_table, images.shape + log_table.shape[-1:]),
-                                 images[..., None], axis=-1)[..., 0]
-    return per_dim.reshape(len(images), -1).sum(-1)
+    """log p(x) in nats per example [N] of integer `images` [N, ...] under `fit_independent_pixels`.
+
+    NumPy or JAX arrays; jit-compatible."""
+    images = jnp.asarray(images).astype(jnp.int32)
+    per_dim = jnp.take_along_axis(jnp.asarray(log_table)[None], images[..., None], axis=-1)[..., 0]
+    return per_dim.reshape(images.shape[0], -1).sum(-1)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -258,8 +259,8 @@ def make(config, info):
     model = model_from_config(m, info)
     conditional = bool(m.get("class_conditional", False))
     mode = m.nade.get("binarize", "stochastic") if m.name == "nade" else None
-    if mode is not None:
-        binarize(jax.random.key(0), jnp.zeros((1,), jnp.uint8), info.num_bits, mode)  # validates the field
+    if mode is not None and mode not in BINARIZE:
+        raise ValueError(f"config.model.nade.binarize must be one of {BINARIZE}, got {mode!r}.")
     num_dims = info.num_dims
 
     def data(key, batch):
