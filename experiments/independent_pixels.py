@@ -2,10 +2,11 @@
 
     python -m experiments.independent_pixels --config=experiments/pixelcnn_cifar.py:smoke   # 4-bit digits
     python -m experiments.independent_pixels --config=experiments/nade_mnist.py:smoke       # binarized digits
+    python -m experiments.independent_pixels --config=experiments/vae_mnist.py:smoke        # the same
 
 One categorical per sub-pixel, fitted by counting on the training split (one pseudo-count), then scored
 on the test split through the same harness, key and batches as `--mode=eval` of that experiment; for
-a NADE config the test images are binarized with the same evaluation key, so the two numbers are on
+a NADE config (or a VAE with a Bernoulli decoder) the test images are binarized with the same evaluation key, so the two numbers are on
 the same binary test set. Prints test bits/dim and writes nothing.
 """
 import sys
@@ -24,11 +25,20 @@ from gm.train import loop, run
 NUM_TRAIN_BINARIZATIONS = 10
 
 
+def binarize_mode(model):
+    """The binarization the experiment's model applies to its data, or None for integer levels."""
+    if model.get("name") == "nade":
+        return model.nade.get("binarize", "stochastic")
+    if model.get("likelihood") == "bernoulli":  # a VAE with a Bernoulli decoder
+        return model.get("binarize", "stochastic")
+    return None
+
+
 def baseline(config):
     """Fit on the train split and evaluate on the test split; returns evaluate_log_prob's dict."""
     dataset = run.load_dataset(config)
     info = dataset.info
-    mode = config.model.nade.get("binarize", "stochastic") if config.model.name == "nade" else None
+    mode = binarize_mode(config.model)
     train = dataset.train["image"]
     if mode is None:
         table = ar.fit_independent_pixels(train, info.num_levels)
@@ -57,7 +67,7 @@ def main(argv):
     except run.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    binarized = config.model.name == "nade"
+    binarized = binarize_mode(config.model) is not None
     print(f"independent pixels on {config.data.name}{' (binarized)' if binarized else ''}: test "
           f"{result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim ({result['nll_nats']:.2f} nats per "
           f"example, {result['num_examples']} examples)")

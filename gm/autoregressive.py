@@ -22,29 +22,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from gm import distributions as dist
+from gm.distributions import BINARIZE, binarize  # noqa: F401  (re-exported: part of this family's API)
 from gm.method import Method
 
 MODELS = ("nade", "pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "transformer")
-BINARIZE = ("stochastic", "threshold")
 
 
 # ---------------------------------------------------------------------------------------------------
-# Data treatment.
+# The independent-pixel baseline.
 # ---------------------------------------------------------------------------------------------------
-
-def binarize(key, levels, num_bits, mode="stochastic"):
-    """Integer levels at `num_bits` -> int32 {0, 1}, same shape.
-
-    'stochastic': x ~ Bernoulli(level / (2^n - 1)), a fresh draw per key (the binarized-MNIST protocol
-    of Salakhutdinov & Murray 2008); 'threshold': level >= 2^(n-1).
-    """
-    top = dist.num_levels(num_bits) - 1
-    if mode == "stochastic":
-        return jax.random.bernoulli(key, levels.astype(jnp.float32) / top).astype(jnp.int32)
-    if mode == "threshold":
-        return (levels >= (top + 1) // 2).astype(jnp.int32)
-    raise ValueError(f"config.model.nade.binarize must be one of {BINARIZE}, got {mode!r}.")
-
 
 def fit_independent_pixels(images, num_levels, pseudo_count=1.0):
     """The independent-pixel baseline p(x) = prod_d p_d(x_d), fitted by counting.

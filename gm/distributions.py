@@ -123,6 +123,23 @@ def discretized_gaussian_log_prob(x, mean, log_scale, num_bits):
 # Discrete distributions over levels.
 # ---------------------------------------------------------------------------------------------------
 
+BINARIZE = ("stochastic", "threshold")
+
+
+def binarize(key, levels, num_bits, mode="stochastic"):
+    """Integer levels at `num_bits` -> int32 {0, 1}, same shape.
+
+    'stochastic': x ~ Bernoulli(level / (2^n - 1)), a fresh draw per key (the binarized-MNIST protocol
+    of Salakhutdinov & Murray 2008); 'threshold': level >= 2^(n-1) (no key needed).
+    """
+    top = num_levels(num_bits) - 1
+    if mode == "stochastic":
+        return jax.random.bernoulli(key, levels.astype(jnp.float32) / top).astype(jnp.int32)
+    if mode == "threshold":
+        return (levels >= (top + 1) // 2).astype(jnp.int32)
+    raise ValueError(f"The binarize mode must be one of {BINARIZE}, got {mode!r}.")
+
+
 def bernoulli_log_prob(logits, x):
     """Elementwise log Bernoulli(x; sigmoid(logits)) in nats, x in {0, 1} (any dtype), stable for any logit."""
     x = x.astype(logits.dtype)

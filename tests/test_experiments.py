@@ -175,3 +175,54 @@ def test_independent_pixels_baseline_command(config, limit):
     assert proc.returncode == 0, proc.stderr[-3000:]
     bpd = float(proc.stdout.split("test ")[1].split(" ")[0])
     assert 0 < bpd < limit and "100 examples" in proc.stdout  # below a uniform model over the levels
+
+
+# --- the latent-variable experiments -----------------------------------------------------------------
+
+def test_vae_experiment_trains_resumes_and_reports_elbo_and_iwae(tmp_path):
+    steps = lambda n: [a.format(n) for a in AR_SMOKE]
+    _ar_run("vae_mnist", tmp_path, *steps(4))
+    assert "Restored step 4" in _ar_run("vae_mnist", tmp_path, *steps(6)).stderr
+    assert os.path.exists(tmp_path / "samples" / "step_00000006.png")
+    proc = _ar_run("vae_mnist", tmp_path, *steps(6), "--mode=eval", "--config.eval.num_examples=40",
+                   "--config.eval.batch_size=40", "--config.eval.num_importance=50",
+                   "--config.eval.importance_chunk=20")
+    elbo = json.load(open(tmp_path / "eval_step_6_elbo.json"))
+    iwae = json.load(open(tmp_path / "eval_step_6_iwae50.json"))
+    assert elbo["kind"] == iwae["kind"] == "bound" and elbo["num_examples"] == 40
+    # Same binarized test set and model (6 steps in), a tighter bound.
+    assert 0 < iwae["bpd"] < elbo["bpd"] < 3.0
+    assert "elbo bound" in proc.stdout and "iwae50 bound" in proc.stdout
+
+
+def test_vqvae_experiment_runs_both_stages_then_evaluates_and_samples(tmp_path):
+    steps = ["--config.train.num_steps=4", "--config.prior_train.num_steps=4", "--config.train.log_every=2",
+             "--config.prior_train.log_every=2", "--config.train.sample_every=4",
+             "--config.prior_train.sample_every=4"]
+    _ar_run("vqvae_cifar", tmp_path, *steps)
+    assert os.path.exists(tmp_path / "vqvae" / "checkpoints" / "4")
+    assert os.path.exists(tmp_path / "prior" / "checkpoints" / "4")
+    assert os.path.exists(tmp_path / "vqvae" / "samples" / "reconstructions_step_00000004.png")
+    assert os.path.exists(tmp_path / "prior" / "samples" / "step_00000004.png")
+    # Stage 2 resumes on its own, from the same stage 1.
+    more = _ar_run("vqvae_cifar", tmp_path, *steps[:1], "--config.prior_train.num_steps=6", *steps[2:],
+                   "--config.stage=prior")
+    assert "Restored step 6" not in more.stderr and "Restored step 4" in more.stderr
+    proc = _ar_run("vqvae_cifar", tmp_path, "--mode=eval", "--config.eval.num_examples=40",
+                   "--config.eval.batch_size=40", "--config.prior_train.num_steps=6")
+    stage1 = json.load(open(tmp_path / "vqvae" / "eval_step_4.json"))
+    assert 0 < stage1["recon_mse"] < 2 and 1 <= stage1["perplexity"] <= 16 and stage1["num_examples"] == 40
+    prior = json.load(open(tmp_path / "prior" / "eval_step_6_bits_per_code.json"))
+    assert prior["kind"] == "exact" and 0 < prior["bpd"] < 6
+    assert "codebook perplexity" in proc.stdout and "bits_per_code" in proc.stdout
+    _ar_run("vqvae_cifar", tmp_path, "--mode=sample", "--config.sample.num=8", "--config.sample.batch_size=8",
+            "--config.prior_train.num_steps=6")
+    out = np.load(tmp_path / "prior" / "samples" / "samples_step_6_n8.npz")
+    assert out["levels"].shape == (8, 8, 8, 1) and out["levels"].max() <= 15
+
+
+def test_vqvae_prior_before_stage_one_is_one_sentence(tmp_path):
+    proc = _ar_run("vqvae_cifar", tmp_path, "--config.stage=prior", check=False)
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ") and "vqvae" in last and "Traceback" not in proc.stderr

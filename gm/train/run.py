@@ -68,8 +68,10 @@ def sample_to_files(config, workdir, method, dataset):
     return path
 
 
-def evaluate(config, workdir, method, dataset):
-    """Test-split likelihood of the newest checkpoint's EMA params; returns the result dict."""
+def evaluate(config, workdir, method, dataset, name=""):
+    """Test-split likelihood of the newest checkpoint's EMA params; returns the result dict.
+
+    `name` labels a variant (e.g. 'iwae5000') in the printout and in eval_step_N[_name].json."""
     if method.log_prob is None:
         raise ValueError("This model has no log_prob, so --mode=eval has nothing to report.")
     parallel.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
@@ -83,19 +85,22 @@ def evaluate(config, workdir, method, dataset):
                                dataset.info.num_dims, method.log_prob_is_bound,
                                num_batches=-(-n // config.eval.batch_size))
     result["step"] = step
+    suffix = f"_{name}" if name else ""
     if parallel.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_step_{step}.json"), "w") as f:
+        with open(os.path.join(workdir, f"eval_step_{step}{suffix}.json"), "w") as f:
             json.dump(result, f, indent=2)
         writer = MetricWriter(workdir)
-        writer.write_scalars(step, {"eval/test_bpd": result["bpd"], "eval/test_nll_nats": result["nll_nats"]})
+        writer.write_scalars(step, {f"eval/test_bpd{suffix}": result["bpd"],
+                                    f"eval/test_nll_nats{suffix}": result["nll_nats"]})
         writer.close()
-    print(f"step {step}: test {result['kind']} {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim "
+    label = f"{name} " if name else ""
+    print(f"step {step}: test {label}{result['kind']} {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim "
           f"({result['nll_nats']:.2f} nats per example, {result['num_examples']} examples)")
     return result
 
 
-def run(config, workdir, make_method, mode="train"):
-    """Build the dataset and Method from `config` and do `mode` in WORKDIR."""
+def prepare(config, workdir, mode="train"):
+    """Check mode and WORKDIR, start multi-host JAX if configured, create WORKDIR; returns the dataset."""
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
     if not workdir:
@@ -104,7 +109,12 @@ def run(config, workdir, make_method, mode="train"):
     os.makedirs(workdir, exist_ok=True)
     if not os.access(workdir, os.W_OK):
         raise PermissionError(f"--workdir={workdir} is not writable; choose a folder you can write to.")
-    dataset = load_dataset(config)
+    return load_dataset(config)
+
+
+def run(config, workdir, make_method, mode="train"):
+    """Build the dataset and Method from `config` and do `mode` in WORKDIR."""
+    dataset = prepare(config, workdir, mode)
     method = make_method(config, dataset.info)
     if mode == "train":
         return loop.train_and_evaluate(config, workdir, method, dataset)
@@ -113,8 +123,10 @@ def run(config, workdir, make_method, mode="train"):
     return evaluate(config, workdir, method, dataset)
 
 
-def main(experiment_file, make_method):
-    """Entry point for `python -m experiments.NAME`: flags, then `run`, errors as one sentence."""
+def main(experiment_file, make_method, runner=None):
+    """Entry point for `python -m experiments.NAME`: flags, then `runner` (default `run`) with
+    (config, workdir, make_method, mode), errors as one sentence."""
+    runner = runner or run
     config_flags.DEFINE_config_file("config", experiment_file, "Experiment config file[:variant].",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Folder for checkpoints/, samples/, metrics.jsonl, TensorBoard.")
@@ -127,7 +139,7 @@ def main(experiment_file, make_method):
         logging.get_absl_handler().addFilter(
             lambda r: r.levelno >= logging.converter.STANDARD_WARNING or f"{os.sep}gm{os.sep}" in r.pathname)
         try:
-            run(flags.FLAGS.config, flags.FLAGS.workdir, make_method, flags.FLAGS.mode)
+            runner(flags.FLAGS.config, flags.FLAGS.workdir, make_method, flags.FLAGS.mode)
         except USER_ERRORS as e:
             if os.environ.get("GM_DEBUG"):
                 raise

@@ -1,0 +1,154 @@
+"""Encoders and decoders of the latent-variable family (VAE, VQ-VAE), in Flax linen. Networks only.
+
+Images come in NHWC scaled to [-1, 1]. The convolutional pair follows the VQ-VAE paper's CIFAR-10
+networks (van den Oord et al. 2017, section 4.1): stride-2 4x4 convolutions down, residual blocks
+(ReLU, 3x3 conv, ReLU, 1x1 conv) at the lowest resolution, and stride-2 4x4 transposed convolutions
+back up. With `len(channels) = n` downsamplings the code grid is (H / 2^n, W / 2^n).
+"""
+from typing import Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+ACTIVATIONS = {"relu": nn.relu, "tanh": jnp.tanh, "elu": nn.elu, "swish": nn.swish}
+ARCHITECTURES = ("mlp", "conv")
+
+
+def activation(name):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"config.model.activation must be one of {tuple(ACTIVATIONS)}, got {name!r}.")
+    return ACTIVATIONS[name]
+
+
+def check_downsampling(shape, num_down, field="config.model.channels"):
+    """One sentence when H or W is not divisible by 2^num_down."""
+    h, w = shape[:2]
+    if h % 2 ** num_down or w % 2 ** num_down:
+        raise ValueError(f"{field} has {num_down} stride-2 stages, so the image's height and width must be "
+                         f"divisible by {2 ** num_down}, but the data are {h}x{w}; use fewer stages.")
+
+
+class MLP(nn.Module):
+    """[B, ...] -> [B, out_features]: Dense layers of `features` with `activation`, then a linear Dense."""
+    features: Sequence[int]
+    out_features: int
+    activation: str = "relu"
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(x.shape[0], -1)
+        for f in self.features:
+            x = activation(self.activation)(nn.Dense(f)(x))
+        return nn.Dense(self.out_features)(x)
+
+
+class ResidualStack(nn.Module):
+    """`num_blocks` of x + conv1x1(relu(conv3x3(relu(x)))), then a ReLU; channels kept."""
+    num_blocks: int
+    hidden: int
+
+    @nn.compact
+    def __call__(self, x):
+        for _ in range(self.num_blocks):
+            h = nn.Conv(self.hidden, (3, 3))(nn.relu(x))
+            x = x + nn.Conv(x.shape[-1], (1, 1))(nn.relu(h))
+        return nn.relu(x)
+
+
+class ConvEncoder(nn.Module):
+    """[B, H, W, C] -> [B, H / 2^n, W / 2^n, out_features] with n = len(channels)."""
+    channels: Sequence[int]
+    num_res_blocks: int
+    res_hidden: int
+    out_features: int
+
+    @nn.compact
+    def __call__(self, x):
+        for i, c in enumerate(self.channels):
+            x = nn.Conv(c, (4, 4), strides=(2, 2))(x)
+            if i < len(self.channels) - 1:
+                x = nn.relu(x)
+        x = nn.Conv(self.channels[-1], (3, 3))(x)
+        x = ResidualStack(self.num_res_blocks, self.res_hidden)(x)
+        return nn.Conv(self.out_features, (1, 1))(x)
+
+
+class ConvDecoder(nn.Module):
+    """[B, h, w, D] -> [B, h 2^n, w 2^n, out_features]: the mirror of ConvEncoder."""
+    channels: Sequence[int]
+    num_res_blocks: int
+    res_hidden: int
+    out_features: int
+
+    @nn.compact
+    def __call__(self, z):
+        x = nn.Conv(self.channels[-1], (3, 3))(z)
+        x = ResidualStack(self.num_res_blocks, self.res_hidden)(x)
+        for c in reversed(self.channels[:-1]):
+            x = nn.relu(nn.ConvTranspose(c, (4, 4), strides=(2, 2))(x))
+        return nn.ConvTranspose(self.out_features, (4, 4), strides=(2, 2))(x)
+
+
+def _with_label(h, y, num_classes):
+    """Concatenate a one-hot label to features [B, F] when the model is class-conditional."""
+    if num_classes is None:
+        return h
+    return jnp.concatenate([h, jax.nn.one_hot(y, num_classes, dtype=h.dtype)], axis=-1)
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x, y) = N(mean, diag(exp(log_var))): images [B, H, W, C] in [-1, 1] -> (mean, log_var) [B, L].
+
+    arch 'mlp': an MLP on the flattened image. 'conv': ConvEncoder, flattened, then Dense layers.
+    """
+    latent_dim: int
+    arch: str = "mlp"
+    hidden: Sequence[int] = (500,)
+    channels: Sequence[int] = (32, 64)
+    num_res_blocks: int = 1
+    res_hidden: int = 32
+    activation: str = "relu"
+    num_classes: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, x, y=None):
+        if self.arch == "conv":
+            h = ConvEncoder(self.channels, self.num_res_blocks, self.res_hidden, self.channels[-1])(x)
+            h = h.reshape(h.shape[0], -1)
+        else:
+            h = x.reshape(x.shape[0], -1)
+        h = _with_label(h, y, self.num_classes)
+        out = MLP(self.hidden, 2 * self.latent_dim, self.activation)(h)
+        mean, log_var = jnp.split(out, 2, axis=-1)
+        return mean, log_var
+
+
+class LatentDecoder(nn.Module):
+    """p(x | z, y)'s parameters: latents [B, L] -> [B, H, W, out_features] (e.g. logits per sub-pixel).
+
+    arch 'mlp': an MLP to H W out_features. 'conv': Dense layers to the lowest-resolution grid, then
+    ConvDecoder up to (H, W).
+    """
+    image_shape: Sequence[int]
+    out_features: int
+    arch: str = "mlp"
+    hidden: Sequence[int] = (500,)
+    channels: Sequence[int] = (32, 64)
+    num_res_blocks: int = 1
+    res_hidden: int = 32
+    activation: str = "relu"
+    num_classes: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, z, y=None):
+        h, w = self.image_shape[:2]
+        z = _with_label(z, y, self.num_classes)
+        if self.arch == "conv":
+            scale = 2 ** len(self.channels)
+            grid = (h // scale, w // scale, self.channels[-1])
+            x = MLP(self.hidden, grid[0] * grid[1] * grid[2], self.activation)(z)
+            x = x.reshape((z.shape[0],) + grid)
+            return ConvDecoder(self.channels, self.num_res_blocks, self.res_hidden, self.out_features)(x)
+        x = MLP(self.hidden, h * w * self.out_features, self.activation)(z)
+        return x.reshape(z.shape[0], h, w, self.out_features)
