@@ -12,10 +12,15 @@ K = config.eval.num_importance, both in nats and bits/dim, and writes eval_step_
 eval_step_N_iwaeK.json. Other likelihoods (--config.model.likelihood=logistic|gaussian), a
 convolutional network (--config.model.arch=conv), beta and the Monte Carlo KL are config fields.
 """
-import ml_collections
+import os
 
-from gm import vae
-from gm.train import run
+import jax
+import ml_collections
+import numpy as np
+
+from gm import distributions as dist
+from gm import parallel, vae
+from gm.train import loop, run
 
 
 def get_config(arg=None):
@@ -49,11 +54,32 @@ def get_config(arg=None):
     return config
 
 
+def write_reconstructions(config, workdir, params, dataset, step, num=32):
+    """The first `num` test images (binarized with the evaluation key for a Bernoulli decoder) above the
+    decoder's mean at their encodings, as one PNG; returns its path."""
+    model, _ = vae.vae_from_config(config.model, dataset.info)
+    data = model.observe(loop.run_keys(config.seed)[3], dataset.test["image"][:num])
+    y = dataset.test["label"][:num] if config.model.class_conditional else None
+    recon = jax.jit(lambda p, x, y: vae.reconstruct(model, p, x, y))(params, data, y)
+    if config.model.likelihood == "bernoulli":  # 0/1 -> the top level, for display
+        data = data * (dist.num_levels(dataset.info.num_bits) - 1)
+    path = os.path.join(workdir, "samples", f"reconstructions_step_{step:08d}.png")
+    if parallel.process_index() == 0:
+        loop.write_reconstructions(path, np.asarray(data).astype(np.uint8), np.asarray(recon).astype(np.uint8),
+                                   dataset.info.num_bits)
+    return path
+
+
 def run_vae(config, workdir, make_method, mode="train"):
-    """Like `run.run`, but --mode=eval reports the ELBO and the IWAE bound."""
-    if mode != "eval":
+    """Like `run.run`, but training ends with a reconstruction grid and --mode=eval reports the ELBO
+    and the IWAE bound (and writes the grid too)."""
+    if mode == "sample":
         return run.run(config, workdir, make_method, mode)
     dataset = run.prepare(config, workdir, mode)
+    if mode == "train":
+        state = loop.train_and_evaluate(config, workdir, make_method(config, dataset.info), dataset)
+        write_reconstructions(config, workdir, state.ema_params, dataset, int(state.step))
+        return state
     results = {}
     for k in sorted({1, config.eval.num_importance}):
         variant = config.copy_and_resolve_references()
@@ -61,6 +87,8 @@ def run_vae(config, workdir, make_method, mode="train"):
             variant.eval.num_importance = k
         name = "elbo" if k == 1 else f"iwae{k}"
         results[name] = run.evaluate(variant, workdir, make_method(variant, dataset.info), dataset, name=name)
+    state, step = run.restore_latest(config, workdir, make_method(config, dataset.info), dataset)
+    write_reconstructions(config, workdir, state.ema_params, dataset, step)
     return results
 
 

@@ -92,14 +92,13 @@ def stage_dirs(workdir):
 
 
 def write_reconstructions(config, vq_dir, vq_params, dataset, step, num=32):
-    """The first `num` test images and their reconstructions, in alternating rows, as one PNG."""
+    """The first `num` test images above their reconstructions, as one PNG; returns its path."""
     vq, _ = vqvae.vqvae_from_config(config.model, dataset.info)
     originals = dataset.test["image"][:num]
-    recon = np.asarray(jax.jit(lambda p, x: vqvae.reconstruct(vq, p, x, dataset.info.num_bits))(vq_params, originals))
-    rows = [block for i in range(0, num, 8) for block in (originals[i:i + 8], recon[i:i + 8].astype(np.uint8))]
+    recon = jax.jit(lambda p, x: vqvae.reconstruct(vq, p, x, dataset.info.num_bits))(vq_params, originals)
     path = os.path.join(vq_dir, "samples", f"reconstructions_step_{step:08d}.png")
     if parallel.process_index() == 0:
-        loop.write_samples(path, np.concatenate(rows), dataset.info.num_bits)
+        loop.write_reconstructions(path, originals, np.asarray(recon).astype(np.uint8), dataset.info.num_bits)
     return path
 
 

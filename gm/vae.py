@@ -19,7 +19,7 @@ Every value here is in nats per example unless its name says bits/dim. The build
 params, for use in notebooks; `make(config, info)` wraps them as the family's Method.
 """
 import math
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -83,7 +83,8 @@ def observation_log_prob(likelihood, out, data, num_bits):
 
 
 def observation_sample(likelihood, key, out, num_bits, num_channels, mean=False):
-    """Integer levels [B, H, W, C] drawn from p(x | z) (or its mean, rounded to a level, when mean=True).
+    """Integer levels [B, H, W, C] drawn from p(x | z), or with mean=True its mean rounded to a level
+    (for the logistic mixture: temperature 0, a drawn component's centre; `key` may then be None).
 
     Bernoulli draws are 0/1 scaled to the top level for display."""
     top = dist.num_levels(num_bits) - 1
@@ -95,9 +96,9 @@ def observation_sample(likelihood, key, out, num_bits, num_channels, mean=False)
         mu, log_scale = jnp.split(out, 2, axis=-1)
         x = mu if mean else mu + jnp.exp(log_scale) * jax.random.normal(key, mu.shape)
         return dist.symmetric_to_levels(jnp.clip(x, -1.0, 1.0), num_bits).astype(jnp.int32)
-    # The mixture's "mean" is taken as a draw at temperature ~0: the most probable component's centre.
-    temperature = 1e-6 if mean else 1.0
-    x = dist.sample_discretized_logistic_mixture(key, out, num_bits, num_channels, temperature)
+    # The mixture at temperature 0: a drawn component's (channel-coupled) centre, snapped to a level.
+    key = jax.random.key(0) if key is None else key
+    x = dist.sample_discretized_logistic_mixture(key, out, num_bits, num_channels, 0.0 if mean else 1.0)
     return dist.symmetric_to_levels(x, num_bits).astype(jnp.int32)
 
 
@@ -176,6 +177,13 @@ def iwae_bound(vae, params, key, data, y=None, num_samples=1, chunk_size=None):
     return total - math.log(num_samples)
 
 
+def reconstruct(vae, params, data, y=None):
+    """The data [B, H, W, C] (as `observe` returns them) -> the decoder's mean at the encoder's mean,
+    as integer levels [B, H, W, C]."""
+    mean, _ = vae.encoder(params, vae.to_input(data), y)
+    return vae.sample_data(None, vae.decoder(params, mean, y), True)
+
+
 def sample(vae, params, key, num, y=None, mean=False):
     """z ~ N(0, I) -> decoder -> integer levels [num, H, W, C]."""
     z_key, x_key = jax.random.split(key)
@@ -208,9 +216,10 @@ def vae_from_config(model, info):
     if model.latent_dim <= 0:
         raise ValueError(f"config.model.latent_dim must be positive, got {model.latent_dim}.")
     num_classes = info.num_classes if model.get("class_conditional", False) else None
-    fields = {f: (tuple(model[f]) if f in ("hidden", "channels") else model[f]) for f in _NETWORK_FIELDS}
-    enc = convnets.GaussianEncoder(model.latent_dim, num_classes=num_classes, **fields)
-    dec = convnets.LatentDecoder(tuple(info.shape), out_features, num_classes=num_classes, **fields)
+    spec = convnets.NetSpec(**{f: (tuple(model[f]) if f in ("hidden", "channels") else model[f])
+                               for f in _NETWORK_FIELDS})
+    enc = convnets.GaussianEncoder(model.latent_dim, spec, num_classes)
+    dec = convnets.LatentDecoder(tuple(info.shape), out_features, spec, num_classes)
     num_bits = info.num_bits
 
     def observe(key, levels):

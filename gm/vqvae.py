@@ -33,8 +33,10 @@ from typing import Callable, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from tqdm import tqdm
 
-from gm import autoregressive
+from gm import autoregressive, parallel
 from gm import distributions as dist
 from gm.data import DatasetInfo
 from gm.method import Method
@@ -343,11 +345,6 @@ def evaluate_reconstruction(vq, params, batches, num_bits, num_batches=None):
     peak = the top level), perplexity and codes_used (the share of the K codes used at least once),
     both over the whole split's code histogram, and num_examples.
     """
-    import numpy as np
-    from tqdm import tqdm
-
-    from gm import parallel
-
     compiled = parallel.jit_per_example(lambda p, _, batch: reconstruction_errors(vq, p, batch["image"], num_bits))
     mse, level_mse, counts = [], [], np.zeros(vq.num_codes, np.int64)
     for batch in tqdm(batches, total=num_batches, desc="eval", mininterval=2.0,

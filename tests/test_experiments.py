@@ -184,6 +184,7 @@ def test_vae_experiment_trains_resumes_and_reports_elbo_and_iwae(tmp_path):
     _ar_run("vae_mnist", tmp_path, *steps(4))
     assert "Restored step 4" in _ar_run("vae_mnist", tmp_path, *steps(6)).stderr
     assert os.path.exists(tmp_path / "samples" / "step_00000006.png")
+    assert os.path.exists(tmp_path / "samples" / "reconstructions_step_00000006.png")
     proc = _ar_run("vae_mnist", tmp_path, *steps(6), "--mode=eval", "--config.eval.num_examples=40",
                    "--config.eval.batch_size=40", "--config.eval.num_importance=50",
                    "--config.eval.importance_chunk=20")

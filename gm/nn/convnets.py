@@ -5,7 +5,8 @@ networks (van den Oord et al. 2017, section 4.1): stride-2 4x4 convolutions down
 (ReLU, 3x3 conv, ReLU, 1x1 conv) at the lowest resolution, and stride-2 4x4 transposed convolutions
 back up. With `len(channels) = n` downsamplings the code grid is (H / 2^n, W / 2^n).
 """
-from typing import Optional, Sequence
+import dataclasses
+from typing import Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -97,58 +98,58 @@ def _with_label(h, y, num_classes):
     return jnp.concatenate([h, jax.nn.one_hot(y, num_classes, dtype=h.dtype)], axis=-1)
 
 
-class GaussianEncoder(nn.Module):
-    """q(z | x, y) = N(mean, diag(exp(log_var))): images [B, H, W, C] in [-1, 1] -> (mean, log_var) [B, L].
-
-    arch 'mlp': an MLP on the flattened image. 'conv': ConvEncoder, flattened, then Dense layers.
-    """
-    latent_dim: int
+@dataclasses.dataclass(frozen=True)
+class NetSpec:
+    """The shared body of an encoder / decoder pair. arch 'mlp': Dense layers of `hidden`. 'conv':
+    ConvEncoder / ConvDecoder with `channels` (one stride-2 stage each), `num_res_blocks` residual blocks
+    of `res_hidden`, and Dense layers of `hidden` between the flattened grid and the latents."""
     arch: str = "mlp"
-    hidden: Sequence[int] = (500,)
-    channels: Sequence[int] = (32, 64)
+    hidden: Tuple[int, ...] = (500,)
+    channels: Tuple[int, ...] = (32, 64)
     num_res_blocks: int = 1
     res_hidden: int = 32
     activation: str = "relu"
+
+
+class GaussianEncoder(nn.Module):
+    """q(z | x, y) = N(mean, diag(exp(log_var))): images [B, H, W, C] in [-1, 1] -> (mean, log_var) [B, L]."""
+    latent_dim: int
+    spec: NetSpec = NetSpec()
     num_classes: Optional[int] = None
 
     @nn.compact
     def __call__(self, x, y=None):
-        if self.arch == "conv":
-            h = ConvEncoder(self.channels, self.num_res_blocks, self.res_hidden, self.channels[-1])(x)
+        s = self.spec
+        if s.arch == "conv":
+            h = ConvEncoder(s.channels, s.num_res_blocks, s.res_hidden, s.channels[-1])(x)
             h = h.reshape(h.shape[0], -1)
         else:
             h = x.reshape(x.shape[0], -1)
         h = _with_label(h, y, self.num_classes)
-        out = MLP(self.hidden, 2 * self.latent_dim, self.activation)(h)
+        out = MLP(s.hidden, 2 * self.latent_dim, s.activation)(h)
         mean, log_var = jnp.split(out, 2, axis=-1)
         return mean, log_var
 
 
 class LatentDecoder(nn.Module):
-    """p(x | z, y)'s parameters: latents [B, L] -> [B, H, W, out_features] (e.g. logits per sub-pixel).
-
-    arch 'mlp': an MLP to H W out_features. 'conv': Dense layers to the lowest-resolution grid, then
-    ConvDecoder up to (H, W).
-    """
-    image_shape: Sequence[int]
+    """p(x | z, y)'s parameters: latents [B, L] -> [B, H, W, out_features] (e.g. logits per sub-pixel);
+    'conv' goes through Dense layers to the lowest-resolution grid, then ConvDecoder up to (H, W)."""
+    image_shape: Tuple[int, ...]
     out_features: int
-    arch: str = "mlp"
-    hidden: Sequence[int] = (500,)
-    channels: Sequence[int] = (32, 64)
-    num_res_blocks: int = 1
-    res_hidden: int = 32
-    activation: str = "relu"
+    spec: NetSpec = NetSpec()
     num_classes: Optional[int] = None
 
     @nn.compact
     def __call__(self, z, y=None):
+        s = self.spec
         h, w = self.image_shape[:2]
         z = _with_label(z, y, self.num_classes)
-        if self.arch == "conv":
-            scale = 2 ** len(self.channels)
-            grid = (h // scale, w // scale, self.channels[-1])
-            x = MLP(self.hidden, grid[0] * grid[1] * grid[2], self.activation)(z)
+        if s.arch == "conv":
+            scale = 2 ** len(s.channels)
+            grid = (h // scale, w // scale, s.channels[-1])
+            x = MLP(s.hidden, grid[0] * grid[1] * grid[2], s.activation)(z)
             x = x.reshape((z.shape[0],) + grid)
-            return ConvDecoder(self.channels, self.num_res_blocks, self.res_hidden, self.out_features)(x)
-        x = MLP(self.hidden, h * w * self.out_features, self.activation)(z)
+            return ConvDecoder(s.channels, s.num_res_blocks, s.res_hidden, self.out_features)(x)
+        x = MLP(s.hidden, h * w * self.out_features, s.activation)(z)
         return x.reshape(z.shape[0], h, w, self.out_features)
+

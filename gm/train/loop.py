@@ -133,6 +133,15 @@ def write_samples(path, images, num_bits):
     return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(images, num_bits)))
 
 
+def write_reconstructions(path, originals, reconstructions, num_bits, ncol=8):
+    """Originals and their reconstructions (uint8 levels [N, H, W, C]) as one PNG grid, alternating rows
+    of `ncol`: originals, then their reconstructions underneath."""
+    originals, reconstructions = np.asarray(originals), np.asarray(reconstructions)
+    rows = [block for i in range(0, len(originals), ncol)
+            for block in (originals[i:i + ncol], reconstructions[i:i + ncol])]
+    return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(np.concatenate(rows), num_bits)), ncol)
+
+
 def train_and_evaluate(config, workdir, method, dataset):
     """Train `method` on `dataset` as configured, resuming from WORKDIR; returns the final global state."""
     _check_train_config(config)
