@@ -42,3 +42,6 @@ class Method(NamedTuple):
     # same arguments, (state, batch, key, *, optimizer, ema_decay, reduce_fn, device_key_fn) ->
     # (state, metrics), so every parallel strategy wraps it unchanged.
     train_step: Optional[Callable[..., Any]] = None
+    # An optax transformation for the trainer to initialise the optimizer state with, instead of the
+    # one config.optim describes (a GAN's holds one optimizer state per player).
+    optimizer: Optional[Any] = None

@@ -8,7 +8,7 @@ import os
 import time
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 
 
 def image_grid(images, ncol=None, pad=1, min_cell=32):
@@ -36,6 +36,38 @@ def save_image_grid(path, images, ncol=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     return grid
+
+
+def scatter_image(points, reference=None, size=320, lim=None):
+    """2-D points [N, 2] (and optional reference points, e.g. a mixture's modes, drawn as red crosses)
+    -> uint8 [size, size, 3]: black dots on white, axes through 0, square limits [-lim, lim] (default:
+    1.15 times the largest coordinate seen)."""
+    points = np.asarray(points, np.float64)
+    ref = None if reference is None else np.asarray(reference, np.float64)
+    if lim is None:
+        finite = points[np.all(np.isfinite(points), axis=1)]
+        extent = [np.abs(a).max() for a in (finite, ref) if a is not None and a.size]
+        lim = 1.15 * max(extent + [1e-6])
+    to_pixel = lambda p: ((p[:, 0] + lim) / (2 * lim) * (size - 1), (lim - p[:, 1]) / (2 * lim) * (size - 1))
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    draw.line([(size / 2, 0), (size / 2, size)], fill=(220, 220, 220))
+    draw.line([(0, size / 2), (size, size / 2)], fill=(220, 220, 220))
+    for x, y in zip(*to_pixel(points[np.all(np.isfinite(points), axis=1)])):
+        draw.rectangle([x - 1, y - 1, x + 1, y + 1], fill=(0, 0, 0))
+    if ref is not None:
+        for x, y in zip(*to_pixel(ref)):
+            draw.line([(x - 4, y - 4), (x + 4, y + 4)], fill=(220, 0, 0), width=2)
+            draw.line([(x - 4, y + 4), (x + 4, y - 4)], fill=(220, 0, 0), width=2)
+    return np.asarray(image)
+
+
+def save_scatter(path, points, reference=None, lim=None):
+    """`scatter_image` written to `path` as PNG; returns the image."""
+    image = scatter_image(points, reference, lim=lim)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image).save(path)
+    return image
 
 
 class MetricWriter:

@@ -25,7 +25,7 @@ from gm import distributions as dist
 from gm import parallel
 from gm.checkpoint import Checkpointer
 from gm.train import state as state_lib
-from gm.train.logging import MetricWriter, save_image_grid
+from gm.train.logging import MetricWriter, save_image_grid, save_scatter
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -129,7 +129,10 @@ def _summarize(pending, on_nonfinite, ckpt_dir):
 
 
 def write_samples(path, images, num_bits):
-    """uint8 levels [N, H, W, C] at num_bits -> PNG grid at `path`; returns the grid."""
+    """uint8 levels [N, H, W, C] at num_bits -> PNG grid at `path`; 2-D points [N, 2] (num_bits None)
+    -> a scatter plot. Returns the image."""
+    if num_bits is None:
+        return save_scatter(path, images)
     return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(images, num_bits)))
 
 
@@ -147,7 +150,7 @@ def train_and_evaluate(config, workdir, method, dataset):
     _check_train_config(config)
     t = config.train
     strategy = parallel.make_strategy(config.parallel.strategy)
-    optimizer = state_lib.optimizer_from_config(config.optim)
+    optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
     _, train_key, sample_key, _ = run_keys(config.seed)
     is_main = parallel.process_index() == 0
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,

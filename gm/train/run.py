@@ -41,7 +41,7 @@ def restore_latest(config, workdir, method, dataset):
     ckpt = Checkpointer(directory) if os.path.isdir(directory) else None
     if ckpt is None or ckpt.latest_step() is None:
         raise FileNotFoundError(f"No checkpoint in {directory}; train first with the same --workdir.")
-    optimizer = state_lib.optimizer_from_config(config.optim)
+    optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
     state, step = loop.init_or_restore(config, method, dataset, optimizer, ckpt)
     ckpt.close()
     return state, step

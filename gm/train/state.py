@@ -42,24 +42,34 @@ def learning_rate_schedule(learning_rate, warmup_steps=0, lr_decay=1.0):
     return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps])
 
 
+OPTIMIZERS = ("adam", "rmsprop")
+
+
 def make_optimizer(learning_rate, warmup_steps=0, grad_clip=None, b1=0.9, b2=0.999, eps=1e-8,
-                   weight_decay=0.0, lr_decay=1.0):
-    """Global-norm clipping -> Adam(W) on `learning_rate_schedule(learning_rate, warmup_steps, lr_decay)`."""
+                   weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0):
+    """Global-norm clipping -> Adam(W) (or RMSProp with decay b2, as WGAN uses) on
+    `learning_rate_schedule(learning_rate, warmup_steps, lr_decay)`. `eps_root` > 0 keeps Adam's
+    square root differentiable where a second moment is 0 (needed to differentiate through updates)."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"config.optim.name must be one of {OPTIMIZERS}, got {name!r}.")
     schedule = learning_rate_schedule(learning_rate, warmup_steps, lr_decay)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
-    if weight_decay:
-        parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay))
+    if name == "rmsprop":
+        parts.append(optax.rmsprop(schedule, decay=b2, eps=eps))
+    elif weight_decay:
+        parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay))
     else:
-        parts.append(optax.adam(schedule, b1=b1, b2=b2, eps=eps))
+        parts.append(optax.adam(schedule, b1=b1, b2=b2, eps=eps, eps_root=eps_root))
     return optax.chain(*parts)
 
 
 def optimizer_from_config(optim):
-    """config.optim (learning_rate, warmup_steps, grad_clip, b1, b2, eps, weight_decay, lr_decay) -> optax
-    chain; the fields after warmup_steps are optional."""
+    """config.optim (learning_rate, warmup_steps, grad_clip, b1, b2, eps, weight_decay, lr_decay, name,
+    eps_root) -> optax chain; the fields after warmup_steps are optional."""
     return make_optimizer(optim.learning_rate, optim.warmup_steps, optim.get("grad_clip"),
                           optim.get("b1", 0.9), optim.get("b2", 0.999), optim.get("eps", 1e-8),
-                          optim.get("weight_decay", 0.0), optim.get("lr_decay", 1.0))
+                          optim.get("weight_decay", 0.0), optim.get("lr_decay", 1.0), optim.get("name", "adam"),
+                          optim.get("eps_root", 0.0))
 
 
 # XLA's backend optimizations cost far more compile time than they save on a program that runs once:

@@ -1,0 +1,131 @@
+"""Mode collapse on the 2-D mixtures: every GAN variant on a ring of 8 and a 5x5 grid of 25 Gaussians.
+
+    python -m experiments.gan_toy --workdir=runs/gan_toy
+    python -m experiments.gan_toy --workdir=runs/smoke --config=experiments/gan_toy.py:smoke
+    python -m experiments.gan_toy --workdir=runs/gan_toy --mode=eval          # the table from checkpoints
+
+Each (toy, variant, seed) trains in WORKDIR/TOY/VARIANT/seed_S with gm's trainer (so it checkpoints and
+resumes), then 2,500 samples of the generator are scored: modes covered and the share of high-quality
+samples (within 3 std of a mode; `gm.metrics.modes`). WORKDIR gets modes.md (the table), modes.json and
+one scatter plot per run, TOY_VARIANT_seedS.png, samples in black and modes as red crosses.
+
+Networks follow the unrolled-GAN paper's toy setup: MLPs with two ReLU layers of 128 units and Adam at
+1e-4 with beta1 = 0.5; batch 500 (100 per critic step when k = 5). WGAN uses RMSProp at 5e-5, clip
+0.01 and 5 critic steps; WGAN-GP a penalty of 0.1 (the scale of the toy data), Adam (0.5, 0.9) and 5
+critic steps; the unrolled GAN takes 5 unrolled discriminator steps inside the generator's loss. The
+batch must be a multiple of the device count: on 8 devices use --config.train.batch_size=520 or 40.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from gm import data as gm_data
+from gm import gan
+from gm.metrics.modes import mode_coverage
+from gm.train import loop, run
+from gm.train.logging import save_scatter
+
+VARIANTS = {
+    "minimax": dict(gan=dict(loss="minimax")),
+    "non_saturating": dict(gan=dict(loss="non_saturating")),
+    "wgan": dict(gan=dict(loss="wasserstein", clip=0.01, d_steps=5),
+                 optim=dict(name="rmsprop", learning_rate=5e-5), optim_d=dict(name="rmsprop", learning_rate=5e-5)),
+    "wgan_gp": dict(gan=dict(loss="wasserstein", gradient_penalty=0.1, d_steps=5),
+                    optim=dict(b2=0.9), optim_d=dict(b2=0.9)),
+    "unrolled": dict(gan=dict(loss="non_saturating", unrolled_steps=5), optim_d=dict(eps_root=1e-8)),
+}
+TOYS = ("ring8", "grid25")
+NUM_EVAL_SAMPLES = 2500
+
+
+def get_config(arg=None):
+    """Both toys, every variant, one seed; arg='smoke' trains each for a few hundred steps."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.seeds = (0,)
+    config.toys = TOYS
+    config.variants = tuple(VARIANTS)
+    config.data = dict(name="ring8", data_dir="", manual_dir="", random_flip=False)
+    config.model = dict(name="gan", arch="mlp", latent_dim=64, hidden=(128, 128), g_features=0, d_features=0,
+                        g_norm="none", d_norm="none", class_conditional=False)
+    config.gan = dict(loss="non_saturating", d_steps=1, gradient_penalty=0.0, clip=0.0, unrolled_steps=0)
+    config.optim = dict(learning_rate=1e-4, warmup_steps=0, grad_clip=0.0, b1=0.5, b2=0.999, eps=1e-8,
+                        weight_decay=0.0, lr_decay=1.0, ema_decay=0.0, name="adam", eps_root=0.0)
+    config.optim_d = dict(learning_rate=1e-4, warmup_steps=0, grad_clip=0.0, b1=0.5, b2=0.999, eps=1e-8,
+                          weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0)
+    config.train = dict(batch_size=500, num_steps=10_000, log_every=500, checkpoint_every=5_000,
+                        keep_checkpoints=1, sample_every=5_000, num_samples=500, on_nonfinite="stop")
+    config.eval = dict(batch_size=500, num_examples=0)
+    config.sample = dict(num=NUM_EVAL_SAMPLES, batch_size=NUM_EVAL_SAMPLES)
+    config.parallel = dict(strategy="sharded", distributed=False)
+    if arg == "smoke":
+        config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
+    elif arg:
+        raise ValueError(f"Unknown config variant {arg!r} for gan_toy; use 'smoke' or nothing.")
+    return config
+
+
+def variant_config(config, toy, variant, seed):
+    """The trainer's config for one run: the toy, the variant's overrides, the seed."""
+    if variant not in VARIANTS:
+        raise ValueError(f"config.variants names an unknown variant {variant!r}; use some of {tuple(VARIANTS)}.")
+    if toy not in TOYS:
+        raise ValueError(f"config.toys names {toy!r}; use some of {TOYS}.")
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.seed, cfg.data.name = int(seed), toy
+        for group, fields in VARIANTS[variant].items():
+            cfg[group].update(fields)
+    return cfg
+
+
+def score(config, run_dir, dataset, method):
+    """Mode coverage of NUM_EVAL_SAMPLES samples from the newest checkpoint's (EMA) generator."""
+    state, step = run.restore_latest(config, run_dir, method, dataset)
+    key = jax.random.fold_in(loop.run_keys(config.seed)[2], 10**9 + step)
+    points = np.asarray(jax.jit(method.sample, static_argnums=2)(state.ema_params, key, NUM_EVAL_SAMPLES))
+    result = mode_coverage(points, gm_data.TOY_MODES[dataset.info.name], gm_data.TOY_STD)
+    return dict(result, step=int(step)), points
+
+
+def table(rows):
+    lines = ["| toy | variant | seed | step | modes covered | high-quality samples |", "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['toy']} | {r['variant']} | {r['seed']} | {r['step']} | {r['modes_covered']} / "
+                     f"{r['num_modes']} | {100 * r['high_quality']:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def run_toys(config, workdir, make_method=None, mode="train"):
+    """Train (unless mode='eval') and score every (toy, variant, seed); writes the table and plots."""
+    run.prepare(config, workdir, "eval" if mode == "sample" else mode)
+    rows = []
+    for toy in config.toys:
+        dataset = gm_data.load(toy)
+        for variant in config.variants:
+            for seed in config.seeds:
+                cfg = variant_config(config, toy, variant, seed)
+                method = (make_method or gan.make)(cfg, dataset.info)
+                run_dir = os.path.join(workdir, toy, variant, f"seed_{seed}")
+                if mode == "train":
+                    loop.train_and_evaluate(cfg, run_dir, method, dataset)
+                result, points = score(cfg, run_dir, dataset, method)
+                modes = gm_data.TOY_MODES[toy]
+                save_scatter(os.path.join(workdir, f"{toy}_{variant}_seed{seed}.png"), points, modes,
+                             lim=1.3 * np.abs(modes).max())
+                rows.append(dict(result, toy=toy, variant=variant, seed=int(seed)))
+                print(f"{toy} {variant} seed {seed}: {result['modes_covered']}/{result['num_modes']} modes, "
+                      f"{100 * result['high_quality']:.1f}% high quality", flush=True)
+    with open(os.path.join(workdir, "modes.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(workdir, "modes.md"), "w") as f:
+        f.write(table(rows))
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    run.main(__file__, gan.make, runner=run_toys)

@@ -1,0 +1,93 @@
+"""GAN networks: the DCGAN generator and discriminator (Radford et al. 2016) for 32x32, 28x28 and 8x8
+images, and MLPs for 2-D data. Networks only; the losses live in `gm.gan_losses`."""
+from typing import Optional, Tuple
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from gm.nn.convnets import MLP, _with_label
+
+
+def dcgan_stages(size):
+    """Stride-2 stages between a 4x4 (or 7x7, for 28) grid and an image of height `size`: the most
+    halvings that leave at least 4 rows (32 -> 3, 28 -> 2, 8 -> 1)."""
+    stages = 0
+    while size % 2 == 0 and size // 2 >= 4:
+        size //= 2
+        stages += 1
+    return stages
+
+
+def _norm(kind):
+    """'batch': batch statistics, in training and sampling alike (the DCGAN reference never switches its
+    networks to inference mode); 'layer'; 'none' (WGAN-GP's critic must not couple examples)."""
+    if kind == "batch":
+        return nn.BatchNorm(use_running_average=False, momentum=0.9)
+    if kind == "layer":
+        return nn.LayerNorm()
+    if kind == "none":
+        return lambda x: x
+    raise ValueError(f"config.model.g_norm and config.model.d_norm must be 'batch', 'layer' or 'none', got {kind!r}.")
+
+
+class DCGANGenerator(nn.Module):
+    """z [B, L] (+ one-hot y) -> images [B, H, W, C] in [-1, 1] (tanh): Dense to the smallest grid with
+    features * 2^(n-1) channels, then n stride-2 4x4 transposed convolutions, halving the channels."""
+    image_shape: Tuple[int, ...]
+    features: int = 64
+    norm: str = "batch"
+    num_classes: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, z, y=None):
+        h, w, c = self.image_shape
+        n = dcgan_stages(h)
+        width = self.features * 2 ** (n - 1)
+        x = nn.Dense((h >> n) * (w >> n) * width)(_with_label(z, y, self.num_classes))
+        x = nn.relu(_norm(self.norm)(x.reshape(z.shape[0], h >> n, w >> n, width)))
+        for i in range(n - 1):
+            x = nn.ConvTranspose(width >> (i + 1), (4, 4), strides=(2, 2))(x)
+            x = nn.relu(_norm(self.norm)(x))
+        return jnp.tanh(nn.ConvTranspose(c, (4, 4), strides=(2, 2))(x))
+
+
+class DCGANDiscriminator(nn.Module):
+    """Images [B, H, W, C] in [-1, 1] -> one logit (or critic value) per example [B]: n stride-2 4x4
+    convolutions doubling the channels from `features`, leaky ReLU 0.2, no norm on the first; a class
+    label enters as a projection (Miyato & Koyama 2018)."""
+    features: int = 64
+    norm: str = "batch"
+    num_classes: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, x, y=None):
+        n = dcgan_stages(x.shape[1])
+        for i in range(n):
+            x = nn.Conv(self.features * 2 ** i, (4, 4), strides=(2, 2))(x)
+            x = nn.leaky_relu(x if i == 0 else _norm(self.norm)(x), 0.2)
+        h = x.reshape(x.shape[0], -1)
+        out = nn.Dense(1)(h)[:, 0]
+        if self.num_classes is not None:
+            out = out + jnp.sum(nn.Embed(self.num_classes, h.shape[-1])(y) * h, axis=-1)
+        return out
+
+
+class MLPGenerator(nn.Module):
+    """z [B, L] -> points [B, D] (2-D toys): an MLP with ReLU, linear output."""
+    out_dim: int
+    hidden: Tuple[int, ...] = (128, 128)
+    num_classes: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, z, y=None):
+        return MLP(self.hidden, self.out_dim)(_with_label(z, y, self.num_classes))
+
+
+class MLPDiscriminator(nn.Module):
+    """Points [B, D] -> [B] logits: an MLP with ReLU."""
+    hidden: Tuple[int, ...] = (128, 128)
+    num_classes: Optional[int] = None
+
+    @nn.compact
+    def __call__(self, x, y=None):
+        return MLP(self.hidden, 1)(_with_label(x, y, self.num_classes))[:, 0]
