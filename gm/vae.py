@@ -14,9 +14,9 @@ every other family through `gm.distributions.bits_per_dim`:
     logistic    the discretized logistic mixture of PixelCNN++ with config.model.num_mix components
     gaussian    a discretized Gaussian with a per-sub-pixel learned scale (the DDPM decoder's bins)
 
-Every value here is in nats per example unless its name says bits/dim. The building blocks (`encode`,
-`decode`, `elbo_terms`, `log_importance_weights`, `iwae_bound`) are pure functions of a `VAE` and its
-params, for use in notebooks; `make(config, info)` wraps them as the family's Method.
+Every value here is in nats per example unless its name says bits/dim. The building blocks
+(`reparameterize`, `elbo_terms`, `log_importance_weights`, `iwae_bound`, `reconstruct`, `sample`) are
+pure functions of a `VAE` and its params, for use in notebooks; `make(config, info)` wraps them as the family's Method.
 """
 import math
 from typing import Callable, NamedTuple
