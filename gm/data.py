@@ -8,8 +8,10 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
   digits). Nothing here scales, centres or dequantizes: each model family does that for itself, so
   one pipeline serves all of them. `DatasetInfo.num_bits` is the ONE bit depth that bits/dim is
   measured at (a discrete model's log-likelihood over `2**num_bits` levels per sub-pixel).
-* 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode the point
-  was drawn from), `num_bits=None`.
+* 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
+  the point was drawn from), `num_bits=None`. ring8 and grid25 are the sharp mixtures (std 0.02) of the
+  GAN mode-collapse benchmarks; eight_gaussians and checkerboard are the smoother densities of the
+  flow papers, with their exact log-density in `toy_log_density` (for plots and reverse-KL fitting).
 
 `train_batch(step=s)` returns what an uninterrupted run saw at step `s`, so resuming needs only the step
 and the seed. Examples are visited in a fresh permutation per epoch, batches run straight across epoch
@@ -26,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25')
+DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard')
 
 
 class DataError(ValueError):
@@ -114,12 +116,64 @@ def _toy_split(modes: np.ndarray, n: int, rng: np.random.Generator) -> dict[str,
     return {'x': x.astype(np.float32), 'label': label}
 
 
+# --- 2-D densities with a closed form (the flow papers' toys) -----------------------------------------
+
+EIGHT_GAUSSIANS_STD = 0.2
+# Toys whose log-density is finite everywhere, so a model can be fitted to it by reverse KL.
+EVERYWHERE_POSITIVE_TOYS = ('eight_gaussians',)
+# The checkerboard: density 1/8 on the 8 unit squares of [-2, 2]^2 whose corner indices (i + j) are even.
+_CHECKER_SQUARES = np.array([(i, j) for i in range(-2, 2) for j in range(-2, 2) if (i + j) % 2 == 0],
+                            np.float32)
+
+
+def _eight_gaussians_split(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    label = rng.integers(8, size=n).astype(np.int32)
+    x = TOY_MODES['ring8'][label] + EIGHT_GAUSSIANS_STD * rng.standard_normal((n, 2))
+    return {'x': x.astype(np.float32), 'label': label}
+
+
+def _checkerboard_split(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    label = rng.integers(len(_CHECKER_SQUARES), size=n).astype(np.int32)
+    x = _CHECKER_SQUARES[label] + rng.uniform(size=(n, 2))
+    return {'x': x.astype(np.float32), 'label': label}
+
+
+def toy_log_density(name: str, x):
+    """Exact log-density in nats of 2-D toy `name` at points x [N, 2] -> [N] (jax or numpy arrays).
+
+    Defined for the smooth toys (eight_gaussians: an equal mixture of N(mode, 0.2^2 I) on the radius-2
+    ring; checkerboard: log(1/8) on its squares, -inf elsewhere).
+    """
+    import jax.numpy as jnp  # jax only when a density is asked for; data loading stays NumPy
+    from jax.scipy.special import logsumexp
+
+    x = jnp.asarray(x, jnp.float32)
+    if name == 'eight_gaussians':
+        d2 = jnp.sum((x[:, None, :] - TOY_MODES['ring8'][None]) ** 2, -1)
+        s2 = EIGHT_GAUSSIANS_STD ** 2
+        log_n = -0.5 * d2 / s2 - jnp.log(2 * jnp.pi * s2)
+        return logsumexp(log_n, axis=1) - jnp.log(8.0)
+    if name == 'checkerboard':
+        cell = jnp.floor(x)
+        inside = jnp.all((cell >= -2) & (cell <= 1), axis=1) & (jnp.sum(cell, axis=1) % 2 == 0)
+        return jnp.where(inside, -jnp.log(8.0), -jnp.inf)
+    raise DataError(f'config.data.name={name!r} has no closed-form density; use eight_gaussians or checkerboard.')
+
+
+_TOY_SPLITS = {
+    'ring8': lambda n, rng: _toy_split(TOY_MODES['ring8'], n, rng),
+    'grid25': lambda n, rng: _toy_split(TOY_MODES['grid25'], n, rng),
+    'eight_gaussians': _eight_gaussians_split,
+    'checkerboard': _checkerboard_split,
+}
+_TOY_CLASSES = {'ring8': 8, 'grid25': 25, 'eight_gaussians': 8, 'checkerboard': len(_CHECKER_SQUARES)}
+
+
 def _load_toy(name: str) -> Dataset:
-    modes = TOY_MODES[name]
     rng = np.random.default_rng([DATASETS.index(name), 2024])  # fixed: the data never depends on a run
-    train = _toy_split(modes, _TOY_NUM_TRAIN, rng)
-    test = _toy_split(modes, _TOY_NUM_TEST, rng)
-    return _make(name, (2,), None, len(modes), train, test)
+    train = _TOY_SPLITS[name](_TOY_NUM_TRAIN, rng)
+    test = _TOY_SPLITS[name](_TOY_NUM_TEST, rng)
+    return _make(name, (2,), None, _TOY_CLASSES[name], train, test)
 
 
 # --- MNIST / CIFAR-10 through TFDS ------------------------------------------------------------------
@@ -183,7 +237,7 @@ def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = Non
     """
     if name == 'digits':
         return _load_digits()
-    if name in TOY_MODES:
+    if name in _TOY_SPLITS:
         return _load_toy(name)
     if name in _TFDS:
         return _load_tfds(name, data_dir, manual_dir)

@@ -57,6 +57,13 @@ def uniform_dequantize(key, x, num_bits):
     return (x.astype(jnp.float32) + u) / num_levels(num_bits)
 
 
+def dequantized_to_levels(y, num_bits):
+    """The inverse of `uniform_dequantize` on its bins: y in [0, 1) -> uint8 level floor(y 2^n), clipped
+    to {0..2^n-1}. (`symmetric_to_levels` rounds to level centres instead, whose cells are not these bins.)"""
+    top = num_levels(num_bits) - 1
+    return jnp.clip(jnp.floor(y * num_levels(num_bits)), 0, top).astype(jnp.uint8)
+
+
 def discrete_log_prob_from_continuous(log_density, num_dims, num_bits, scale=1.0):
     """Lower bound on log P(x) in nats from a density evaluated at dequantized data.
 
@@ -80,6 +87,11 @@ def discrete_log_prob_from_continuous(log_density, num_dims, num_bits, scale=1.0
 def gaussian_log_prob(x, mean, log_var):
     """Elementwise log N(x; mean, exp(log_var)) in nats."""
     return -0.5 * (math.log(2 * math.pi) + log_var + (x - mean) ** 2 * jnp.exp(-log_var))
+
+
+def standard_normal_log_prob(z):
+    """log N(z; 0, I) in nats per example: float [B, ...] -> [B] (the base of flows and flow matching)."""
+    return jnp.sum(gaussian_log_prob(z, 0.0, 0.0).reshape(z.shape[0], -1), axis=-1)
 
 
 def normal_kl(mean1, log_var1, mean2, log_var2):

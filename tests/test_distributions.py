@@ -217,3 +217,13 @@ def test_dlm_sample_frequencies_match_the_log_prob():
     probs = np.exp(_dlm_log_prob(
         dist.levels_to_symmetric(grid, 2), jnp.broadcast_to(params, (64, 20)), 2))
     np.testing.assert_allclose(counts / n, probs, atol=5e-3)
+
+
+def test_dequantized_values_map_back_to_their_levels():
+    levels = jnp.arange(16, dtype=jnp.uint8)
+    for u in (0.0, 0.01, 0.5, 0.99):
+        y = (levels + u) / 16
+        np.testing.assert_array_equal(dist.dequantized_to_levels(y, 4), levels)
+    np.testing.assert_array_equal(dist.dequantized_to_levels(jnp.array([-0.1, 1.0, 1.3]), 4), [0, 15, 15])
+    draws = dist.uniform_dequantize(jax.random.key(1), jnp.tile(levels, 100), 4)
+    np.testing.assert_array_equal(dist.dequantized_to_levels(draws, 4), jnp.tile(levels, 100))

@@ -70,6 +70,37 @@ def save_scatter(path, points, reference=None, lim=None):
     return image
 
 
+def density_grid(lim, size):
+    """The pixel centres of a size x size picture of [-lim, lim]^2, row 0 at the top: float32 [size^2, 2]."""
+    centres = (np.arange(size) + 0.5) / size * 2 * lim - lim
+    xx, yy = np.meshgrid(centres, centres[::-1])
+    return np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32)
+
+
+def density_image(log_density, size):
+    """log-densities at `density_grid(lim, size)` [size^2] -> uint8 [size, size, 3]: the density (not its
+    log) from white (0) to dark blue (its maximum); -inf is white."""
+    d = np.exp(np.asarray(log_density, np.float64).reshape(size, size))
+    d = np.where(np.isfinite(d), d, 0.0)
+    v = d / max(d.max(), 1e-300)
+    colour = np.array([255.0, 255.0, 255.0]) - v[..., None] * np.array([225.0, 195.0, 105.0])
+    return np.clip(colour, 0, 255).astype(np.uint8)
+
+
+def save_density_image(path, log_density, size):
+    """`density_image(log_density, size)` written to `path` as PNG; returns the image."""
+    image = density_image(log_density, size)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(image).save(path)
+    return image
+
+
+def save_density(path, log_density_fn, lim, size=256):
+    """Evaluates log_density_fn (points [N, 2] -> [N] nats) on the grid of [-lim, lim]^2 and writes the
+    `density_image` to `path` as PNG; returns the image."""
+    return save_density_image(path, log_density_fn(density_grid(lim, size)), size)
+
+
 class MetricWriter:
     """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR; images to TB."""
 

@@ -1,0 +1,170 @@
+"""2-D densities: a planar flow, RealNVP and flow matching side by side, with density and sample plots.
+
+    python -m experiments.flows_toy --workdir=runs/flows_toy
+    python -m experiments.flows_toy --workdir=runs/smoke --config=experiments/flows_toy.py:smoke
+    python -m experiments.flows_toy --workdir=runs/flows_toy --mode=eval      # the table from checkpoints
+
+Each (toy, model) trains in WORKDIR/TOY/MODEL with gm's trainer (checkpoints, resume), then WORKDIR gets
+TOY_MODEL_density.png (the model's density on [-4, 4]^2, white 0 to dark blue at its maximum),
+TOY_MODEL_samples.png, TOY_true_density.png, and table.md / table.json with the test negative
+log-likelihood in nats per point next to the true density's on the same points (the floor; the gap
+is KL(p || q)).
+
+- planar: 32 planar layers fitted by reverse KL to the closed-form density (Rezende & Mohamed 2015);
+  with no inverse it cannot score test points, so its row reports E_q[log q - log p] = KL(q || p)
+  instead, and its density plot is a histogram of 200,000 samples. Only on eight_gaussians: reverse
+  KL needs a density that is positive everywhere.
+- coupling: RealNVP for vectors, 8 affine couplings with ActNorm, maximum likelihood.
+- flow_matching: OT path, an MLP velocity, RK4 with 50 steps for samples; exact-trace likelihood.
+"""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from gm import data as gm_data
+from gm import flow_matching, flows
+from gm.train import loop, run
+from gm.train.logging import save_density, save_density_image, save_scatter
+
+MODELS = ("planar", "coupling", "flow_matching")
+TOYS = ("eight_gaussians", "checkerboard")
+LIM = 4.0
+NUM_SAMPLES = 2000
+HISTOGRAM_SAMPLES = 200_000
+
+
+def get_config(arg=None):
+    """Both toys, the three models; arg='smoke' trains each for a few steps."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.toys = TOYS
+    config.models = MODELS
+    config.data = dict(name="eight_gaussians", data_dir="", manual_dir="", random_flip=False)
+    # One block per model; a run's config.model is its model's block.
+    config.model = dict(planar=dict(name="planar", num_layers=32),
+                        coupling=dict(name="coupling", num_layers=8, hidden=128, num_blocks=1),
+                        flow_matching=dict(hidden=(256, 256, 256), activation="swish"))
+    config.flow = dict(temperature=1.0)
+    config.flow_matching = dict(path="ot", sigma_min=1e-4, coupling="independent", solver="rk4", num_steps=50,
+                                divergence="exact")
+    config.optim = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=10.0, b1=0.9, b2=0.999, eps=1e-8,
+                        weight_decay=0.0, ema_decay=0.0)
+    config.train = dict(batch_size=512, num_steps=10_000, log_every=500, checkpoint_every=5_000,
+                        keep_checkpoints=1, sample_every=5_000, num_samples=NUM_SAMPLES, on_nonfinite="stop")
+    config.eval = dict(batch_size=1000, num_examples=0)
+    config.sample = dict(num=NUM_SAMPLES, batch_size=NUM_SAMPLES)
+    config.plot_size = 256  # density pictures are plot_size^2 evaluations of log q
+    config.parallel = dict(strategy="sharded", distributed=False)
+    if arg == "smoke":
+        config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
+        config.eval.update(num_examples=1000)
+        config.plot_size = 64
+    elif arg:
+        raise ValueError(f"Unknown config variant {arg!r} for flows_toy; use 'smoke' or nothing.")
+    return config
+
+
+def model_config(config, toy, model):
+    """The trainer's config for one run: the toy and the model's overrides."""
+    if model not in MODELS:
+        raise ValueError(f"config.models names an unknown model {model!r}; use some of {MODELS}.")
+    if toy not in TOYS:
+        raise ValueError(f"config.toys names {toy!r}; use some of {TOYS}.")
+    cfg = config.copy_and_resolve_references()
+    with cfg.unlocked():
+        cfg.data.name = toy
+        cfg.model = cfg.model[model]
+    return cfg
+
+
+def make_method(config, info, model):
+    return flow_matching.make(config, info) if model == "flow_matching" else flows.make(config, info)
+
+
+def _batched(fn, points, size=4096):
+    return np.concatenate([np.asarray(fn(points[i:i + size])) for i in range(0, len(points), size)])
+
+
+def histogram_log_density(points, size):
+    """log of a normalised 2-D histogram of points on the `density_grid(LIM, size)` cells, [size^2]."""
+    edges = np.linspace(-LIM, LIM, size + 1)
+    counts, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=[edges, edges])
+    density = counts[::-1] / (len(points) * (edges[1] - edges[0]) ** 2)  # row 0 at the top
+    with np.errstate(divide="ignore"):
+        return np.log(density).ravel()
+
+
+def score(config, run_dir, dataset, method, model):
+    """Test NLL (nats per point) or, for the planar flow, the reverse KL; and the pictures' inputs."""
+    state, step = run.restore_latest(config, run_dir, method, dataset)
+    params, key = state.ema_params, jax.random.fold_in(loop.run_keys(config.seed)[3], step)
+    test = {k: jnp.asarray(v[:config.eval.num_examples or None]) for k, v in dataset.test.items()}
+    if method.log_prob is None:
+        flow = flows.flow_from_config(config.model, dataset.info)
+        x, log_q = jax.jit(lambda p, k: flows.sample_and_log_prob(flow, p, k, HISTOGRAM_SAMPLES, (2,)))(params, key)
+        kl = float(jnp.mean(log_q - gm_data.toy_log_density(dataset.info.name, x)))
+        return dict(step=int(step), reverse_kl=kl), None, np.asarray(x)
+    log_prob = jax.jit(lambda p, b: method.log_prob(p, key, b))
+    nll = -float(np.mean(_batched(lambda idx: log_prob(params, {"x": test["x"][idx]}), np.arange(len(test["x"])))))
+    density_fn = lambda pts: _batched(lambda chunk: log_prob(params, {"x": jnp.asarray(chunk)}), pts)  # noqa: E731
+    return dict(step=int(step), test_nll=nll), density_fn, None
+
+
+def table(rows):
+    lines = ["| toy | model | step | test NLL (nats) | true density's NLL | KL(q || p) (planar) |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        nll = f"{r['test_nll']:.3f}" if "test_nll" in r else "-"
+        kl = f"{r['reverse_kl']:.3f}" if "reverse_kl" in r else "-"
+        lines.append(f"| {r['toy']} | {r['model']} | {r['step']} | {nll} | {r['true_nll']:.3f} | {kl} |")
+    return "\n".join(lines) + "\n"
+
+
+def run_toys(config, workdir, make_method_unused=None, mode="train"):
+    """Train (unless mode='eval') and score every (toy, model); writes the table and the plots."""
+    del make_method_unused  # each model picks its own family
+    run.prepare(config, workdir, "eval" if mode == "sample" else mode)
+    rows = []
+    for toy in config.toys:
+        dataset = gm_data.load(toy)
+        test_points = dataset.test["x"][:config.eval.num_examples or None]
+        true_nll = -float(np.mean(gm_data.toy_log_density(toy, test_points)))
+        save_density(os.path.join(workdir, f"{toy}_true_density.png"),
+                     lambda pts: np.asarray(gm_data.toy_log_density(toy, pts)), LIM, config.plot_size)
+        for model in config.models:
+            if model == "planar" and toy not in gm_data.EVERYWHERE_POSITIVE_TOYS:
+                print(f"{toy} planar: skipped (reverse KL needs a density positive everywhere)", flush=True)
+                continue
+            cfg = model_config(config, toy, model)
+            method = make_method(cfg, dataset.info, model)
+            run_dir = os.path.join(workdir, toy, model)
+            if mode == "train":
+                loop.train_and_evaluate(cfg, run_dir, method, dataset)
+            result, density_fn, histogram_points = score(cfg, run_dir, dataset, method, model)
+            prefix = os.path.join(workdir, f"{toy}_{model}")
+            if density_fn is not None:
+                save_density(prefix + "_density.png", density_fn, LIM, config.plot_size)
+                state, _ = run.restore_latest(cfg, run_dir, method, dataset)
+                points = np.asarray(jax.jit(method.sample, static_argnums=2)(state.ema_params, jax.random.key(1),
+                                                                             NUM_SAMPLES))
+            else:
+                save_density_image(prefix + "_density.png",
+                                   histogram_log_density(histogram_points, config.plot_size), config.plot_size)
+                points = histogram_points[:NUM_SAMPLES]
+            save_scatter(prefix + "_samples.png", points, lim=LIM)
+            rows.append(dict(result, toy=toy, model=model, true_nll=true_nll))
+            print(f"{toy} {model}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "step"), flush=True)
+    with open(os.path.join(workdir, "table.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(workdir, "table.md"), "w") as f:
+        f.write(table(rows))
+    print(table(rows))
+    return rows
+
+
+if __name__ == "__main__":
+    run.main(__file__, flows.make, runner=run_toys)

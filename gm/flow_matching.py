@@ -1,0 +1,304 @@
+"""Flow matching (Lipman et al. 2023) with minibatch optimal-transport coupling (Tong et al. 2023).
+
+A network v(x, t) learns the velocity of a probability path that carries noise at t = 0 to data at
+t = 1 (Lipman's convention: x0 ~ N(0, I) is the base, x1 is a datum). Each conditional path is a
+Gaussian x_t = a(t) x1 + b(t) x0 whose velocity u_t = a'(t) x1 + b'(t) x0 is known in closed form, and
+regressing v on u_t at random (t, x0, x1) (conditional flow matching) has the same gradients as
+regressing on the intractable marginal velocity. Two paths:
+
+* 'ot' (Lipman eq. 20-21): a = t, b = 1 - (1 - sigma_min) t, so u_t = x1 - (1 - sigma_min) x0.
+* 'vp' (Lipman eq. 18-19): a = alpha_{1-t}, b = sqrt(1 - alpha_{1-t}^2), alpha_s = exp(-T(s) / 2) with
+  T(s) = int_0^s beta, beta linear from beta_min = 0.1 to beta_max = 20. Its velocity blows up like
+  (1 - t)^(-1/2) at t = 1, so the loss draws t below VP_T_MAX (as score_sde stops at t = 1e-5).
+
+With coupling='ot' the noise of a batch is permuted to the exact optimal-transport assignment to the
+data (squared Euclidean cost), which straightens the learned paths.
+
+Samples integrate v from t = 0 to 1 with `gm.ode.solve`; log-likelihoods integrate back from t = 1 to 0
+with the instantaneous change of variables (`gm.ode.change_of_variables`): log p(x) = log N(z; 0, I) +
+int_1^0 div v dt. Images live in [-1, 1) as 2 y - 1 of the uniformly dequantized y (`gm.distributions`),
+and their discrete log-likelihood is the usual dequantization bound.
+"""
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from gm import distributions as dist
+from gm import ode
+from gm.method import Method
+
+PATHS = ("ot", "vp")
+COUPLINGS = ("independent", "ot")
+DIVERGENCES = ("auto",) + ode.DIVERGENCES
+TIME_SCALE = 1000.0  # t in [0, 1] reaches the networks as 1000 t, the range of DDPM's timesteps
+EXACT_TRACE_MAX_DIMS = 16  # divergence='auto' takes the exact trace up to this many dimensions
+VP_T_MAX = 1.0 - 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------
+# Conditional probability paths.
+# ---------------------------------------------------------------------------------------------------
+
+def _per_example(t, x):
+    """t as a scalar or [B] -> broadcastable against x [B, ...]."""
+    t = jnp.asarray(t, jnp.float32)
+    return t.reshape(t.shape + (1,) * (x.ndim - t.ndim)) if t.ndim else t
+
+
+class Path(NamedTuple):
+    """A conditional Gaussian path x_t = a(t) x1 + b(t) x0, with noise x0 at t = 0 and data x1 at t = 1.
+
+    coefficients: t -> (a, b, da/dt, db/dt), elementwise in t.
+    t_max: the loss draws t ~ U[0, t_max].
+    In both methods x0 and x1 are float [B, ...] and t is a float scalar or [B] in [0, 1]; the result
+    has x's shape.
+    """
+    coefficients: Callable
+    t_max: float = 1.0
+
+    def sample_xt(self, x0, x1, t):
+        """x_t = a(t) x1 + b(t) x0: a draw from p_t(x | x1) given the noise x0."""
+        a, b, _, _ = self.coefficients(_per_example(t, x1))
+        return a * x1 + b * x0
+
+    def target_velocity(self, x0, x1, t):
+        """u_t = d x_t / dt = a'(t) x1 + b'(t) x0, the conditional velocity at x_t."""
+        _, _, da, db = self.coefficients(_per_example(t, x1))
+        return da * x1 + db * x0
+
+
+def ot_coefficients(t, sigma_min):
+    """The OT path's (a, b, a', b'): mu_t = t x1, sigma_t = 1 - (1 - sigma_min) t."""
+    one = jnp.ones_like(t)
+    return t, 1.0 - (1.0 - sigma_min) * t, one, -(1.0 - sigma_min) * one
+
+
+def vp_log_alpha(s, beta_min=0.1, beta_max=20.0):
+    """log alpha_s = -T(s) / 2 with T(s) = beta_min s + (beta_max - beta_min) s^2 / 2."""
+    return -0.5 * (beta_min * s + 0.5 * (beta_max - beta_min) * s ** 2)
+
+
+def vp_coefficients(t, beta_min=0.1, beta_max=20.0):
+    """The VP path's (a, b, a', b'): a = alpha_{1-t}, b = sqrt(1 - alpha_{1-t}^2)."""
+    s = 1.0 - t
+    a = jnp.exp(vp_log_alpha(s, beta_min, beta_max))
+    b = jnp.sqrt(-jnp.expm1(2.0 * vp_log_alpha(s, beta_min, beta_max)))  # accurate as a -> 1
+    beta = beta_min + (beta_max - beta_min) * s
+    da = 0.5 * beta * a  # d alpha_s / ds = -beta(s) alpha_s / 2, and ds/dt = -1
+    return a, b, da, -a * da / b  # from a^2 + b^2 = 1
+
+
+def ot_path(sigma_min=1e-4):
+    """Lipman's OT path: x_t = (1 - (1 - sigma_min) t) x0 + t x1."""
+    return Path(functools.partial(ot_coefficients, sigma_min=sigma_min))
+
+
+def vp_path(beta_min=0.1, beta_max=20.0):
+    """Lipman's VP diffusion path (eq. 18-19)."""
+    return Path(functools.partial(vp_coefficients, beta_min=beta_min, beta_max=beta_max), VP_T_MAX)
+
+
+def path_from_name(name, sigma_min=1e-4):
+    """'ot' or 'vp' -> Path."""
+    if name == "ot":
+        return ot_path(sigma_min)
+    if name == "vp":
+        return vp_path()
+    raise ValueError(f"Unknown config.flow_matching.path {name!r}; use one of {PATHS}.")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Minibatch OT coupling.
+# ---------------------------------------------------------------------------------------------------
+
+def _linear_assignment(cost):
+    """Host side: the column assigned to each row of a square cost matrix, int32 [B]."""
+    from scipy.optimize import linear_sum_assignment  # imported on first use; scipy is slow to load
+
+    rows, cols = linear_sum_assignment(np.asarray(cost, np.float64))
+    assert np.array_equal(rows, np.arange(len(rows)))  # square cost: every row is assigned, in order
+    return cols.astype(np.int32)
+
+
+def ot_permutation(x0, x1):
+    """The permutation p, int32 [B], minimising sum_i ||x0[p[i]] - x1[i]||^2 (an exact OT plan).
+
+    With equal batch sizes and uniform weights an optimal plan is a permutation matrix, so the
+    discrete OT problem of Tong et al. is a linear assignment, solved by scipy on the host through
+    `jax.pure_callback` (so it runs inside jit). x0, x1: float [B, ...]. Within a data-parallel step the
+    assignment covers the whole global batch under gm.parallel's `sharded` strategy (the [B, B] cost
+    is gathered for the host) and each device's slice under `pmap`.
+    """
+    n0, n1 = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
+    # Squared distances by expansion, [B, B] without a [B, B, D] intermediate; full-precision matmul
+    # (accelerators default to reduced precision, which could reorder near-ties badly).
+    cross = jnp.matmul(n1, n0.T, precision=jax.lax.Precision.HIGHEST)
+    cost = jnp.sum(n1 ** 2, -1)[:, None] + jnp.sum(n0 ** 2, -1)[None, :] - 2.0 * cross
+    result = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
+    return jax.pure_callback(_linear_assignment, result, jax.lax.stop_gradient(cost), vmap_method="sequential")
+
+
+def ot_couple_noise(x0, x1):
+    """The noise x0 reordered to its OT assignment to the data x1 (which keeps its order), [B, ...]."""
+    return x0[ot_permutation(x0, x1)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Loss, sampling and likelihood for any velocity field v(x, t) (t a scalar or float [B] in [0, 1]).
+# ---------------------------------------------------------------------------------------------------
+
+def cfm_loss(velocity_fn, path, key, x1, coupling="independent"):
+    """Conditional flow matching: E_{t ~ U[0, t_max], x0 ~ N(0, I)} ||v(x_t, t) - u_t||^2 / D.
+
+    x1: data float [B, ...] in model space. Returns a scalar: the squared velocity error averaged over
+    dimensions and the batch, in (model-space units per unit time)^2.
+    """
+    t_key, noise_key = jax.random.split(key)
+    x0 = jax.random.normal(noise_key, x1.shape, jnp.float32)
+    if coupling == "ot":
+        x0 = ot_couple_noise(x0, x1)
+    elif coupling != "independent":
+        raise ValueError(f"Unknown config.flow_matching.coupling {coupling!r}; use one of {COUPLINGS}.")
+    t = jax.random.uniform(t_key, (x1.shape[0],), jnp.float32, 0.0, path.t_max)
+    v = velocity_fn(path.sample_xt(x0, x1, t), t)
+    return jnp.mean((v.astype(jnp.float32) - path.target_velocity(x0, x1, t)) ** 2)
+
+
+def sample(velocity_fn, key, shape, *, temperature=1.0, **solver):
+    """x0 ~ N(0, temperature^2 I) of `shape` carried from t = 0 to 1 -> (x1 float32, nfe).
+
+    `solver` holds `gm.ode.solve`'s keywords (method, num_steps, rtol, atol).
+    """
+    x0 = temperature * jax.random.normal(key, shape, jnp.float32)
+    return ode.solve(velocity_fn, x0, 0.0, 1.0, **solver)
+
+
+def log_likelihood(velocity_fn, x1, key=None, *, divergence="exact", probe="rademacher", **solver):
+    """log p_1(x1) = log N(z; 0, I) + int_1^0 div v dt, by integrating from t = 1 back to t = 0.
+
+    x1: float [B, ...] in model space. divergence: 'exact' or 'hutchinson' (one `probe` per example
+    from `key`; the estimate is then unbiased). Returns (log-density in nats [B], nfe).
+    """
+    z, delta_logp, nfe = ode.change_of_variables(velocity_fn, x1, 1.0, 0.0, divergence=divergence,
+                                                 key=key, probe=probe, **solver)
+    return dist.standard_normal_log_prob(z) + delta_logp, nfe
+
+
+# ---------------------------------------------------------------------------------------------------
+# The Method.
+# ---------------------------------------------------------------------------------------------------
+
+def _choice(settings, name, choices, default):
+    value = settings.get(name, default)
+    if value not in choices:
+        raise ValueError(f"config.flow_matching.{name} must be one of {choices}, got {value!r}.")
+    return value
+
+
+def _positive(settings, name, default, kind=float, allow_zero=False):
+    value = settings.get(name, default)
+    number = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
+    if not number or value < 0 or (value == 0 and not allow_zero):
+        what = "a non-negative" if allow_zero else "a positive"
+        raise ValueError(f"config.flow_matching.{name} must be {what} {kind.__name__}, got {value!r}.")
+    return kind(value)
+
+
+def settings_from_config(config, num_dims):
+    """config.flow_matching (missing fields take their defaults) -> a validated dict; see `make`."""
+    fm = config.get("flow_matching", None) or {}
+    s = dict(path=_choice(fm, "path", PATHS, "ot"),
+             coupling=_choice(fm, "coupling", COUPLINGS, "independent"),
+             divergence=_choice(fm, "divergence", DIVERGENCES, "auto"),
+             probe=_choice(fm, "probe", ode.PROBES, "rademacher"),
+             sigma_min=_positive(fm, "sigma_min", 1e-4, allow_zero=True),
+             temperature=_positive(fm, "temperature", 1.0, allow_zero=True),
+             solver=dict(method=_choice(fm, "solver", ode.METHODS, "euler"),
+                         num_steps=_positive(fm, "num_steps", 100, int),
+                         rtol=_positive(fm, "rtol", 1e-5), atol=_positive(fm, "atol", 1e-5)))
+    if s["sigma_min"] >= 1:
+        raise ValueError(f"config.flow_matching.sigma_min must lie in [0, 1), got {s['sigma_min']!r}.")
+    if s["divergence"] == "auto":
+        s["divergence"] = "exact" if num_dims <= EXACT_TRACE_MAX_DIMS else "hutchinson"
+    return s
+
+
+def make(config, info):
+    """Flow matching on `info`'s data -> Method.
+
+    Images (info.num_bits set) use the DDPM UNet of config.model (ch, ch_mult, num_res_blocks,
+    attn_resolutions, dropout, class_conditional, dtype) with t fed as 1000 t; other data (the 2-D toys)
+    a VelocityMLP with config.model.hidden (tuple of widths) and config.model.activation ('swish').
+    config.flow_matching, each field optional:
+      path 'ot' | 'vp' ('ot'); sigma_min in [0, 1) (1e-4, the OT path's final noise);
+      coupling 'independent' | 'ot' (minibatch OT pairing of noise and data);
+      solver 'euler' | 'heun' | 'rk4' | 'dopri5' ('euler'); num_steps (100, fixed-step solvers);
+      rtol, atol (1e-5, dopri5); divergence 'auto' | 'exact' | 'hutchinson' ('auto': exact trace up to
+      EXACT_TRACE_MAX_DIMS dimensions); probe 'rademacher' | 'gaussian'; temperature (1.0, scales the
+      sampler's noise).
+    `log_prob` is in nats per example: for images the dequantization lower bound on log P(x) at
+    info.num_bits (noisy but unbiased with Hutchinson), for 2-D data the continuous log-density.
+    """
+    s = settings_from_config(config, info.num_dims)
+    path = path_from_name(s["path"], s["sigma_min"])
+    images = info.num_bits is not None
+    num_classes = info.num_classes if images and config.model.get("class_conditional", False) else None
+    if images:
+        from gm.diffusion import unet_from_config
+        net = unet_from_config(config.model, num_classes)
+    else:
+        from gm.nn.velocity import VelocityMLP
+        net = VelocityMLP(hidden=tuple(config.model.get("hidden", (256, 256, 256))), time_scale=TIME_SCALE,
+                          activation=config.model.get("activation", "swish"))
+
+    def velocity_fn_for(params, labels, train=False, dropout_key=None):
+        def velocity(x, t):
+            t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+            if not images:
+                return net.apply({"params": params}, x, t)  # VelocityMLP scales t itself
+            rngs = {"dropout": dropout_key} if train else {}
+            y = labels if num_classes else None
+            return net.apply({"params": params}, x, TIME_SCALE * t, y, train=train, rngs=rngs)
+        return velocity
+
+    def model_space(key, batch):
+        """A batch -> float32 [B, ...]: dequantized images in [-1, 1), or the 2-D points as they are."""
+        if images:
+            return 2.0 * dist.uniform_dequantize(key, batch["image"], info.num_bits) - 1.0
+        return batch["x"].astype(jnp.float32)
+
+    def init(key, batch):
+        x = model_space(key, batch)  # only its shape matters
+        t = jnp.zeros((x.shape[0],), jnp.float32)
+        if images:
+            y = batch["label"] if num_classes else None
+            return net.init({"params": key}, x, t, y, train=False)["params"]
+        return net.init({"params": key}, x, t)["params"]
+
+    def loss(params, key, batch):
+        data_key, loss_key, dropout_key = jax.random.split(key, 3)
+        velocity = velocity_fn_for(params, batch.get("label"), train=True, dropout_key=dropout_key)
+        value = cfm_loss(velocity, path, loss_key, model_space(data_key, batch), s["coupling"])
+        return value, {"loss": value}
+
+    def sample_fn(params, key, num):
+        label_key, noise_key = jax.random.split(key)
+        labels = jax.random.randint(label_key, (num,), 0, info.num_classes)
+        x, _ = sample(velocity_fn_for(params, labels), noise_key, (num,) + tuple(info.shape),
+                      temperature=s["temperature"], **s["solver"])
+        if images:
+            return dist.dequantized_to_levels((x + 1.0) / 2.0, info.num_bits)  # model space is [-1, 1)
+        return x
+
+    def log_prob(params, key, batch):
+        data_key, probe_key = jax.random.split(key)
+        log_density, _ = log_likelihood(velocity_fn_for(params, batch.get("label")), model_space(data_key, batch),
+                                        probe_key, divergence=s["divergence"], probe=s["probe"], **s["solver"])
+        if images:
+            return dist.discrete_log_prob_from_continuous(log_density, info.num_dims, info.num_bits, scale=2.0)
+        return log_density
+
+    return Method(init=init, loss=loss, sample=sample_fn, log_prob=log_prob, log_prob_is_bound=images)

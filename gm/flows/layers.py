@@ -1,0 +1,216 @@
+"""Learned bijectors: affine coupling (RealNVP), ActNorm and the invertible 1x1 convolution (Glow), and
+the planar flow (Rezende & Mohamed 2015). The contract is `gm.flows.bijectors.Bijector`.
+
+Images are NHWC; a "channel" is the last axis. Vectors [B, D] (2-D densities) work wherever it makes
+sense: coupling with an MLP conditioner, ActNorm, the planar flow.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from gm.flows.bijectors import Bijector, sum_per_example
+
+MASKS = ("checkerboard", "channel")
+SCALES = ("tanh", "sigmoid")
+
+
+def _num_positions(x):
+    """Elements per example that share one channel's parameters (H*W for images, 1 for vectors)."""
+    return x[0, ..., 0].size
+
+
+# --- ActNorm -----------------------------------------------------------------------------------------
+
+class ActNorm(Bijector):
+    """Per-channel affine x = z * exp(log_scale) + bias (Glow section 3.1).
+
+    Initialised in the inverse direction on data, it sets bias and scale so that its output (the base
+    side) has zero mean and unit variance per channel on that batch: data-dependent initialisation.
+    Initialised forward, it starts as the identity.
+    """
+    eps: float = 1e-6
+
+    @nn.compact
+    def __call__(self, x, inverse=False):
+        c = x.shape[-1]
+        axes = tuple(range(x.ndim - 1))
+
+        def data_init(stat):
+            def init(_):
+                if not inverse:
+                    return jnp.zeros((c,), jnp.float32)
+                return stat(x)
+            return init
+
+        bias = self.param("bias", data_init(lambda v: jnp.mean(v, axis=axes)))
+        log_scale = self.param("log_scale", data_init(lambda v: jnp.log(jnp.std(v, axis=axes) + self.eps)))
+        log_det = jnp.full((x.shape[0],), _num_positions(x) * jnp.sum(log_scale))
+        if inverse:
+            return (x - bias) * jnp.exp(-log_scale), -log_det
+        return x * jnp.exp(log_scale) + bias, log_det
+
+
+# --- Invertible 1x1 convolution with the LU parameterisation ------------------------------------------
+
+def initial_lu(seed, c):
+    """Glow's initialisation (section 3.2): a random rotation W0 = P L U from `seed`. Returns the fixed
+    parts (P, sign(diag U)) and the initial trainable ones {'L', 'U', 'log_s'}.
+
+    P and the signs never train, so they are recomputed from `seed` where they are used rather than
+    stored as parameters, which an optimiser's weight decay or a checkpoint surgery could disturb.
+    """
+    w0, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(seed), (c, c)))
+    p, lower, upper = jax.scipy.linalg.lu(w0)
+    s = jnp.diag(upper)
+    return (p, jnp.sign(s)), {"L": jnp.tril(lower, -1), "U": jnp.triu(upper, 1), "log_s": jnp.log(jnp.abs(s))}
+
+
+def lu_weight(fixed, lu):
+    """The C x C weight W = P (L + I) (U + diag(sign_s exp(log_s)))."""
+    p, sign_s = fixed
+    c = lu["log_s"].shape[0]
+    lower = jnp.tril(lu["L"], -1) + jnp.eye(c)
+    upper = jnp.triu(lu["U"], 1) + jnp.diag(sign_s * jnp.exp(lu["log_s"]))
+    return p @ lower @ upper
+
+
+class Invertible1x1Conv(Bijector):
+    """x = W z at every position (a 1x1 convolution), log|det| = H W sum(log|s|): O(C) not O(C^3).
+    `seed` fixes the layer's initial rotation and with it the permutation P and the signs."""
+    seed: int = 0
+
+    @nn.compact
+    def __call__(self, x, inverse=False):
+        c = x.shape[-1]
+        fixed, initial = initial_lu(self.seed, c)
+        lu = {name: self.param(name, lambda _, v=value: v) for name, value in initial.items()}
+        w = lu_weight(fixed, lu)
+        log_det = jnp.full((x.shape[0],), _num_positions(x) * jnp.sum(lu["log_s"]))
+        if inverse:
+            return x @ jnp.linalg.inv(w).T, -log_det
+        return x @ w.T, log_det
+
+
+# --- Affine coupling -----------------------------------------------------------------------------------
+
+def coupling_mask(shape, kind, parity):
+    """float32 mask of `shape` (one example: (H, W, C) or (D,)); 1 marks the half that passes through
+    unchanged and conditions the other. 'checkerboard' alternates pixels (or vector entries), 'channel'
+    takes the first (parity 0) or second half of the channels."""
+    if kind not in MASKS:
+        raise ValueError(f"The coupling mask must be one of {MASKS}, got {kind!r}.")
+    if kind == "checkerboard":
+        grid = jnp.indices(shape[:-1] if len(shape) == 3 else shape).sum(0) % 2
+        mask = grid == parity
+        if len(shape) == 3:
+            mask = jnp.broadcast_to(mask[..., None], shape)
+    else:
+        c = shape[-1]
+        if c < 2:
+            raise ValueError(f"A channel mask needs at least 2 channels, got {c}; squeeze first.")
+        first = jnp.arange(c) < c // 2
+        mask = jnp.broadcast_to(first if parity == 0 else ~first, shape)
+    return mask.astype(jnp.float32)
+
+
+class ConvConditioner(nn.Module):
+    """[B, H, W, C_in] -> [B, H, W, out_features]: 3x3 conv, residual blocks, 1x1 conv, ReLUs, and a
+    zero-initialised 3x3 output conv so the coupling starts as the identity (Glow's choice)."""
+    hidden: int
+    num_blocks: int
+
+    @nn.compact
+    def __call__(self, h, out_features):
+        h = nn.relu(nn.Conv(self.hidden, (3, 3))(h))
+        for _ in range(self.num_blocks):
+            r = nn.relu(nn.Conv(self.hidden, (3, 3))(nn.LayerNorm()(h)))
+            h = h + nn.Conv(self.hidden, (1, 1))(r)
+        h = nn.relu(nn.Conv(self.hidden, (1, 1))(h))
+        return nn.Conv(out_features, (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+class MLPConditioner(nn.Module):
+    """[B, D_in] -> [B, out_features]: ReLU MLP with `num_blocks` + 1 hidden layers, zero-initialised output."""
+    hidden: int
+    num_blocks: int
+
+    @nn.compact
+    def __call__(self, h, out_features):
+        for _ in range(self.num_blocks + 1):
+            h = nn.relu(nn.Dense(self.hidden)(h))
+        return nn.Dense(out_features, kernel_init=nn.initializers.zeros)(h)
+
+
+class AffineCoupling(Bijector):
+    """Affine coupling (Dinh et al. 2017): with mask m (1 = pass through),
+
+        inverse (data -> base):  z = m x + (1 - m) (x exp(log_s) + t),   (log_s, t) = NN(m x, m)
+        forward (base -> data):  x = m z + (1 - m) (z - t) exp(-log_s)
+
+    so log|det| = +-sum((1 - m) log_s), and both directions cost one network evaluation.
+    `scale='tanh'` is RealNVP's log_s = a tanh(.) with a learned per-channel a; 'sigmoid' is Glow's
+    log_s = log sigmoid(. + 2). The conditioner is convolutional for images, an MLP for vectors.
+    """
+    mask: str = "checkerboard"
+    parity: int = 0
+    hidden: int = 64
+    num_blocks: int = 2
+    scale: str = "tanh"
+
+    @nn.compact
+    def __call__(self, x, inverse=False):
+        if self.scale not in SCALES:
+            raise ValueError(f"The coupling scale must be one of {SCALES}, got {self.scale!r}.")
+        c = x.shape[-1]
+        m = coupling_mask(x.shape[1:], self.mask, self.parity)
+        net = (ConvConditioner if x.ndim == 4 else MLPConditioner)(self.hidden, self.num_blocks)
+        h = jnp.concatenate([x * m, jnp.broadcast_to(m, x.shape)], axis=-1)
+        raw_s, t = jnp.split(net(h, 2 * c), 2, axis=-1)
+        if self.scale == "tanh":
+            log_s = self.param("scale", nn.initializers.ones, (c,)) * jnp.tanh(raw_s)
+        else:
+            log_s = jax.nn.log_sigmoid(raw_s + 2.0)
+        log_s, t = (1.0 - m) * log_s, (1.0 - m) * t
+        log_det = sum_per_example(log_s)
+        if inverse:
+            return x * jnp.exp(log_s) + t, log_det
+        return (x - t) * jnp.exp(-log_s), -log_det
+
+
+# --- Planar flow ---------------------------------------------------------------------------------------
+
+def planar_w_dot_u_hat(u, w):
+    """m(w.u) = -1 + softplus(w.u) >= -1: the value w.u_hat takes after the reparameterisation."""
+    return -1.0 + jax.nn.softplus(jnp.dot(w, u))
+
+
+def planar_u_hat(u, w):
+    """Rezende & Mohamed (2015), appendix A.1: u_hat = u + (m(w.u) - w.u) w / |w|^2 with
+    m(a) = -1 + softplus(a), so w.u_hat = m(w.u) >= -1 and f is invertible for any raw u, w."""
+    return u + (planar_w_dot_u_hat(u, w) - jnp.dot(w, u)) * w / jnp.sum(w ** 2)
+
+
+class Planar(Bijector):
+    """f(z) = z + u_hat tanh(w.z + b) on vectors [B, D], log|det J_f| = log|1 + u_hat . psi(z)|,
+    psi(z) = (1 - tanh^2(w.z + b)) w.
+
+    Invertible, but without a closed-form inverse: a planar flow gives the density of the points it
+    generates (sampling and density from the base side), which is what variational inference and
+    reverse-KL fitting need; it cannot score given data.
+    """
+    init_scale: float = 0.1
+
+    @nn.compact
+    def __call__(self, z, inverse=False):
+        if inverse:
+            raise NotImplementedError("A planar flow has no closed-form inverse: it can only push base samples "
+                                      "forward (sample, and log q of its own samples), not score data.")
+        d = z.shape[-1]
+        u = self.param("u", nn.initializers.normal(self.init_scale), (d,))
+        w = self.param("w", nn.initializers.normal(self.init_scale), (d,))
+        b = self.param("b", nn.initializers.zeros, ())
+        u_hat = planar_u_hat(u, w)
+        a = jnp.tanh(z @ w + b)  # [B]
+        # w.u_hat from its closed form: the dot product of the corrected vector can round below -1.
+        psi_dot_u = (1.0 - a ** 2) * planar_w_dot_u_hat(u, w)
+        return z + a[:, None] * u_hat, jnp.log(jnp.abs(1.0 + psi_dot_u))
