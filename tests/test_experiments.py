@@ -268,7 +268,7 @@ FLOW_EXPERIMENTS = {
 
 
 @pytest.mark.parametrize("name", sorted(FLOW_EXPERIMENTS))
-def test_flow_experiment_trains_resumes_evaluates_and_samples(tmp_path, name):
+def test_flow_experiment_trains_resumes_and_evaluates(tmp_path, name):
     steps = lambda n: [a.format(n) for a in AR_SMOKE] + FLOW_EXPERIMENTS[name]
     _ar_run(name, tmp_path, *steps(4))
     assert "Restored step 4" in _ar_run(name, tmp_path, *steps(6)).stderr
@@ -281,10 +281,11 @@ def test_flow_experiment_trains_resumes_evaluates_and_samples(tmp_path, name):
     # Dequantized: a bound, within reach of the training loss after 6 steps.
     assert result["kind"] == "bound" and result["num_examples"] == 40 and 0 < result["bpd"] < 8
     assert "bound" in proc.stdout
-    # The sample size of the run's own grids, so the sampler comes from the compilation cache.
-    _ar_run(name, tmp_path, *steps(6), "--mode=sample", "--config.sample.num=16", "--config.sample.batch_size=16")
-    out = np.load(tmp_path / "samples" / "samples_step_6_n16.npz")
-    assert out["levels"].shape == (16, 8, 8, 1) and out["levels"].max() <= 15
+    if name == "glow_cifar":  # --mode=sample is the trainer's; once is enough, with a temperature
+        _ar_run(name, tmp_path, *steps(6), "--mode=sample", "--config.sample.num=16",
+                "--config.sample.batch_size=16", "--config.flow.temperature=0.7")
+        out = np.load(tmp_path / "samples" / "samples_step_6_n16.npz")
+        assert out["levels"].shape == (16, 8, 8, 1) and out["levels"].max() <= 15
 
 
 def test_flows_toy_writes_the_table_and_the_density_plots(tmp_path):
