@@ -17,7 +17,6 @@ is KL(p || q)).
 - coupling: RealNVP for vectors, 8 affine couplings with ActNorm, maximum likelihood.
 - flow_matching: OT path, an MLP velocity, RK4 with 50 steps for samples; exact-trace likelihood.
 """
-import json
 import os
 
 import jax
@@ -28,7 +27,7 @@ import numpy as np
 from gm import data as gm_data
 from gm import flow_matching, flows
 from gm.train import loop, run
-from gm.train.logging import save_density, save_density_image, save_scatter
+from gm.train.logging import save_density, save_density_image, save_scatter, save_table
 
 MODELS = ("planar", "coupling", "flow_matching")
 TOYS = ("eight_gaussians", "checkerboard")
@@ -158,11 +157,7 @@ def run_toys(config, workdir, make_method_unused=None, mode="train"):
             save_scatter(prefix + "_samples.png", points, lim=LIM)
             rows.append(dict(result, toy=toy, model=model, true_nll=true_nll))
             print(f"{toy} {model}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.items() if k != "step"), flush=True)
-    with open(os.path.join(workdir, "table.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.join(workdir, "table.md"), "w") as f:
-        f.write(table(rows))
-    print(table(rows))
+    save_table(workdir, "table", rows, table(rows))
     return rows
 
 

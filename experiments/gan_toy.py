@@ -18,7 +18,6 @@ unrolled GAN takes 5 unrolled discriminator steps inside the generator's loss an
 trains its discriminator at 1e-4. The batch must be a
 multiple of the device count: on 8 devices use --config.train.batch_size=520 or 40.
 """
-import json
 import os
 
 import jax
@@ -29,7 +28,7 @@ from gm import data as gm_data
 from gm import gan
 from gm.metrics.modes import mode_coverage
 from gm.train import loop, run
-from gm.train.logging import save_scatter
+from gm.train.logging import save_scatter, save_table
 
 VARIANTS = {
     "minimax": dict(gan=dict(loss="minimax")),
@@ -125,11 +124,7 @@ def run_toys(config, workdir, make_method=None, mode="train"):
                 rows.append(dict(result, toy=toy, variant=variant, seed=int(seed)))
                 print(f"{toy} {variant} seed {seed}: {result['modes_covered']}/{result['num_modes']} modes, "
                       f"{100 * result['high_quality']:.1f}% high quality", flush=True)
-    with open(os.path.join(workdir, "modes.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.join(workdir, "modes.md"), "w") as f:
-        f.write(table(rows))
-    print(table(rows))
+    save_table(workdir, "modes", rows, table(rows))
     return rows
 
 

@@ -101,6 +101,15 @@ def save_density(path, log_density_fn, lim, size=256):
     return save_density_image(path, log_density_fn(density_grid(lim, size)), size)
 
 
+def save_table(workdir, stem, rows, markdown):
+    """A results table as WORKDIR/STEM.json (the rows) and WORKDIR/STEM.md (`markdown`), also printed."""
+    with open(os.path.join(workdir, f"{stem}.json"), "w") as f:
+        json.dump(rows, f, indent=2)
+    with open(os.path.join(workdir, f"{stem}.md"), "w") as f:
+        f.write(markdown)
+    print(markdown)
+
+
 class MetricWriter:
     """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR; images to TB."""
 
