@@ -110,10 +110,6 @@ def _apply(net, params, inputs, y, dropout_key):
     return net.apply({"params": params}, inputs, y, train=train, rngs=rngs)
 
 
-def _sum_per_example(x):
-    return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
-
-
 def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn):
     """A convolutional model on images in [-1, 1]: log_prob_fn(out, x_sym, levels) -> [B, ...] nats,
     draw_fn(key, out_ij) -> int levels [B, C] from the network's output at one pixel, out[:, i, j]."""
@@ -124,7 +120,7 @@ def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn):
 
     def log_prob(params, levels, y, dropout_key=None):
         out = _apply(net, params, to_sym(levels), y, dropout_key)
-        return _sum_per_example(log_prob_fn(out, to_sym(levels), levels))
+        return dist.sum_per_example(log_prob_fn(out, to_sym(levels), levels))
 
     def sample(params, key, num, y):
         draw = lambda x, k, i, j: draw_fn(k, _apply(net, params, to_sym(x), y, None)[:, i, j])
@@ -159,7 +155,7 @@ def _transformer_model(net, info):
 
     def log_prob(params, levels, y, dropout_key=None):
         logits = _apply(net, params, tokens(levels), y, dropout_key)
-        return _sum_per_example(dist.categorical_log_prob(logits, tokens(levels)))
+        return dist.sum_per_example(dist.categorical_log_prob(logits, tokens(levels)))
 
     def sample(params, key, num, y):
         seq = transformer.sample_tokens(net, params, key, num, y)

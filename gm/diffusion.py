@@ -217,7 +217,7 @@ def prior_kl(sched, x0):
     t = jnp.full((x0.shape[0],), sched.num_timesteps - 1, jnp.int32)
     mean = _at(sched.sqrt_alphas_cumprod, t, x0) * x0
     log_var = jnp.log(_at(1.0 - sched.alphas_cumprod, t, x0))
-    return _sum_per_example(dist.normal_kl(mean, log_var, 0.0, 0.0))
+    return dist.sum_per_example(dist.normal_kl(mean, log_var, 0.0, 0.0))
 
 
 def vlb_term(sched, eps_fn, key, x0, t, num_bits, var_type="fixedlarge", clip_denoised=True):
@@ -230,8 +230,8 @@ def vlb_term(sched, eps_fn, key, x0, t, num_bits, var_type="fixedlarge", clip_de
     xt = q_sample(sched, x0, tt, jax.random.normal(key, x0.shape))
     mean, log_var, _ = p_mean_log_variance(sched, eps_fn(xt, tt), xt, tt, var_type, clip_denoised)
     true_mean, _, true_log_var = q_posterior(sched, x0, xt, tt)
-    kl = _sum_per_example(dist.normal_kl(true_mean, true_log_var, mean, log_var))
-    nll = -_sum_per_example(dist.discretized_gaussian_log_prob(x0, mean, 0.5 * log_var, num_bits))
+    kl = dist.sum_per_example(dist.normal_kl(true_mean, true_log_var, mean, log_var))
+    nll = -dist.sum_per_example(dist.discretized_gaussian_log_prob(x0, mean, 0.5 * log_var, num_bits))
     return jnp.where(t == 0, nll, kl)
 
 
@@ -246,10 +246,6 @@ def vlb(sched, eps_fn, key, x0, num_bits, var_type="fixedlarge", clip_denoised=T
 
     total, _ = jax.lax.scan(add_term, jnp.zeros(x0.shape[0]), jnp.arange(sched.num_timesteps))
     return total + prior_kl(sched, x0)
-
-
-def _sum_per_example(x):
-    return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -25,6 +25,11 @@ def bits_per_dim(nll_nats, num_dims):
     return nll_nats / (num_dims * LN2)
 
 
+def sum_per_example(x):
+    """[B, ...] -> [B]: the sum over every axis but the first (per-example log-probs from per-element ones)."""
+    return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
+
+
 def num_levels(num_bits):
     """Number of discrete values per sub-pixel, 2^num_bits."""
     return 2 ** num_bits
@@ -91,7 +96,7 @@ def gaussian_log_prob(x, mean, log_var):
 
 def standard_normal_log_prob(z):
     """log N(z; 0, I) in nats per example: float [B, ...] -> [B] (the base of flows and flow matching)."""
-    return jnp.sum(gaussian_log_prob(z, 0.0, 0.0).reshape(z.shape[0], -1), axis=-1)
+    return sum_per_example(gaussian_log_prob(z, 0.0, 0.0))
 
 
 def normal_kl(mean1, log_var1, mean2, log_var2):

@@ -33,6 +33,8 @@ import numbers
 import jax
 import jax.numpy as jnp
 
+from gm import distributions as dist
+
 METHODS = ("euler", "heun", "rk4", "dopri5")
 DIVERGENCES = ("exact", "hutchinson")
 PROBES = ("rademacher", "gaussian")
@@ -135,10 +137,6 @@ def solve(f, x, t0, t1, *, method="euler", num_steps=100, rtol=1e-5, atol=1e-5, 
 # Divergences and the augmented ODE.
 # ---------------------------------------------------------------------------------------------------
 
-def _sum_per_example(x):
-    return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
-
-
 def velocity_and_exact_divergence(f, x, t):
     """(f(x, t), tr(d f_b / d x_b) per example [B]) with D = prod(x.shape[1:]) forward-mode products.
 
@@ -159,7 +157,7 @@ def velocity_and_exact_divergence(f, x, t):
 def velocity_and_hutchinson_divergence(f, x, t, eps):
     """(f(x, t), eps_b^T (d f_b / d x_b) eps_b per example [B]) from one jvp; eps has x's shape."""
     v, jac_eps = jax.jvp(lambda y: f(y, t), (x,), (eps,))
-    return v, _sum_per_example(eps * jac_eps)
+    return v, dist.sum_per_example(eps * jac_eps)
 
 
 def divergence_exact(f, x, t):

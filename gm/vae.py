@@ -66,20 +66,16 @@ def likelihood_num_params(likelihood, num_channels, num_mix=1):
     raise ValueError(f"config.model.likelihood must be one of {LIKELIHOODS}, got {likelihood!r}.")
 
 
-def _sum_per_example(x):
-    return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
-
-
 def observation_log_prob(likelihood, out, data, num_bits):
     """log p(x | z) in nats [B] of integer `data` [B, H, W, C] (binary for Bernoulli) given the decoder's
     output `out` [B, H, W, P]."""
     if likelihood == "bernoulli":
-        return _sum_per_example(dist.bernoulli_log_prob(out, data))
+        return dist.sum_per_example(dist.bernoulli_log_prob(out, data))
     x = dist.levels_to_symmetric(data, num_bits)
     if likelihood == "gaussian":
         mean, log_scale = jnp.split(out, 2, axis=-1)
-        return _sum_per_example(dist.discretized_gaussian_log_prob(x, mean, log_scale, num_bits))
-    return _sum_per_example(dist.discretized_logistic_mixture_log_prob(x, out, num_bits))
+        return dist.sum_per_example(dist.discretized_gaussian_log_prob(x, mean, log_scale, num_bits))
+    return dist.sum_per_example(dist.discretized_logistic_mixture_log_prob(x, out, num_bits))
 
 
 def observation_sample(likelihood, key, out, num_bits, num_channels, mean=False):

@@ -22,14 +22,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gm.distributions import sum_per_example
+
 
 def _zeros_log_det(x):
     return jnp.zeros((x.shape[0],), jnp.float32)
-
-
-def sum_per_example(x):
-    """[B, ...] -> [B]: the sum over every axis but the first."""
-    return jnp.sum(x.reshape(x.shape[0], -1), axis=1)
 
 
 class Bijector(nn.Module):
