@@ -27,7 +27,7 @@ import numpy as np
 from gm import data as gm_data
 from gm import flow_matching, flows
 from gm.train import loop, run
-from gm.train.logging import save_density, save_density_image, save_scatter, save_table
+from gm.train.logging import histogram_log_density, save_density, save_density_image, save_scatter, save_table
 
 MODELS = ("planar", "coupling", "flow_matching")
 TOYS = ("eight_gaussians", "checkerboard")
@@ -88,15 +88,6 @@ def _batched(fn, points, size=4096):
     return np.concatenate([np.asarray(fn(points[i:i + size])) for i in range(0, len(points), size)])
 
 
-def histogram_log_density(points, size):
-    """log of a normalised 2-D histogram of points on the `density_grid(LIM, size)` cells, [size^2]."""
-    edges = np.linspace(-LIM, LIM, size + 1)
-    counts, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=[edges, edges])
-    density = counts[::-1] / (len(points) * (edges[1] - edges[0]) ** 2)  # row 0 at the top
-    with np.errstate(divide="ignore"):
-        return np.log(density).ravel()
-
-
 def score(config, run_dir, dataset, method, model):
     """Test NLL (nats per point) or, for the planar flow, the reverse KL; and the pictures' inputs."""
     state, step = run.restore_latest(config, run_dir, method, dataset)
@@ -152,7 +143,7 @@ def run_toys(config, workdir, make_method_unused=None, mode="train"):
                                                                              NUM_SAMPLES))
             else:
                 save_density_image(prefix + "_density.png",
-                                   histogram_log_density(histogram_points, config.plot_size), config.plot_size)
+                                   histogram_log_density(histogram_points, LIM, config.plot_size), config.plot_size)
                 points = histogram_points[:NUM_SAMPLES]
             save_scatter(prefix + "_samples.png", points, lim=LIM)
             rows.append(dict(result, toy=toy, model=model, true_nll=true_nll))

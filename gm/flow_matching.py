@@ -20,7 +20,7 @@ int_1^0 div v dt. Images live in [-1, 1) as 2 y - 1 of the uniformly dequantized
 and their discrete log-likelihood is the usual dequantization bound.
 """
 import functools
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -226,6 +226,47 @@ def settings_from_config(config, num_dims):
     return s
 
 
+class VelocityField(NamedTuple):
+    """A velocity network and how to call it: `bind(params, labels)` is the field (x, t) -> dx/dt that the
+    sampler, the likelihood and the loss integrate or regress.
+
+    x is float [B, ...] in model space and t a float scalar or [B] in [0, 1]. Image networks (the DDPM
+    UNet) see 1000 t and, when class-conditional, the labels int [B]; vector networks see t themselves.
+    """
+    net: Any
+    images: bool
+    num_classes: Optional[int]
+
+    def init(self, key, x, labels=None):
+        t = jnp.zeros((x.shape[0],), jnp.float32)
+        if self.images:
+            return self.net.init({"params": key}, x, t, labels if self.num_classes else None, train=False)["params"]
+        return self.net.init({"params": key}, x, t)["params"]
+
+    def bind(self, params, labels=None, train=False, dropout_key=None):
+        def velocity(x, t):
+            t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
+            if not self.images:
+                return self.net.apply({"params": params}, x, t)  # VelocityMLP scales t itself
+            rngs = {"dropout": dropout_key} if train else {}
+            y = labels if self.num_classes else None
+            return self.net.apply({"params": params}, x, TIME_SCALE * t, y, train=train, rngs=rngs)
+        return velocity
+
+
+def velocity_field_from_config(config, info):
+    """The network of `make` for `info`'s data (see there) -> VelocityField."""
+    images = info.num_bits is not None
+    num_classes = info.num_classes if images and config.model.get("class_conditional", False) else None
+    if images:
+        from gm.diffusion import unet_from_config
+        return VelocityField(unet_from_config(config.model, num_classes), True, num_classes)
+    from gm.nn.velocity import VelocityMLP
+    net = VelocityMLP(hidden=tuple(config.model.get("hidden", (256, 256, 256))), time_scale=TIME_SCALE,
+                      activation=config.model.get("activation", "swish"))
+    return VelocityField(net, False, None)
+
+
 def make(config, info):
     """Flow matching on `info`'s data -> Method.
 
@@ -244,25 +285,8 @@ def make(config, info):
     """
     s = settings_from_config(config, info.num_dims)
     path = path_from_name(s["path"], s["sigma_min"])
-    images = info.num_bits is not None
-    num_classes = info.num_classes if images and config.model.get("class_conditional", False) else None
-    if images:
-        from gm.diffusion import unet_from_config
-        net = unet_from_config(config.model, num_classes)
-    else:
-        from gm.nn.velocity import VelocityMLP
-        net = VelocityMLP(hidden=tuple(config.model.get("hidden", (256, 256, 256))), time_scale=TIME_SCALE,
-                          activation=config.model.get("activation", "swish"))
-
-    def velocity_fn_for(params, labels, train=False, dropout_key=None):
-        def velocity(x, t):
-            t = jnp.broadcast_to(jnp.asarray(t, jnp.float32), (x.shape[0],))
-            if not images:
-                return net.apply({"params": params}, x, t)  # VelocityMLP scales t itself
-            rngs = {"dropout": dropout_key} if train else {}
-            y = labels if num_classes else None
-            return net.apply({"params": params}, x, TIME_SCALE * t, y, train=train, rngs=rngs)
-        return velocity
+    field = velocity_field_from_config(config, info)
+    images = field.images
 
     def model_space(key, batch):
         """A batch -> float32 [B, ...]: dequantized images in [-1, 1), or the 2-D points as they are."""
@@ -271,23 +295,18 @@ def make(config, info):
         return batch["x"].astype(jnp.float32)
 
     def init(key, batch):
-        x = model_space(key, batch)  # only its shape matters
-        t = jnp.zeros((x.shape[0],), jnp.float32)
-        if images:
-            y = batch["label"] if num_classes else None
-            return net.init({"params": key}, x, t, y, train=False)["params"]
-        return net.init({"params": key}, x, t)["params"]
+        return field.init(key, model_space(key, batch), batch.get("label"))  # only the shapes matter
 
     def loss(params, key, batch):
         data_key, loss_key, dropout_key = jax.random.split(key, 3)
-        velocity = velocity_fn_for(params, batch.get("label"), train=True, dropout_key=dropout_key)
+        velocity = field.bind(params, batch.get("label"), train=True, dropout_key=dropout_key)
         value = cfm_loss(velocity, path, loss_key, model_space(data_key, batch), s["coupling"])
         return value, {"loss": value}
 
     def sample_fn(params, key, num):
         label_key, noise_key = jax.random.split(key)
         labels = jax.random.randint(label_key, (num,), 0, info.num_classes)
-        x, _ = sample(velocity_fn_for(params, labels), noise_key, (num,) + tuple(info.shape),
+        x, _ = sample(field.bind(params, labels), noise_key, (num,) + tuple(info.shape),
                       temperature=s["temperature"], **s["solver"])
         if images:
             return dist.dequantized_to_levels((x + 1.0) / 2.0, info.num_bits)  # model space is [-1, 1)
@@ -295,7 +314,7 @@ def make(config, info):
 
     def log_prob(params, key, batch):
         data_key, probe_key = jax.random.split(key)
-        log_density, _ = log_likelihood(velocity_fn_for(params, batch.get("label")), model_space(data_key, batch),
+        log_density, _ = log_likelihood(field.bind(params, batch.get("label")), model_space(data_key, batch),
                                         probe_key, divergence=s["divergence"], probe=s["probe"], **s["solver"])
         if images:
             return dist.discrete_log_prob_from_continuous(log_density, info.num_dims, info.num_bits, scale=2.0)

@@ -230,3 +230,14 @@ def test_nonfinite_skip_counts_and_finishes(tmp_path, digits, smoke_config):
     assert int(state.step) == 6 and int(state.num_nonfinite) == 5
     records = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
     assert records[-1]["num_nonfinite"] == 5
+
+
+def test_histogram_log_density_is_a_normalised_density_on_the_picture_grid():
+    from gm.train.logging import density_grid, histogram_log_density
+    points = np.random.default_rng(0).uniform(-1.0, 1.0, (20_000, 2))  # density 1/4 on [-1, 1]^2
+    log_density = histogram_log_density(points, lim=2.0, size=8)
+    cell_area = (4.0 / 8) ** 2
+    np.testing.assert_allclose(np.sum(np.exp(log_density)) * cell_area, 1.0, rtol=1e-6)
+    inside = np.all(np.abs(density_grid(2.0, 8)) < 1.0, axis=1)  # same cell order as the picture grid
+    np.testing.assert_allclose(np.exp(log_density[inside]), 0.25, rtol=0.1)
+    assert np.all(np.isneginf(log_density[~inside]))

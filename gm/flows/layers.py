@@ -7,6 +7,7 @@ sense: coupling with an MLP conditioner, ActNorm, the planar flow.
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from gm.flows.bijectors import Bijector, sum_per_example
 
@@ -54,15 +55,20 @@ class ActNorm(Bijector):
 
 def initial_lu(seed, c):
     """Glow's initialisation (section 3.2): a random rotation W0 = P L U from `seed`. Returns the fixed
-    parts (P, sign(diag U)) and the initial trainable ones {'L', 'U', 'log_s'}.
+    parts (P, sign(diag U)) and the initial trainable ones {'L', 'U', 'log_s'}, as float32 NumPy arrays.
 
     P and the signs never train, so they are recomputed from `seed` where they are used rather than
-    stored as parameters, which an optimiser's weight decay or a checkpoint surgery could disturb.
+    stored as parameters, which an optimiser's weight decay or a checkpoint surgery could disturb. The
+    computation is NumPy at trace time: the compiled step sees constants, not a QR and an LU per layer.
     """
-    w0, _ = jnp.linalg.qr(jax.random.normal(jax.random.key(seed), (c, c)))
-    p, lower, upper = jax.scipy.linalg.lu(w0)
-    s = jnp.diag(upper)
-    return (p, jnp.sign(s)), {"L": jnp.tril(lower, -1), "U": jnp.triu(upper, 1), "log_s": jnp.log(jnp.abs(s))}
+    import scipy.linalg  # imported on first use; scipy is slow to load
+
+    w0, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((c, c)))
+    p, lower, upper = scipy.linalg.lu(w0)
+    s = np.diag(upper)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    return (f32(p), f32(np.sign(s))), {"L": f32(np.tril(lower, -1)), "U": f32(np.triu(upper, 1)),
+                                       "log_s": f32(np.log(np.abs(s)))}
 
 
 def lu_weight(fixed, lu):

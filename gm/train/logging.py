@@ -77,6 +77,16 @@ def density_grid(lim, size):
     return np.stack([xx.ravel(), yy.ravel()], 1).astype(np.float32)
 
 
+def histogram_log_density(points, lim, size):
+    """log of a normalised 2-D histogram of points [N, 2] on the cells of `density_grid(lim, size)`:
+    float [size^2], nats; -inf where a cell is empty. The density picture of a model without a density."""
+    edges = np.linspace(-lim, lim, size + 1)
+    counts, _, _ = np.histogram2d(points[:, 1], points[:, 0], bins=[edges, edges])
+    density = counts[::-1] / (len(points) * (edges[1] - edges[0]) ** 2)  # row 0 at the top
+    with np.errstate(divide="ignore"):
+        return np.log(density).ravel()
+
+
 def density_image(log_density, size):
     """log-densities at `density_grid(lim, size)` [size^2] -> uint8 [size, size, 3]: the density (not its
     log) from white (0) to dark blue (its maximum); -inf is white."""

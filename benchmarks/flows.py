@@ -1,0 +1,184 @@
+"""Flows and flow matching: train images/s, sampling images/s, and the ODE solvers' cost and accuracy.
+
+    python -m benchmarks.flows --model=realnvp                   # the experiment's paper-size model, CIFAR shape
+    python -m benchmarks.flows --model=glow --config=smoke       # the smoke size, 8x8x1 digits
+    python -m benchmarks.flows --model=flow_matching --config=smoke --workdir=runs/fm_digits
+        # a trained checkpoint: every solver's NFE, sampling images/s and test bits/dim
+
+Train: the trainer's step (`gm.train.state.train_step` under --strategy) on random images of the
+config's shape, compiled, then the median of --repeats windows of --steps steps. Sampling: one jitted
+call drawing --num_samples images, timed after its compile. RealNVP and Glow sample in one pass through
+the flow. Flow matching integrates its ODE once per solver in --solvers (NAME or NAME:STEPS; dopri5 uses
+the config's rtol and atol), and reports each solver's NFE. The adaptive solver's NFE depends on the
+learned field, so it only means something for trained parameters: give --workdir of a run of the same
+config, and each solver also scores the first --eval_examples test images (bits/dim and the
+likelihood's NFE). Without --workdir the parameters are random. One JSON line per row goes to
+benchmarks/results.jsonl.
+"""
+import argparse
+import functools
+import json
+import os
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes, timed
+from experiments import flow_matching_cifar, glow_cifar, realnvp_cifar
+from gm import data as gm_data
+from gm import distributions as dist
+from gm import flow_matching, flows, parallel
+from gm.train import run
+from gm.train import state as state_lib
+
+EXPERIMENTS = {"realnvp": realnvp_cifar, "glow": glow_cifar, "flow_matching": flow_matching_cifar}
+DEFAULT_SOLVERS = "euler:10,euler:100,heun:50,rk4:25,dopri5"
+
+
+def parse_solvers(text):
+    """'euler:10,dopri5' -> [('euler', 10), ('dopri5', None)]; one sentence for a bad entry."""
+    solvers = []
+    for item in text.split(","):
+        name, _, steps = item.strip().partition(":")
+        if name not in ("euler", "heun", "rk4", "dopri5") or (name != "dopri5") != bool(steps):
+            raise ValueError(f"--solvers entry {item!r}: use euler:N, heun:N, rk4:N or dopri5.")
+        solvers.append((name, int(steps) if steps else None))
+    return solvers
+
+
+def random_batch(info, batch_size):
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, 2 ** info.num_bits, (batch_size,) + tuple(info.shape), dtype=np.uint8)
+    return {"image": levels, "label": rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)}
+
+
+def time_train_step(method, config, batch, strategy_name, steps, repeats):
+    """(params after the timed steps, compile + first step seconds, median images/s, number of params)."""
+    optimizer = state_lib.optimizer_from_config(config.optim)
+    state = state_lib.init_state(state_lib.run_once(method.init, jax.random.key(0), batch), optimizer)
+    strategy = parallel.make_strategy(strategy_name)
+    step = strategy.compile_step(functools.partial(state_lib.train_step, loss_fn=method.loss, optimizer=optimizer,
+                                                   ema_decay=config.optim.ema_decay))
+    device_state, device_batch, key = strategy.put_state(state), strategy.put_batch(batch), jax.random.key(1)
+    start = time.perf_counter()
+    device_state, _ = jax.block_until_ready(step(device_state, device_batch, key))
+    compile_s = time.perf_counter() - start
+    windows = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            device_state, _ = step(device_state, device_batch, key)
+        jax.block_until_ready(device_state)
+        windows.append(steps * len(batch["image"]) / (time.perf_counter() - start))
+    params = strategy.get_state(device_state).params
+    return params, compile_s, statistics.median(windows), int(sum(x.size for x in jax.tree.leaves(params)))
+
+
+def timed_twice(fn, *args):
+    """(output, compile + first call seconds, second call seconds)."""
+    _, first_s = timed(fn, *args)
+    out, second_s = timed(fn, *args)
+    return out, first_s, second_s
+
+
+def flow_sampling_row(method, params, num):
+    sampler = jax.jit(method.sample, static_argnums=2)
+    _, compile_s, sample_s = timed_twice(sampler, params, jax.random.key(2), num)
+    return {"solver": "one pass", "sample_compile_s": round(compile_s, 1), "sample_nfe": 1,
+            "sample_images_per_s": round(num / sample_s, 2)}
+
+
+def test_batch(dataset, num):
+    test = {k: v[:num] for k, v in dataset.test.items()}
+    return {"image": test["image"], "label": test["label"]}
+
+
+def solver_rows(config, info, params, solvers, num, eval_batch):
+    """One row per solver: sampling NFE and images/s; with eval_batch, test bits/dim and its NFE."""
+    rows = []
+    field = flow_matching.velocity_field_from_config(config, info)
+    shape = (num,) + tuple(info.shape)
+    fm = config.flow_matching
+    for name, steps in solvers:
+        solver = dict(method=name, num_steps=steps or fm.num_steps, rtol=fm.rtol, atol=fm.atol)
+        sampler = jax.jit(lambda p, k: flow_matching.sample(field.bind(p), k, shape, **solver))
+        (_, nfe), compile_s, sample_s = timed_twice(sampler, params, jax.random.key(3))
+        row = {"solver": name if steps is None else f"{name}, {steps} steps", "sample_nfe": int(nfe),
+               "sample_compile_s": round(compile_s, 1), "sample_images_per_s": round(num / sample_s, 2)}
+        if eval_batch is not None:
+            settings = flow_matching.settings_from_config(config, info.num_dims)
+            row.update(likelihood_row(field, params, eval_batch, info, settings, solver))
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def likelihood_row(field, params, batch, info, settings, solver):
+    """Test bits/dim (the dequantization bound, one draw) with `solver`, and the likelihood's NFE."""
+    def bits(p, key, images):
+        data_key, probe_key = jax.random.split(key)
+        x = 2.0 * dist.uniform_dequantize(data_key, images, info.num_bits) - 1.0
+        log_density, nfe = flow_matching.log_likelihood(field.bind(p), x, probe_key,
+                                                        divergence=settings["divergence"],
+                                                        probe=settings["probe"], **solver)
+        log_p = dist.discrete_log_prob_from_continuous(log_density, info.num_dims, info.num_bits, scale=2.0)
+        return dist.bits_per_dim(-log_p, info.num_dims), nfe
+    (bpd, nfe), _, seconds = timed_twice(jax.jit(bits), params, jax.random.key(4), batch["image"])
+    bpd = np.asarray(bpd, np.float64)
+    return {"test_bpd": round(float(bpd.mean()), 4), "test_bpd_stderr": round(float(bpd.std() / np.sqrt(len(bpd))), 4),
+            "eval_examples": len(bpd), "likelihood_nfe": int(nfe),
+            "likelihood_images_per_s": round(len(bpd) / seconds, 2)}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, choices=tuple(EXPERIMENTS))
+    p.add_argument("--config", default="paper", choices=("paper", "smoke"))
+    p.add_argument("--batch_size", type=int, default=0, help="default: the config's train batch size")
+    p.add_argument("--steps", type=int, default=5, help="train steps per timed window")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--strategy", default="sharded", choices=parallel.STRATEGIES)
+    p.add_argument("--num_samples", type=int, default=64)
+    p.add_argument("--solvers", default=DEFAULT_SOLVERS, help="flow matching: NAME:STEPS or dopri5, comma-separated")
+    p.add_argument("--workdir", default="", help="a trained run of the same config: its EMA parameters")
+    p.add_argument("--eval_examples", type=int, default=120, help="test images scored per solver with --workdir")
+    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.jsonl"))
+    args = p.parse_args()
+
+    config = EXPERIMENTS[args.model].get_config("smoke" if args.config == "smoke" else None)
+    solvers = parse_solvers(args.solvers)
+    dataset = gm_data.load(config.data.name) if args.workdir else None
+    info = dataset.info if dataset else (gm_data.load("digits").info if args.config == "smoke" else fake_cifar_info())
+    batch_size = args.batch_size or config.train.batch_size
+    parallel.check_batch_size(batch_size, "--batch_size")
+    method = (flow_matching.make if args.model == "flow_matching" else flows.make)(config, info)
+    params, compile_s, images_per_s, num_params = time_train_step(
+        method, config, random_batch(info, batch_size), args.strategy, args.steps, args.repeats)
+    trained_step = None
+    if args.workdir:
+        state, trained_step = run.restore_latest(config, args.workdir, method, dataset)
+        params = state.ema_params
+    if args.model == "flow_matching":
+        eval_batch = test_batch(dataset, args.eval_examples) if dataset else None
+        rows = solver_rows(config, info, params, solvers, args.num_samples, eval_batch)
+    else:
+        rows = [flow_sampling_row(method, params, args.num_samples)]
+    peak, peak_kind = peak_memory_bytes()
+    common = {
+        "benchmark": "flows", "model": args.model, "config": args.config, "machine": machine_description(),
+        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "jax": jax.__version__,
+        "shape": list(info.shape), "params": num_params, "strategy": args.strategy, "batch_size": batch_size,
+        "train_compile_s": round(compile_s, 1), "train_images_per_s": round(images_per_s, 2),
+        "num_samples": args.num_samples, "trained_step": int(trained_step) if trained_step is not None else None,
+        "peak_memory_gb": round(peak / 2 ** 30, 2), "peak_memory_kind": peak_kind,
+    }
+    with open(args.out, "a") as f:
+        for row in rows:
+            f.write(json.dumps(dict(common, **row)) + "\n")
+    print(json.dumps(common, indent=2))
+
+
+if __name__ == "__main__":
+    main()
