@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 
+from conftest import CHILD_ENV
 from experiments import ddpm_cifar
 from gm import data as gm_data
 from gm import diffusion
@@ -27,7 +28,8 @@ def _cmd(workdir, *args):
 
 
 def _run(workdir, *args, timeout=300):
-    proc = subprocess.run(_cmd(workdir, *args), cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(_cmd(workdir, *args), cwd=REPO, env=CHILD_ENV, capture_output=True, text=True,
+                          timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
 
@@ -89,7 +91,7 @@ def test_sample_and_eval_modes(resumed_run):
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, "--config.train.num_steps=100000", "--config.train.checkpoint_every=1000",
                                  "--config.train.sample_every=1000"),
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics.exists() and metrics.read_text().count("\n") >= 2):
@@ -110,7 +112,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     (["--config.train.on_nonfinite=ignore"], "config.train.on_nonfinite"),
 ])
 def test_bad_config_is_one_sentence(tmp_path, args, field):
-    proc = subprocess.run(_cmd(tmp_path, *args), cwd=REPO, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(_cmd(tmp_path, *args), cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and field in last and "Traceback" not in proc.stderr
@@ -120,7 +122,7 @@ def test_cifar_without_network_says_how_to_provide_it(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.ddpm_cifar", f"--workdir={tmp_path}",
          f"--config.data.data_dir={tmp_path / 'tfds'}", "--config.train.batch_size=8"],
-        cwd=REPO, capture_output=True, text=True, timeout=180)
+        cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert "config.data.manual_dir" in last and "digits" in last and "Traceback" not in proc.stderr
@@ -135,7 +137,7 @@ AR_SMOKE = ["--config.train.num_steps={}", "--config.train.log_every=2", "--conf
 def _ar_run(name, workdir, *args, check=True):
     cmd = [sys.executable, "-m", f"experiments.{name}", f"--workdir={workdir}",
            f"--config=experiments/{name}.py:smoke", *args]
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -171,7 +173,7 @@ def test_autoregressive_bad_model_name_is_one_sentence(tmp_path):
 def test_independent_pixels_baseline_command(config, limit):
     proc = subprocess.run([sys.executable, "-m", "experiments.independent_pixels",
                            f"--config=experiments/{config}", "--config.eval.num_examples=100"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+                          cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bpd = float(proc.stdout.split("test ")[1].split(" ")[0])
     assert 0 < bpd < limit and "100 examples" in proc.stdout  # below a uniform model over the levels

@@ -148,14 +148,18 @@ class MLPConditioner(nn.Module):
 
 
 class AffineCoupling(Bijector):
-    """Affine coupling (Dinh et al. 2017): with mask m (1 = pass through),
+    """Affine coupling (Dinh et al. 2017): one half x_a of the input passes through and conditions the
+    other half x_b,
 
-        inverse (data -> base):  z = m x + (1 - m) (x exp(log_s) + t),   (log_s, t) = NN(m x, m)
-        forward (base -> data):  x = m z + (1 - m) (z - t) exp(-log_s)
+        inverse (data -> base):  z_b = x_b exp(log_s) + t,   (log_s, t) = NN(x_a)
+        forward (base -> data):  x_b = (z_b - t) exp(-log_s)
 
-    so log|det| = +-sum((1 - m) log_s), and both directions cost one network evaluation.
-    `scale='tanh'` is RealNVP's log_s = a tanh(.) with a learned per-channel a; 'sigmoid' is Glow's
-    log_s = log sigmoid(. + 2). The conditioner is convolutional for images, an MLP for vectors.
+    so log|det| = +-sum(log_s), and both directions cost one network evaluation.
+    mask='channel' splits the channels (parity 0: the first half passes through), and the network sees
+    x_a only and predicts for x_b only, as in Glow. mask='checkerboard' alternates positions, which no
+    split can express: the network sees (m x, m) with all channels and its output is masked by 1 - m,
+    as in RealNVP. `scale='tanh'` is RealNVP's log_s = a tanh(.) with a learned per-channel a; 'sigmoid'
+    is Glow's log_s = log sigmoid(. + 2). The conditioner is convolutional for images, an MLP for vectors.
     """
     mask: str = "checkerboard"
     parity: int = 0
@@ -167,20 +171,29 @@ class AffineCoupling(Bijector):
     def __call__(self, x, inverse=False):
         if self.scale not in SCALES:
             raise ValueError(f"The coupling scale must be one of {SCALES}, got {self.scale!r}.")
-        c = x.shape[-1]
-        m = coupling_mask(x.shape[1:], self.mask, self.parity)
         net = (ConvConditioner if x.ndim == 4 else MLPConditioner)(self.hidden, self.num_blocks)
-        h = jnp.concatenate([x * m, jnp.broadcast_to(m, x.shape)], axis=-1)
-        raw_s, t = jnp.split(net(h, 2 * c), 2, axis=-1)
-        if self.scale == "tanh":
-            log_s = self.param("scale", nn.initializers.ones, (c,)) * jnp.tanh(raw_s)
+        if self.mask == "channel":
+            coupling_mask(x.shape[1:], self.mask, self.parity)  # checks the channel count
+            half = x.shape[-1] // 2
+            first, second = x[..., :half], x[..., half:]
+            x_a, x_b = (first, second) if self.parity == 0 else (second, first)
+            log_s, t = self._scale_and_shift(net(x_a, 2 * x_b.shape[-1]))
+            y_b = x_b * jnp.exp(log_s) + t if inverse else (x_b - t) * jnp.exp(-log_s)
+            y = jnp.concatenate([x_a, y_b] if self.parity == 0 else [y_b, x_a], axis=-1)
         else:
-            log_s = jax.nn.log_sigmoid(raw_s + 2.0)
-        log_s, t = (1.0 - m) * log_s, (1.0 - m) * t
+            m = coupling_mask(x.shape[1:], self.mask, self.parity)
+            log_s, t = self._scale_and_shift(net(jnp.concatenate([x * m, jnp.broadcast_to(m, x.shape)], -1),
+                                                 2 * x.shape[-1]))
+            log_s, t = (1.0 - m) * log_s, (1.0 - m) * t
+            y = x * jnp.exp(log_s) + t if inverse else (x - t) * jnp.exp(-log_s)
         log_det = sum_per_example(log_s)
-        if inverse:
-            return x * jnp.exp(log_s) + t, log_det
-        return (x - t) * jnp.exp(-log_s), -log_det
+        return y, (log_det if inverse else -log_det)
+
+    def _scale_and_shift(self, out):
+        raw_s, t = jnp.split(out, 2, axis=-1)
+        if self.scale == "tanh":
+            return self.param("scale", nn.initializers.ones, (raw_s.shape[-1],)) * jnp.tanh(raw_s), t
+        return jax.nn.log_sigmoid(raw_s + 2.0), t
 
 
 # --- Planar flow ---------------------------------------------------------------------------------------
