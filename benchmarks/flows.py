@@ -117,15 +117,10 @@ def solver_rows(config, info, params, solvers, num, eval_batch):
 
 def likelihood_row(field, params, batch, info, settings, solver):
     """Test bits/dim (the dequantization bound, one draw) with `solver`, and the likelihood's NFE."""
-    def bits(p, key, images):
-        data_key, probe_key = jax.random.split(key)
-        x = 2.0 * dist.uniform_dequantize(data_key, images, info.num_bits) - 1.0
-        log_density, nfe = flow_matching.log_likelihood(field.bind(p), x, probe_key,
-                                                        divergence=settings["divergence"],
-                                                        probe=settings["probe"], **solver)
-        log_p = dist.discrete_log_prob_from_continuous(log_density, info.num_dims, info.num_bits, scale=2.0)
+    def bits(p, key, b):
+        log_p, nfe = flow_matching.data_log_prob(field, p, key, b, info, dict(settings, solver=solver))
         return dist.bits_per_dim(-log_p, info.num_dims), nfe
-    (bpd, nfe), _, seconds = timed_twice(jax.jit(bits), params, jax.random.key(4), batch["image"])
+    (bpd, nfe), _, seconds = timed_twice(jax.jit(bits), params, jax.random.key(4), batch)
     bpd = np.asarray(bpd, np.float64)
     return {"test_bpd": round(float(bpd.mean()), 4), "test_bpd_stderr": round(float(bpd.std() / np.sqrt(len(bpd))), 4),
             "eval_examples": len(bpd), "likelihood_nfe": int(nfe),

@@ -267,6 +267,30 @@ def velocity_field_from_config(config, info):
     return VelocityField(net, False, None)
 
 
+def to_model_space(key, batch, info):
+    """A batch -> float32 [B, ...]: images uniformly dequantized with `key` into [-1, 1), or the 2-D
+    points as they are."""
+    if info.num_bits is not None:
+        return 2.0 * dist.uniform_dequantize(key, batch["image"], info.num_bits) - 1.0
+    return batch["x"].astype(jnp.float32)
+
+
+def data_log_prob(field, params, key, batch, info, settings):
+    """log P of a batch under the ODE model -> (nats [B], nfe of the likelihood solve).
+
+    Images: the dequantization lower bound on the discrete log P(x) at info.num_bits (one dequantization
+    draw; with Hutchinson, one probe per example). 2-D data: the continuous log-density. `settings` is
+    `settings_from_config`'s dict; its 'solver' sets the ODE solver.
+    """
+    data_key, probe_key = jax.random.split(key)
+    log_density, nfe = log_likelihood(field.bind(params, batch.get("label")), to_model_space(data_key, batch, info),
+                                      probe_key, divergence=settings["divergence"], probe=settings["probe"],
+                                      **settings["solver"])
+    if field.images:
+        log_density = dist.discrete_log_prob_from_continuous(log_density, info.num_dims, info.num_bits, scale=2.0)
+    return log_density, nfe
+
+
 def make(config, info):
     """Flow matching on `info`'s data -> Method.
 
@@ -288,19 +312,13 @@ def make(config, info):
     field = velocity_field_from_config(config, info)
     images = field.images
 
-    def model_space(key, batch):
-        """A batch -> float32 [B, ...]: dequantized images in [-1, 1), or the 2-D points as they are."""
-        if images:
-            return 2.0 * dist.uniform_dequantize(key, batch["image"], info.num_bits) - 1.0
-        return batch["x"].astype(jnp.float32)
-
     def init(key, batch):
-        return field.init(key, model_space(key, batch), batch.get("label"))  # only the shapes matter
+        return field.init(key, to_model_space(key, batch, info), batch.get("label"))  # only the shapes matter
 
     def loss(params, key, batch):
         data_key, loss_key, dropout_key = jax.random.split(key, 3)
         velocity = field.bind(params, batch.get("label"), train=True, dropout_key=dropout_key)
-        value = cfm_loss(velocity, path, loss_key, model_space(data_key, batch), s["coupling"])
+        value = cfm_loss(velocity, path, loss_key, to_model_space(data_key, batch, info), s["coupling"])
         return value, {"loss": value}
 
     def sample_fn(params, key, num):
@@ -313,11 +331,6 @@ def make(config, info):
         return x
 
     def log_prob(params, key, batch):
-        data_key, probe_key = jax.random.split(key)
-        log_density, _ = log_likelihood(field.bind(params, batch.get("label")), model_space(data_key, batch),
-                                        probe_key, divergence=s["divergence"], probe=s["probe"], **s["solver"])
-        if images:
-            return dist.discrete_log_prob_from_continuous(log_density, info.num_dims, info.num_bits, scale=2.0)
-        return log_density
+        return data_log_prob(field, params, key, batch, info, s)[0]
 
     return Method(init=init, loss=loss, sample=sample_fn, log_prob=log_prob, log_prob_is_bound=images)
