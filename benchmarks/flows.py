@@ -90,7 +90,7 @@ def flow_sampling_row(method, params, num):
             "sample_images_per_s": round(num / sample_s, 2)}
 
 
-def test_batch(dataset, num):
+def first_test_images(dataset, num):
     test = {k: v[:num] for k, v in dataset.test.items()}
     return {"image": test["image"], "label": test["label"]}
 
@@ -156,7 +156,7 @@ def main():
         state, trained_step = run.restore_latest(config, args.workdir, method, dataset)
         params = state.ema_params
     if args.model == "flow_matching":
-        eval_batch = test_batch(dataset, args.eval_examples) if dataset else None
+        eval_batch = first_test_images(dataset, args.eval_examples) if dataset else None
         rows = solver_rows(config, info, params, solvers, args.num_samples, eval_batch)
     else:
         rows = [flow_sampling_row(method, params, args.num_samples)]
