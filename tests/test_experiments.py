@@ -143,19 +143,27 @@ def _ar_run(name, workdir, *args, check=True):
     return proc
 
 
+def _smoke_steps(n):
+    return [a.format(n) for a in AR_SMOKE]
+
+
+def _train_resume_and_evaluate(name, workdir, *extra):
+    """4 steps, a fresh process for 2 more (it must restore step 4), then --mode=eval on 40 test images;
+    checks the logged losses and returns (the eval process, eval_step_6.json)."""
+    _ar_run(name, workdir, *_smoke_steps(4), *extra)
+    assert "Restored step 4" in _ar_run(name, workdir, *_smoke_steps(6), *extra).stderr
+    records = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in records)
+    proc = _ar_run(name, workdir, *_smoke_steps(6), *extra, "--mode=eval", "--config.eval.num_examples=40",
+                   "--config.eval.batch_size=40")
+    return proc, json.load(open(workdir / "eval_step_6.json"))
+
+
 @pytest.mark.parametrize("name", ["nade_mnist", "pixelcnn_cifar"])
 def test_autoregressive_experiment_trains_resumes_and_evaluates(tmp_path, name):
-    steps = lambda n: [a.format(n) for a in AR_SMOKE]
-    _ar_run(name, tmp_path, *steps(4))
-    second = _ar_run(name, tmp_path, *steps(6))
-    assert "Restored step 4" in second.stderr
+    proc, result = _train_resume_and_evaluate(name, tmp_path)
     assert sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())[-1] == 6
     assert os.path.exists(tmp_path / "samples" / "step_00000006.png")
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [r["step"] for r in records] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in records)
-    proc = _ar_run(name, tmp_path, *steps(6), "--mode=eval", "--config.eval.num_examples=40",
-                   "--config.eval.batch_size=40")
-    result = json.load(open(tmp_path / "eval_step_6.json"))
     # Exact, and after 6 steps between a perfect model (0) and a uniform one over the levels it models.
     assert result["kind"] == "exact" and result["num_examples"] == 40
     assert 0 < result["bpd"] < (1.5 if name == "nade_mnist" else 5.0)
@@ -182,7 +190,7 @@ def test_independent_pixels_baseline_command(config, limit):
 # --- the latent-variable experiments -----------------------------------------------------------------
 
 def test_vae_experiment_trains_resumes_and_reports_elbo_and_iwae(tmp_path):
-    steps = lambda n: [a.format(n) for a in AR_SMOKE]
+    steps = _smoke_steps
     _ar_run("vae_mnist", tmp_path, *steps(4))
     assert "Restored step 4" in _ar_run("vae_mnist", tmp_path, *steps(6)).stderr
     assert os.path.exists(tmp_path / "samples" / "step_00000006.png")
@@ -234,7 +242,7 @@ def test_vqvae_prior_before_stage_one_is_one_sentence(tmp_path):
 # --- the GAN experiments -----------------------------------------------------------------------------
 
 def test_gan_experiment_trains_resumes_and_samples(tmp_path):
-    steps = lambda n: [a.format(n) for a in AR_SMOKE] + ["--config.gan.d_steps=2"]
+    steps = lambda n: _smoke_steps(n) + ["--config.gan.d_steps=2"]
     _ar_run("gan_cifar", tmp_path, *steps(4))
     assert "Restored step 4" in _ar_run("gan_cifar", tmp_path, *steps(6)).stderr
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
@@ -271,21 +279,14 @@ FLOW_EXPERIMENTS = {
 
 @pytest.mark.parametrize("name", sorted(FLOW_EXPERIMENTS))
 def test_flow_experiment_trains_resumes_and_evaluates(tmp_path, name):
-    steps = lambda n: [a.format(n) for a in AR_SMOKE] + FLOW_EXPERIMENTS[name]
-    _ar_run(name, tmp_path, *steps(4))
-    assert "Restored step 4" in _ar_run(name, tmp_path, *steps(6)).stderr
+    proc, result = _train_resume_and_evaluate(name, tmp_path, *FLOW_EXPERIMENTS[name])
     assert os.path.exists(tmp_path / "samples" / "step_00000004.png")
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
-    assert [r["step"] for r in records] == [2, 4, 6] and all(np.isfinite(r["loss"]) for r in records)
-    proc = _ar_run(name, tmp_path, *steps(6), "--mode=eval", "--config.eval.num_examples=40",
-                   "--config.eval.batch_size=40")
-    result = json.load(open(tmp_path / "eval_step_6.json"))
     # Dequantized: a bound, within reach of the training loss after 6 steps.
     assert result["kind"] == "bound" and result["num_examples"] == 40 and 0 < result["bpd"] < 8
     assert "bound" in proc.stdout
     if name == "glow_cifar":  # --mode=sample is the trainer's; once is enough, with a temperature
-        _ar_run(name, tmp_path, *steps(6), "--mode=sample", "--config.sample.num=16",
-                "--config.sample.batch_size=16", "--config.flow.temperature=0.7")
+        _ar_run(name, tmp_path, *_smoke_steps(6), *FLOW_EXPERIMENTS[name], "--mode=sample",
+                "--config.sample.num=16", "--config.sample.batch_size=16", "--config.flow.temperature=0.7")
         out = np.load(tmp_path / "samples" / "samples_step_6_n16.npz")
         assert out["levels"].shape == (16, 8, 8, 1) and out["levels"].max() <= 15
 
