@@ -16,6 +16,7 @@ import ml_collections
 
 from gm import gan
 from gm.train import run
+from gm.train.evaluators import eval_config
 
 
 def get_config(arg=None):
@@ -34,7 +35,7 @@ def get_config(arg=None):
                           weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0)
     config.train = dict(batch_size=128, num_steps=100_000, log_every=100, checkpoint_every=5_000,
                         keep_checkpoints=3, sample_every=5_000, num_samples=64, on_nonfinite="stop")
-    config.eval = dict(batch_size=500, num_examples=0)
+    config.eval = eval_config(metrics=("fid",))
     config.sample = dict(num=64, batch_size=64)
     config.parallel = dict(strategy="sharded", distributed=False)
     if arg == "smoke":
@@ -44,6 +45,7 @@ def get_config(arg=None):
         config.optim_d.update(learning_rate=1e-3)
         config.train.update(batch_size=32, num_steps=300, log_every=50, checkpoint_every=150,
                             sample_every=150, num_samples=16)
+        config.eval.update(batch_size=120, num_samples=1000, sample_batch_size=256)  # fid_digits
     elif arg:
         raise ValueError(f"Unknown config variant {arg!r} for gan_cifar; use 'smoke' or nothing.")
     return config

@@ -15,6 +15,7 @@ import ml_collections
 
 from gm import flows
 from gm.train import run
+from gm.train.evaluators import eval_config
 
 
 def get_config(arg=None):
@@ -28,7 +29,7 @@ def get_config(arg=None):
                         weight_decay=5e-5, ema_decay=0.999)
     config.train = dict(batch_size=64, num_steps=500_000, log_every=100, checkpoint_every=10_000,
                         keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop")
-    config.eval = dict(batch_size=500, num_examples=0)  # 0: the whole test split
+    config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
     config.parallel = dict(strategy="sharded", distributed=False)
     if arg == "smoke":

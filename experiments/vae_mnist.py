@@ -21,6 +21,7 @@ import numpy as np
 from gm import distributions as dist
 from gm import parallel, vae
 from gm.train import loop, run
+from gm.train.evaluators import eval_config
 
 
 def get_config(arg=None):
@@ -39,7 +40,8 @@ def get_config(arg=None):
     config.train = dict(batch_size=20, num_steps=1_000_000, log_every=500, checkpoint_every=20_000,
                         keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop")
     # num_importance: K of the IWAE bound; drawn importance_chunk at a time.
-    config.eval = dict(batch_size=500, num_examples=0, num_importance=5000, importance_chunk=250)
+    config.eval = eval_config()
+    config.eval.update(num_importance=5000, importance_chunk=250)
     config.sample = dict(num=64, batch_size=64)
     config.parallel = dict(strategy="sharded", distributed=False)
     if arg == "smoke":

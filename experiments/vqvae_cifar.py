@@ -29,6 +29,7 @@ from gm import data as gm_data
 from gm import parallel, vqvae
 from gm.data import Dataset
 from gm.train import loop, run
+from gm.train.evaluators import eval_config
 
 STAGES = ("both", "vqvae", "prior")
 
@@ -58,7 +59,7 @@ def get_config(arg=None):
                               weight_decay=0.0, lr_decay=1.0, ema_decay=0.999)
     config.prior_train = dict(batch_size=128, num_steps=200_000, log_every=100, checkpoint_every=10_000,
                               keep_checkpoints=3, sample_every=25_000, num_samples=64, on_nonfinite="stop")
-    config.eval = dict(batch_size=500, num_examples=0)  # 0: the whole test split
+    config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
     config.parallel = dict(strategy="sharded", distributed=False)
     if arg == "smoke":

@@ -52,6 +52,12 @@ def check_batch_size(batch_size, field="config.train.batch_size"):
                          f"({jax.process_count()} process(es)); set it to a multiple of {n}.")
 
 
+def round_up_to_devices(n):
+    """The smallest multiple of the device count that is >= n."""
+    d = jax.device_count()
+    return -(-n // d) * d
+
+
 def data_mesh():
     """A 1-D mesh over every device of every process, axis name 'batch'."""
     return Mesh(np.asarray(jax.devices()), (BATCH_AXIS,))
@@ -156,6 +162,13 @@ def jit_per_example(fn):
     """
     rep, data = replicated_sharding(), batch_sharding()
     return jax.jit(fn, in_shardings=(rep, rep, data), out_shardings=data)
+
+
+def jit_batched(fn):
+    """jit fn(params, batch) -> pytree of [B, ...]: params replicated, the batch and every output split
+    over devices (a feature network applied to samples that the sampler left split the same way)."""
+    rep, data = replicated_sharding(), batch_sharding()
+    return jax.jit(fn, in_shardings=(rep, data), out_shardings=data)
 
 
 def to_host(tree):

@@ -251,6 +251,30 @@ def test_gan_experiment_trains_resumes_and_samples(tmp_path):
     _ar_run("gan_cifar", tmp_path, *steps(6), "--mode=sample", "--config.sample.num=8", "--config.sample.batch_size=8")
     out = np.load(tmp_path / "samples" / "samples_step_6_n8.npz")
     assert out["levels"].shape == (8, 8, 8, 1) and out["levels"].max() <= 15
+    # A GAN has no likelihood: --mode=eval reports sample quality, with the digits classifier offline.
+    proc = _ar_run("gan_cifar", tmp_path, *steps(6), "--mode=eval", "--config.eval.num_samples=200")
+    result = json.load(open(tmp_path / "eval_step_6_fid.json"))
+    assert result["num_samples"] == 200 and result["fid_digits"] > 0 and 1 <= result["is_digits"] <= 10
+    assert "digits train" in result["reference"] and "fid_digits" in proc.stdout
+
+
+def test_compare_trains_every_family_and_writes_the_table(tmp_path):
+    cmd = [sys.executable, "-m", "experiments.compare", f"--workdir={tmp_path}",
+           "--config=experiments/compare.py:smoke"]
+    proc = subprocess.run(cmd, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {r["family"]: r for r in json.load(open(tmp_path / "compare.json"))}
+    assert list(rows) == ["nade", "pixelcnn", "vae", "vqvae", "gan", "realnvp", "glow", "ddpm", "flow_matching"]
+    for family, row in rows.items():
+        assert row["train_steps"] == 4 and row["parameters"] > 0 and row["sample_ms_per_image"] > 0
+        assert np.isfinite(row["fid_digits"]) and 1 <= row["is_digits"] <= 10
+        assert os.path.exists(tmp_path / "samples" / f"{family}.png")
+        # A likelihood wherever the family has one of the images.
+        assert ("test_bpd" in row) == (family not in ("gan", "vqvae")), family
+    assert rows["pixelcnn"]["bpd_kind"] == "exact" and rows["ddpm"]["bpd_kind"] == "bound"
+    table = open(tmp_path / "compare.md").read()
+    assert table.count("\n| ") == 10 and "fid_digits" in table and "64 samples" in table
+    assert open(tmp_path / "compare.csv").readline().startswith("family,")
 
 
 def test_gan_toy_writes_the_mode_table_and_plots(tmp_path):

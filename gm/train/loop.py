@@ -3,7 +3,8 @@
     state = train_and_evaluate(config, workdir, method, dataset)
 
 Reads config.seed, config.train (batch_size, num_steps, log_every, checkpoint_every, keep_checkpoints,
-sample_every, num_samples, on_nonfinite), config.optim (see `gm.train.state.optimizer_from_config`,
+sample_every, num_samples, on_nonfinite), config.eval.every and config.eval.metrics (in-training
+evaluation from the EMA params, `gm.train.evaluators`), config.optim (see `gm.train.state.optimizer_from_config`,
 plus ema_decay), config.data.random_flip and config.parallel.strategy. WORKDIR gets checkpoints/,
 samples/step_*.png, metrics.jsonl and TensorBoard events. Running again with the same WORKDIR resumes
 from the newest checkpoint and continues exactly as an uninterrupted run would: batch s is a pure
@@ -24,6 +25,7 @@ from gm import data as gm_data
 from gm import distributions as dist
 from gm import parallel
 from gm.checkpoint import Checkpointer
+from gm.train import evaluators as evaluators_lib
 from gm.train import state as state_lib
 from gm.train.logging import MetricWriter, save_image_grid, save_scatter
 
@@ -160,6 +162,12 @@ def train_and_evaluate(config, workdir, method, dataset):
     train_step = strategy.compile_step(functools.partial(step_impl, optimizer=optimizer,
                                                          ema_decay=config.optim.ema_decay))
     sampler = parallel.jit_sampler(method.sample, t.num_samples)
+    eval_every = int(config.eval.get("every", 0)) if "eval" in config else 0
+    if eval_every < 0:
+        raise ValueError(f"config.eval.every must be >= 0 (0: no in-training evaluation), got {eval_every}.")
+    # Built before the first step: a missing weights file or a bad metric stops the run now.
+    evaluators = evaluators_lib.make_evaluators(config, method, dataset) if eval_every else []
+    eval_key = run_keys(config.seed)[3]
     writer = MetricWriter(workdir, enabled=is_main)
     device_state = strategy.put_state(state)
     pending, window_start, window_time = [], start, time.perf_counter()
@@ -178,6 +186,17 @@ def train_and_evaluate(config, workdir, method, dataset):
             grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images,
                                  dataset.info.num_bits)
             writer.write_images(step, "samples", grid)
+
+    def evaluate(step):
+        nonlocal window_time
+        start_time = time.perf_counter()
+        ema = strategy.get_state(device_state).ema_params
+        for ev in evaluators:
+            result = ev.fn(ema, jax.random.fold_in(eval_key, step))
+            writer.write_scalars(step, evaluators_lib.scalars(ev.name, result))
+            if is_main:
+                logging.info("step %d: %s", step, evaluators_lib.summary(ev.name, result))
+        window_time += time.perf_counter() - start_time  # keep images_per_sec a training speed
 
     def flush(step):
         nonlocal pending, window_start, window_time
@@ -207,6 +226,8 @@ def train_and_evaluate(config, workdir, method, dataset):
                     checkpoint(step)
                 if step % t.sample_every == 0 or step == t.num_steps:
                     write_grid(step)
+                if eval_every and step % eval_every == 0:
+                    evaluate(step)
                 if sigterm.raised:
                     logging.warning("SIGTERM: saving step %d and exiting.", step)
                     flush(step)

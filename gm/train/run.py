@@ -20,7 +20,7 @@ from tqdm import tqdm
 from gm import data as gm_data
 from gm import parallel
 from gm.checkpoint import Checkpointer
-from gm.metrics.likelihood import evaluate_log_prob
+from gm.train import evaluators as evaluators_lib
 from gm.train import loop
 from gm.train import state as state_lib
 from gm.train.logging import MetricWriter
@@ -69,34 +69,32 @@ def sample_to_files(config, workdir, method, dataset):
 
 
 def evaluate(config, workdir, method, dataset, name=""):
-    """Test-split likelihood of the newest checkpoint's EMA params; returns the result dict.
+    """config.eval.metrics of the newest checkpoint's EMA params; returns {metric: result dict}.
 
-    `name` labels a variant (e.g. 'iwae5000') in the printout and in eval_step_N[_name].json."""
-    if method.log_prob is None:
-        raise ValueError("This model has no log_prob, so --mode=eval has nothing to report.")
-    parallel.check_batch_size(config.eval.batch_size, "config.eval.batch_size")
+    'bpd' writes eval_step_N.json, 'fid' eval_step_N_fid.json; `name` labels a variant (e.g.
+    'iwae5000') in the printout and the file names (eval_step_N_NAME.json)."""
+    metrics = tuple(config.eval.get("metrics", ("bpd",)))
+    if "bpd" in metrics and method.log_prob is None:
+        metrics = tuple(m for m in metrics if m != "bpd")
+        if not metrics:
+            raise ValueError("This model has no log_prob; set --config.eval.metrics='(\"fid\",)' to evaluate "
+                             "its samples.")
+    evaluators = evaluators_lib.make_evaluators(config, method, dataset, metrics)
     state, step = restore_latest(config, workdir, method, dataset)
-    limit = config.eval.get("num_examples") or None
-    batches = gm_data.eval_batches(dataset, batch_size=config.eval.batch_size, split="test", limit=limit,
-                                   process_index=parallel.process_index(),
-                                   process_count=parallel.process_count())
-    n = min(limit or dataset.info.num_test, dataset.info.num_test)
-    result = evaluate_log_prob(method.log_prob, state.ema_params, loop.run_keys(config.seed)[3], batches,
-                               dataset.info.num_dims, method.log_prob_is_bound,
-                               num_batches=-(-n // config.eval.batch_size))
-    result["step"] = step
-    suffix = f"_{name}" if name else ""
-    if parallel.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_step_{step}{suffix}.json"), "w") as f:
-            json.dump(result, f, indent=2)
-        writer = MetricWriter(workdir)
-        writer.write_scalars(step, {f"eval/test_bpd{suffix}": result["bpd"],
-                                    f"eval/test_nll_nats{suffix}": result["nll_nats"]})
-        writer.close()
-    label = f"{name} " if name else ""
-    print(f"step {step}: test {label}{result['kind']} {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim "
-          f"({result['nll_nats']:.2f} nats per example, {result['num_examples']} examples)")
-    return result
+    key = loop.run_keys(config.seed)[3]
+    results = {}
+    writer = MetricWriter(workdir, enabled=parallel.process_index() == 0)
+    for ev in evaluators:
+        result = dict(ev.fn(state.ema_params, key), step=step)
+        suffix = "".join(f"_{s}" for s in (name, "" if ev.name == "bpd" else ev.name) if s)
+        if parallel.process_index() == 0:
+            with open(os.path.join(workdir, f"eval_step_{step}{suffix}.json"), "w") as f:
+                json.dump(result, f, indent=2)
+            writer.write_scalars(step, {k + suffix: v for k, v in evaluators_lib.scalars(ev.name, result).items()})
+        print(f"step {step}: {evaluators_lib.summary(ev.name, result, name)}")
+        results[ev.name] = result
+    writer.close()
+    return results
 
 
 def prepare(config, workdir, mode="train"):

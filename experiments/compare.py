@@ -1,0 +1,210 @@
+"""Every family on the same data, measured the same way: the "VAE vs autoregressive vs GAN" table.
+
+    python -m experiments.compare --workdir=runs/compare
+    python -m experiments.compare --workdir=runs/compare --config.families="('ddpm','gan')" --config.num_steps=5000
+    python -m experiments.compare --workdir=runs/smoke --config=experiments/compare.py:smoke
+
+Each family's offline configuration (its experiment's `smoke` config: the 4-bit 8x8 digits) is trained
+for config.num_steps steps in WORKDIR/FAMILY (or loaded from there when it is already trained; a longer
+num_steps resumes it), then measured:
+
+* parameters, train time (of the run that trained it), sampling time per image (compiled, after a
+  warm-up call, batch of config.timing_batch);
+* test bits/dim (exact or a bound, with its standard error) through the one likelihood harness;
+  NADE models the binarized digits, so its number is of different data, and VQ-VAE has no image
+  likelihood (its prior's bits per code are in WORKDIR/vqvae);
+* fid_digits / is_digits of config.eval.num_samples samples against the digits train split, with the
+  digits classifier's features (`gm.metrics.domain`): comparable across these rows, not with Inception FID.
+
+Writes WORKDIR/compare.md, compare.csv, compare.json and one PNG grid of samples per family in
+WORKDIR/samples/.
+"""
+import csv
+import importlib
+import json
+import os
+import time
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from gm import autoregressive, diffusion, flow_matching, flows, gan, parallel, vae, vqvae
+from gm.metrics import sample_quality
+from gm.train import evaluators, loop, run
+from gm.train.evaluators import eval_config
+
+# family -> (label, experiment module, make(config, info) -> Method)
+FAMILIES = {
+    "nade": ("NADE (binarized)", "nade_mnist", autoregressive.make),
+    "pixelcnn": ("PixelCNN++", "pixelcnn_cifar", autoregressive.make),
+    "vae": ("VAE", "vae_mnist", vae.make),
+    "vqvae": ("VQ-VAE + prior", "vqvae_cifar", None),
+    "gan": ("GAN", "gan_cifar", gan.make),
+    "realnvp": ("RealNVP", "realnvp_cifar", flows.make),
+    "glow": ("Glow", "glow_cifar", flows.make),
+    "ddpm": ("DDPM", "ddpm_cifar", diffusion.make),
+    "flow_matching": ("flow matching", "flow_matching_cifar", flow_matching.make),
+}
+
+
+def get_config(arg=None):
+    """Every family for 2,000 steps on the digits; arg='smoke' runs each for a few steps, for the tests."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    config.data = dict(name="digits")
+    config.families = tuple(FAMILIES)
+    config.num_steps = 2000
+    config.timing_batch = 64
+    config.eval = eval_config(metrics=("bpd", "fid"), batch_size=120, features="digits", num_samples=1000,
+                              sample_batch_size=256)
+    # Flow matching's likelihood from an accurate solver (a coarse one under-reports bits/dim); the VAE
+    # with the discretized logistic likelihood of the 4-bit images, not its smoke config's binarized ones.
+    config.overrides = dict(flow_matching=dict(solver="dopri5"), vae=dict(likelihood="logistic"))
+    config.parallel = dict(strategy="sharded", distributed=False)
+    if arg == "smoke":
+        config.num_steps = 4
+        config.timing_batch = 16
+        config.eval.update(num_examples=40, num_samples=64, sample_batch_size=64)
+        config.overrides.flow_matching.update(solver="euler")
+    elif arg:
+        raise ValueError(f"Unknown config variant {arg!r} for compare; use 'smoke' or nothing.")
+    return config
+
+
+def family_config(config, family):
+    """The family's smoke config with the comparison's steps, seed, evaluation and overrides."""
+    if family not in FAMILIES:
+        raise ValueError(f"Unknown family {family!r} in config.families; use any of {tuple(FAMILIES)}.")
+    module = importlib.import_module(f"experiments.{FAMILIES[family][1]}")
+    cfg = module.get_config("smoke")
+    n = int(config.num_steps)
+    if n <= 0:
+        raise ValueError(f"config.num_steps must be positive, got {n}.")
+    steps = dict(num_steps=n, checkpoint_every=n, sample_every=n, log_every=min(n, 50))
+    with cfg.unlocked():
+        cfg.seed = config.seed
+        cfg.parallel = config.parallel
+        cfg.train.update(steps)
+        if "prior_train" in cfg:
+            cfg.prior_train.update(steps)
+        cfg.eval.update({k: v for k, v in config.eval.items() if k in cfg.eval})
+        if family == "flow_matching":
+            cfg.flow_matching.update(config.overrides.get("flow_matching", {}))
+        if family == "vae":
+            cfg.model.update(config.overrides.get("vae", {}))
+    return cfg
+
+
+def _num_params(tree):
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def train_family(config, family, family_dir, dataset):
+    """Train (or load) one family -> (Method for sampling and log_prob, EMA params, parameters,
+    seconds spent training when this call trained it, else None)."""
+    cfg = family_config(config, family)
+    start = time.perf_counter()
+    if family == "vqvae":
+        vq_dir, prior_dir = os.path.join(family_dir, "vqvae"), os.path.join(family_dir, "prior")
+        vq_mod = importlib.import_module("experiments.vqvae_cifar")
+        vq_state = loop.train_and_evaluate(cfg, vq_dir, vqvae.make(cfg, dataset.info), dataset)
+        method = vqvae.make_prior(vq_mod.prior_config(cfg), dataset.info, cfg, vq_state.ema_params)
+        state = loop.train_and_evaluate(vq_mod.prior_config(cfg), prior_dir, method, dataset)
+        # Bits per code are not bits per image dimension: no row entry.
+        method = method._replace(log_prob=None)
+        num_params = _num_params(vq_state.params) + _num_params(state.params)
+    else:
+        method = FAMILIES[family][2](cfg, dataset.info)
+        state = loop.train_and_evaluate(cfg, family_dir, method, dataset)
+        num_params = _num_params(state.params)
+    return cfg, method, state.ema_params, num_params, time.perf_counter() - start
+
+
+def sampling_seconds_per_image(method, params, key, num):
+    """Wall time of one compiled call of `method.sample` for `num` images, after a warm-up call."""
+    sampler = parallel.jit_sampler(method.sample, num)
+    jax.block_until_ready(sampler(params, key))
+    start = time.perf_counter()
+    jax.block_until_ready(sampler(params, jax.random.fold_in(key, 1)))
+    return (time.perf_counter() - start) / num
+
+
+def measure_family(config, family, workdir, dataset, extractor, reference):
+    """One row of the table (a dict)."""
+    family_dir = os.path.join(workdir, family)
+    record_path = os.path.join(family_dir, "compare_train.json")
+    record = json.load(open(record_path)) if os.path.exists(record_path) else {}
+    cfg, method, params, num_params, seconds = train_family(config, family, family_dir, dataset)
+    if record.get("num_steps") != config.num_steps:  # this call trained it (or trained it further)
+        record = {"num_steps": config.num_steps, "train_seconds": seconds + record.get("train_seconds", 0.0)}
+        if parallel.process_index() == 0:
+            with open(record_path, "w") as f:
+                json.dump(record, f)
+    _, _, sample_key, eval_key = loop.run_keys(config.seed)
+    row = {"family": family, "model": FAMILIES[family][0], "parameters": num_params,
+           "train_steps": config.num_steps, "train_seconds": record["train_seconds"]}
+    if method.log_prob is not None:
+        result = evaluators.likelihood_evaluator(cfg, method, dataset).fn(params, eval_key)
+        row.update(test_bpd=result["bpd"], test_bpd_stderr=result["bpd_stderr"], bpd_kind=result["kind"])
+    features, logits = sample_quality.sample_features(extractor, method.sample, params, sample_key,
+                                                      config.eval.num_samples, config.eval.sample_batch_size,
+                                                      dataset.info.num_bits)
+    quality = sample_quality.score(extractor, features, logits, reference)
+    row.update({k: v for k, v in quality.items() if k != "num_samples"})
+    row["sample_ms_per_image"] = 1000 * sampling_seconds_per_image(method, params, sample_key, config.timing_batch)
+    grid = parallel.to_host(parallel.jit_sampler(method.sample, 64)(params, jax.random.fold_in(sample_key, 7)))
+    if parallel.process_index() == 0:
+        loop.write_samples(os.path.join(workdir, "samples", f"{family}.png"), grid, dataset.info.num_bits)
+    return row
+
+
+def _fmt(row, key, fmt):
+    return format(row[key], fmt) if key in row else "—"
+
+
+def markdown_table(rows, extractor, reference, num_samples):
+    """The comparison as markdown."""
+    fid, is_ = extractor.fid_name, extractor.is_name
+    lines = [f"| family | parameters | train steps | train time (s) | test bits/dim | {fid} | {is_} | "
+             "sampling (ms/image) |", "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        bpd = "—" if "test_bpd" not in r else f"{r['test_bpd']:.3f} ± {r['test_bpd_stderr']:.3f} ({r['bpd_kind']})"
+        lines.append(f"| {r['model']} | {r['parameters']:,} | {r['train_steps']:,} | {r['train_seconds']:.0f} | "
+                     f"{bpd} | {_fmt(r, fid, '.2f')} | {_fmt(r, is_, '.2f')} | {r['sample_ms_per_image']:.2f} |")
+    lines.append("")
+    lines.append(f"{fid} and {is_} from {num_samples} samples against {reference.source}; the digits "
+                 "classifier's features, not Inception's. Bits/dim on the 4-bit digits test split, except "
+                 "NADE's (binarized digits).")
+    return "\n".join(lines) + "\n"
+
+
+def compare(config, workdir, make_method_unused=None, mode="train"):
+    """Train or load every family in config.families and write the table; returns the rows."""
+    if mode != "train":
+        raise ValueError("experiments.compare has only --mode=train (which also loads finished runs).")
+    dataset = run.prepare(config, workdir, mode)
+    extractor = sample_quality.make_extractor(config.eval.features, dataset)
+    reference = sample_quality.reference_for(extractor, dataset, config.eval.reference, config.eval.batch_size)
+    rows = []
+    for family in config.families:
+        logging.info("compare: %s", family)
+        rows.append(measure_family(config, family, workdir, dataset, extractor, reference))
+    if parallel.process_index() == 0:
+        with open(os.path.join(workdir, "compare.json"), "w") as f:
+            json.dump(rows, f, indent=2)
+        keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
+        with open(os.path.join(workdir, "compare.csv"), "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(rows)
+        table = markdown_table(rows, extractor, reference, config.eval.num_samples)
+        with open(os.path.join(workdir, "compare.md"), "w") as f:
+            f.write(table)
+        print(table)
+    return rows
+
+
+if __name__ == "__main__":
+    run.main(__file__, None, runner=compare)
