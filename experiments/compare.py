@@ -194,7 +194,7 @@ def compare(config, workdir, make_method_unused=None, mode="train"):
     if parallel.process_index() == 0:
         with open(os.path.join(workdir, "compare.json"), "w") as f:
             json.dump(rows, f, indent=2)
-        keys = sorted({k for r in rows for k in r}, key=lambda k: (k not in rows[0], k))
+        keys = list(dict.fromkeys(k for r in rows for k in r))  # columns in the order the rows give them
         with open(os.path.join(workdir, "compare.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=keys)
             writer.writeheader()
