@@ -45,3 +45,6 @@ class Method(NamedTuple):
     # An optax transformation for the trainer to initialise the optimizer state with, instead of the
     # one config.optim describes (a GAN's holds one optimizer state per player).
     optimizer: Optional[Any] = None
+    # () -> the initial `TrainState.extra`: state the family's own `train_step` keeps besides its
+    # parameters (checkpointed with them, not optimized, not averaged).
+    init_extra: Optional[Callable[[], Any]] = None

@@ -88,6 +88,24 @@ def test_sample_and_eval_modes(resumed_run):
     assert "bits/dim" in proc.stdout
 
 
+def test_diffusion_sweep_scores_every_sampler_at_every_step_count(resumed_run):
+    _, resumed, _ = resumed_run
+    proc = subprocess.run(
+        [sys.executable, "-m", "experiments.diffusion_sweep", f"--workdir={resumed}",
+         "--config=experiments/diffusion_sweep.py:ddpm_cifar,smoke", "--config.sweep.steps=(2,5,1000)",
+         "--config.eval.num_samples=32", "--config.eval.sample_batch_size=32", "--config.eval.batch_size=120"],
+        cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.load(open(resumed / "sweep" / "sweep.json"))
+    rows = result["rows"]
+    # 1000 > T = 100 is dropped; four series (ancestral, DDIM at eta 0 and 1, Heun's ODE) at 2 and 5 steps.
+    assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows[:4]] == [
+        ("ancestral", 2, 2), ("ddim eta=0", 2, 2), ("ddim eta=1", 2, 2), ("ode heun", 2, 5)]
+    assert len(rows) == 8 and all(r["fid_digits"] > 0 and r["num_samples"] == 32 for r in rows)
+    assert result["step"] == 8 and "fid_digits" in open(resumed / "sweep" / "sweep.md").read()
+    assert os.path.getsize(resumed / "sweep" / "sweep.png") > 1000 and os.path.exists(resumed / "sweep" / "sweep.csv")
+
+
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     proc = subprocess.Popen(_cmd(tmp_path, "--config.train.num_steps=100000", "--config.train.checkpoint_every=1000",
                                  "--config.train.sample_every=1000"),
@@ -185,6 +203,33 @@ def test_independent_pixels_baseline_command(config, limit):
     assert proc.returncode == 0, proc.stderr[-3000:]
     bpd = float(proc.stdout.split("test ")[1].split(" ")[0])
     assert 0 < bpd < limit and "100 examples" in proc.stdout  # below a uniform model over the levels
+
+
+def test_improved_ddpm_with_importance_sampling_resumes_its_loss_history_and_evaluates(tmp_path):
+    from experiments import improved_ddpm_cifar
+    importance = "--config.diffusion.timestep_sampling=importance"
+    proc, result = _train_resume_and_evaluate("improved_ddpm_cifar", tmp_path, importance)
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert all(np.isfinite(r["vb"]) and np.isfinite(r["mse"]) for r in records if "loss" in r)
+    assert result["kind"] == "bound" and 0 < result["bpd"] < 40 and "bits/dim" in proc.stdout
+    config = improved_ddpm_cifar.get_config("smoke")
+    config.diffusion.timestep_sampling = "importance"
+    dataset = gm_data.load("digits")
+    state, step = run_lib.restore_latest(config, str(tmp_path), diffusion.make(config, dataset.info), dataset)
+    count = np.asarray(state.extra["loss_history"]["count"])
+    # 4 steps of 32 examples push at most 128 values: more means the history survived the restart.
+    assert step == 6 and count.sum() > 4 * 32 and count.max() <= 10
+
+
+def test_guided_experiment_trains_and_samples_at_any_guidance_weight(tmp_path):
+    _ar_run("cfg_cifar", tmp_path, *_smoke_steps(4))
+    for w in ("0.0", "3.0"):
+        _ar_run("cfg_cifar", tmp_path, *_smoke_steps(4), "--mode=sample", "--config.sample.num=16",
+                "--config.sample.batch_size=16", f"--config.diffusion.guidance_weight={w}")
+        out = np.load(tmp_path / "samples" / "samples_step_4_n16.npz")
+        assert out["levels"].shape == (16, 8, 8, 1) and out["levels"].max() <= 15
+    proc = _ar_run("cfg_cifar", tmp_path, "--config.model.class_conditional=False", check=False)
+    assert proc.returncode == 1 and "config.model.class_conditional=True" in proc.stderr.strip().splitlines()[-1]
 
 
 # --- the latent-variable experiments -----------------------------------------------------------------

@@ -190,3 +190,53 @@ def test_bfloat16_compute(tiny_random):
     ref = run_tiny(variables, x, t)
     # bfloat16 keeps ~3 significant digits; the two agree loosely.
     assert _max_abs(out - ref) < 0.1 * _max_abs(ref) + 1e-2
+
+
+def test_improved_ddpm_options_scale_shift_and_heads_change_only_what_they_should():
+    x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    base = _abstract_init(UNet(num_res_blocks=3, attn_resolutions=(16, 8)), x, t)["params"]
+    heads = _abstract_init(UNet(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4), x, t)["params"]
+    assert jax.tree.map(lambda a: a.shape, base) == jax.tree.map(lambda a: a.shape, heads)
+    film = _abstract_init(UNet(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4, scale_shift_norm=True,
+                               out_ch=6), x, t)["params"]
+    blocks = [name for name in film if "temb_proj" in film[name]]
+    assert len(blocks) == 4 * 3 + 4 * 4 + 2  # down, up (one more per level) and the two middle blocks
+    for name in blocks:  # the embedding now gives a scale and a shift per channel
+        width = film[name]["norm2"]["scale"].shape[0]
+        assert film[name]["temb_proj"]["kernel"].shape == (512, 2 * width)
+    n = sum(math.prod(a.shape) for a in jax.tree.leaves(film))
+    print(f"improved-DDPM CIFAR-10 UNet (learned variances): {n:,} parameters")
+
+
+def test_multi_head_attention_against_a_direct_computation():
+    from gm.nn.layers import AttnBlock
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 3, 3, 8)), jnp.float32)
+    block = AttnBlock(num_heads=2)
+    # O(1) random weights (at init proj_out is ~0 and the block is the identity).
+    variables = jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape) / 2, jnp.float32),
+                             block.init(jax.random.key(0), x))
+    p = jax.tree.map(np.asarray, variables["params"])
+    h = np.asarray(_group_norm(p["norm"], x))
+    q, k, v = (h.reshape(2, 9, 8) @ p[n]["kernel"] + p[n]["bias"] for n in ("q", "k", "v"))
+    out = np.zeros((2, 9, 8))
+    for head in range(2):
+        sl = slice(4 * head, 4 * head + 4)
+        logits = np.einsum("bqc,bkc->bqk", q[..., sl], k[..., sl]) / 2.0
+        w = np.exp(logits - logits.max(-1, keepdims=True))
+        out[..., sl] = (w / w.sum(-1, keepdims=True)) @ v[..., sl]
+    want = np.asarray(x) + (out @ p["proj_out"]["kernel"] + p["proj_out"]["bias"]).reshape(2, 3, 3, 8)
+    np.testing.assert_allclose(block.apply(variables, x), want, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="num_heads=3"):
+        AttnBlock(num_heads=3).init(jax.random.key(0), x)
+
+
+def _group_norm(params, x):
+    """The block's GroupNorm (4 groups of 2 channels for 8 channels, eps 1e-6) in numpy."""
+    x = np.asarray(x, np.float64)
+    g = x.reshape(x.shape[:-1] + (num_groups(x.shape[-1]), -1))
+    mean = g.mean(axis=(1, 2, 4), keepdims=True)
+    var = g.var(axis=(1, 2, 4), keepdims=True)
+    normed = ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape)
+    return normed * params["scale"] + params["bias"]

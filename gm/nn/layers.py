@@ -101,11 +101,14 @@ class ResnetBlock(nn.Module):
 
     ``x`` [B, H, W, C] and ``temb`` [B, E] -> [B, H, W, out_ch]. The embedding
     is passed through swish and projected to a per-channel bias, added after
-    the first convolution.
+    the first convolution (Ho et al.); with ``scale_shift_norm`` it is
+    projected to a scale and a shift that modulate the second GroupNorm,
+    ``norm2(h) * (1 + scale) + shift`` (Nichol & Dhariwal 2021).
     """
 
     out_ch: int | None = None  # None keeps the input width
     dropout: float = 0.0
+    scale_shift_norm: bool = False
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -114,9 +117,14 @@ class ResnetBlock(nn.Module):
         out_ch = c if self.out_ch is None else self.out_ch
         h = nn.swish(GroupNorm(c, dtype=self.dtype, name="norm1")(x))
         h = _conv3x3(out_ch, dtype=self.dtype, name="conv1")(h)
-        h = h + _nin(out_ch, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
-        h = nn.swish(GroupNorm(out_ch, dtype=self.dtype, name="norm2")(h))
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
+        emb_width = 2 * out_ch if self.scale_shift_norm else out_ch
+        emb = _nin(emb_width, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
+        if self.scale_shift_norm:
+            scale, shift = jnp.split(emb, 2, axis=-1)
+            h = GroupNorm(out_ch, dtype=self.dtype, name="norm2")(h) * (1 + scale) + shift
+        else:
+            h = GroupNorm(out_ch, dtype=self.dtype, name="norm2")(h + emb)
+        h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=not train)
         # Near-zero init makes the block start as the identity map.
         h = _conv3x3(out_ch, dtype=self.dtype, init_scale=0.0, name="conv2")(h)
         if c != out_ch:
@@ -125,28 +133,33 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H*W positions, with a residual.
+    """Multi-head self-attention over all H*W positions, with a residual.
 
     ``x`` [B, H, W, C] -> [B, H, W, C]; each position attends to every
-    position of the same example, logits scaled by 1/sqrt(C).
+    position of the same example. The C channels are split into
+    ``num_heads`` heads of C / num_heads channels, logits scaled by
+    1/sqrt(C / num_heads). One head is Ho et al.'s block; Nichol & Dhariwal
+    use four.
     """
 
+    num_heads: int = 1
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide the {c} channels of the attention block.")
+        head_dim = c // self.num_heads
         h = GroupNorm(c, dtype=self.dtype, name="norm")(x)
-        q = _nin(c, dtype=self.dtype, name="q")(h)
-        k = _nin(c, dtype=self.dtype, name="k")(h)
-        v = _nin(c, dtype=self.dtype, name="v")(h)
-        q = q.reshape(b, height * width, c)
-        k = k.reshape(b, height * width, c)
-        v = v.reshape(b, height * width, c)
-        w = jnp.einsum("bqc,bkc->bqk", q, k) * (c ** -0.5)
+        split = lambda a: a.reshape(b, height * width, self.num_heads, head_dim)  # noqa: E731
+        q = split(_nin(c, dtype=self.dtype, name="q")(h))
+        k = split(_nin(c, dtype=self.dtype, name="k")(h))
+        v = split(_nin(c, dtype=self.dtype, name="v")(h))
+        w = jnp.einsum("bqhc,bkhc->bhqk", q, k) * (head_dim ** -0.5)
         # Softmax in float32: low-precision logits saturate the exponent quickly.
         w = jax.nn.softmax(w.astype(jnp.float32), axis=-1).astype(v.dtype)
-        h = jnp.einsum("bqk,bkc->bqc", w, v).reshape(b, height, width, c)
+        h = jnp.einsum("bhqk,bkhc->bqhc", w, v).reshape(b, height, width, c)
         h = _nin(c, dtype=self.dtype, init_scale=0.0, name="proj_out")(h)
         return x + h
 

@@ -36,6 +36,11 @@ class UNet(nn.Module):
       dropout: dropout rate inside the residual blocks, used when ``train``.
       resamp_with_conv: learned convs in down/upsampling rather than
         average pooling / plain nearest-neighbour.
+      num_heads: attention heads in every attention block (1 in Ho et al.,
+        4 in Nichol & Dhariwal's improved DDPM).
+      scale_shift_norm: condition the residual blocks by scaling and
+        shifting their second GroupNorm (improved DDPM) instead of adding a
+        bias before it.
       num_classes: when set, a learned class embedding is added to the time
         embedding and ``y`` must be given.
       out_ch: output channels; None means the input's channel count.
@@ -48,6 +53,8 @@ class UNet(nn.Module):
     attn_resolutions: tuple[int, ...] = (16,)
     dropout: float = 0.1
     resamp_with_conv: bool = True
+    num_heads: int = 1
+    scale_shift_norm: bool = False
     num_classes: int | None = None
     out_ch: int | None = None
     dtype: Dtype = jnp.float32
@@ -72,8 +79,9 @@ class UNet(nn.Module):
         num_levels = len(self.ch_mult)
         res_block = lambda h, mult, name: ResnetBlock(  # noqa: E731
             out_ch=None if mult is None else self.ch * mult, dropout=self.dropout,
-            dtype=self.dtype, name=name)(h, temb, train=train)
-        attn_block = lambda h, name: AttnBlock(dtype=self.dtype, name=name)(h)  # noqa: E731
+            scale_shift_norm=self.scale_shift_norm, dtype=self.dtype, name=name)(h, temb, train=train)
+        attn_block = lambda h, name: AttnBlock(  # noqa: E731
+            num_heads=self.num_heads, dtype=self.dtype, name=name)(h)
 
         temb = self._embed(t, y)
         x = x.astype(self.dtype)

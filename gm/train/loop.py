@@ -81,7 +81,8 @@ def init_or_restore(config, method, dataset, optimizer, ckpt):
     """(global TrainState, start step): the newest checkpoint in `ckpt` if any, else a fresh init."""
     init_key = run_keys(config.seed)[0]
     example = _local_batch(config, dataset, 0)
-    make = lambda: state_lib.init_state(method.init(init_key, example), optimizer)
+    extra = method.init_extra() if method.init_extra else None
+    make = lambda: state_lib.init_state(method.init(init_key, example), optimizer, extra)
     step = ckpt.latest_step() if ckpt is not None else None
     if step is None:
         return parallel.replicate(state_lib.run_once(make)), 0

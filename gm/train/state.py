@@ -17,12 +17,15 @@ class TrainState(flax.struct.PyTreeNode):
     step: int32 scalar, the number of train steps taken (and so the index of the next batch).
     params / opt_state / ema_params: pytrees of float32 arrays.
     num_nonfinite: int32 scalar, updates skipped because the loss or a gradient was not finite.
+    extra: a family's own state besides its parameters, neither optimized nor averaged (the diffusion
+      loss history for importance-sampled timesteps); updated by the family's `train_step`, {} otherwise.
     """
     step: jax.Array
     params: Any
     opt_state: Any
     ema_params: Any
     num_nonfinite: jax.Array
+    extra: Any = flax.struct.field(default_factory=dict)
 
 
 def learning_rate_schedule(learning_rate, warmup_steps=0, lr_decay=1.0):
@@ -82,11 +85,12 @@ def run_once(fn, *args):
     return jax.jit(fn).lower(*args).compile(compiler_options=_COMPILE_ONCE_OPTIONS)(*args)
 
 
-def init_state(params, optimizer):
-    """A fresh TrainState at step 0 with EMA params equal to params."""
+def init_state(params, optimizer, extra=None):
+    """A fresh TrainState at step 0 with EMA params equal to params (and `extra`, default {})."""
     # The EMA gets its own buffers: a donated step must never see one buffer twice.
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params),
-                      ema_params=jax.tree.map(jnp.copy, params), num_nonfinite=jnp.zeros((), jnp.int32))
+                      ema_params=jax.tree.map(jnp.copy, params), num_nonfinite=jnp.zeros((), jnp.int32),
+                      extra={} if extra is None else extra)
 
 
 def ema_update(ema_params, params, decay):
