@@ -307,3 +307,13 @@ def test_importance_sampled_hybrid_training_keeps_a_loss_history_and_guided_samp
     assert images.shape == (4, 8, 8, 1) and images.dtype == jnp.uint8 and int(images.max()) <= 15
     nats = jax.jit(method.log_prob)(state.ema_params, jax.random.key(3), {k: v[:4] for k, v in digits.test.items()})
     assert nats.shape == (4,) and np.all(np.isfinite(nats))
+
+
+def test_guidance_weight_on_a_model_without_a_null_class_is_refused_at_sampling():
+    from gm import data as gm_data
+    config = _tiny_config()
+    config.model.class_conditional = True
+    diff = diffusion.build(config, gm_data.load("digits").info)
+    sampling = diffusion.sampling_from_config(config.diffusion)
+    with pytest.raises(ValueError, match="config.diffusion.label_dropout > 0"):
+        diffusion.sample(diff, sampling, {}, jax.random.key(0), 2, guidance_weight=2.0)

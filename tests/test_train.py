@@ -134,6 +134,38 @@ def test_sharded_ddpm_step_equals_single_device(digits, smoke_config):
     assert int(sharded.step) == 2
 
 
+def _run_method_steps(strategy_name, method, batches, key, opt):
+    """Two steps of the method's own train_step (with its TrainState.extra) under a strategy."""
+    state = state_lib.init_state(jax.jit(method.init)(jax.random.key(0), batches[0]), opt, method.init_extra())
+    step = functools.partial(method.train_step, optimizer=opt, ema_decay=0.9)
+    if strategy_name == "single":
+        for b in batches:
+            state, _ = jax.jit(step)(state, b, key)
+        return state
+    strategy = parallel.make_strategy(strategy_name)
+    compiled, state = strategy.compile_step(step), strategy.put_state(state)
+    for b in batches:
+        state, _ = compiled(state, strategy.put_batch(b), key)
+    return jax.device_get(strategy.get_state(state))
+
+
+def test_importance_sampled_diffusion_keeps_one_loss_history_under_every_strategy(digits, smoke_config):
+    config = ml_collections.ConfigDict(smoke_config.to_dict())
+    config.model.update(ch=16, ch_mult=(1,), attn_resolutions=(8,))
+    config.diffusion.update(var_type="learned_range", loss="hybrid", timestep_sampling="importance")
+    method = diffusion.make(config, digits.info)
+    batches, opt = _batches(digits), optax.sgd(0.1)
+    single = _run_method_steps("single", method, batches, jax.random.key(1), opt)
+    tree_allclose(single, _run_method_steps("sharded", method, batches, jax.random.key(1), opt), rtol=1e-5, atol=1e-7)
+    # Under pmap each device draws its own timesteps; the per-timestep sums and counts are averaged
+    # over devices, so every device pushes the same global means.
+    pmapped = _run_method_steps("pmap", method, batches, jax.random.key(1), opt)
+    count = np.asarray(pmapped.extra["loss_history"]["count"])
+    values = np.asarray(pmapped.extra["loss_history"]["values"])
+    assert 2 <= count.sum() <= 64 and count.max() <= 2
+    assert np.all(values[count == 0] == 0) and np.all(values[:, -1][count > 0] > 0)
+
+
 def test_pmap_ddpm_step_equals_single_device_over_the_same_device_keys(digits, smoke_config):
     method = _tiny_ddpm(digits, smoke_config)
     n = jax.local_device_count()

@@ -127,7 +127,11 @@ def sample(diff, s, params, key, num, labels=None, guidance_weight=None):
     if diff.num_classes and labels is None:
         labels = jax.random.randint(label_key, (num,), 0, diff.num_classes)
     w = s.guidance_weight if guidance_weight is None else guidance_weight
+    if diff.null_label is None and not (isinstance(w, (int, float)) and w == 0):
+        raise ValueError("A guidance weight needs a model trained for guidance: set "
+                         "config.model.class_conditional=True and config.diffusion.label_dropout > 0.")
     if diff.null_label is not None:
+        # Two network passes per step (conditional and null halves of one batch), even at w = 0.
         model_fn = samplers.guided_model_fn(lambda x, t, y: diff.model_fn(params, y)(x, t), labels,
                                             diff.null_label, w)
     else:

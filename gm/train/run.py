@@ -133,9 +133,10 @@ def main(experiment_file, make_method, runner=None):
     def _main(argv):
         del argv
         logging.set_verbosity(logging.INFO)
-        # Libraries (Orbax: every phase of every save) log a lot at INFO; show only gm's own INFO lines.
+        # Libraries (Orbax: every phase of every save) log a lot at INFO; show only gm's and the experiments'.
         logging.get_absl_handler().addFilter(
-            lambda r: r.levelno >= logging.converter.STANDARD_WARNING or f"{os.sep}gm{os.sep}" in r.pathname)
+            lambda r: r.levelno >= logging.converter.STANDARD_WARNING
+            or any(f"{os.sep}{d}{os.sep}" in r.pathname for d in ("gm", "experiments")))
         try:
             runner(flags.FLAGS.config, flags.FLAGS.workdir, make_method, flags.FLAGS.mode)
         except USER_ERRORS as e:
