@@ -21,3 +21,28 @@ os.environ.setdefault("GM_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"gm-t
 # (some compare float32 round trips at tolerances set for it), and so do the notebooks, which train
 # for thousands of steps, where optimised code wins.
 CHILD_ENV = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"] + " --xla_backend_optimization_level=0")
+
+
+import socket  # noqa: E402  (after the environment above, which must precede any JAX import)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Any connection attempt fails: proves a code path reads only local files."""
+    def refuse(*args, **kwargs):
+        raise OSError("network disabled in tests")
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+
+def write_tfds_metadata(tfds, name, data_dir, num_train, num_test):
+    """TFDS metadata with split sizes, which `batch_size=-1` needs to size its one batch: under
+    `mock_data` without it the split sizes are unknown and TFDS batches by sys.maxsize, aborting."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[k], num_bytes=0, filename_template=None)
+        for s, k in (("train", num_train), ("test", num_test))]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)

@@ -1,11 +1,11 @@
 """gm.data: the datasets, the resumable batch order, and the offline failure mode. Nothing downloads."""
 import os
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import write_tfds_metadata
 
 from gm import data
 
@@ -227,30 +227,11 @@ def test_offline_datasets_never_import_tensorflow():
 
 # --- MNIST / CIFAR-10 through TFDS (mocked; nothing downloads) -------------------------------------
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError('network disabled in tests')
-    monkeypatch.setattr(socket, 'getaddrinfo', refuse)
-    monkeypatch.setattr(socket.socket, 'connect', refuse)
-
-
-def _write_metadata(tfds, name, data_dir, num_train, num_test):
-    """TFDS metadata with split sizes, which `batch_size=-1` needs to size its one batch: under
-    `mock_data` without it the split sizes are unknown and TFDS batches by sys.maxsize, aborting."""
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name=s, shard_lengths=[k], num_bytes=0, filename_template=None)
-        for s, k in (('train', num_train), ('test', num_test))]))
-    os.makedirs(builder.data_dir, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
-
-
 def test_tfds_datasets_with_mock_data(tmp_path, no_network):
     tfds = pytest.importorskip('tensorflow_datasets')
     metadata = str(tmp_path / 'metadata')
     for name in ('mnist', 'cifar10'):
-        _write_metadata(tfds, name, metadata, num_train=7, num_test=7)
+        write_tfds_metadata(tfds, name, metadata, num_train=7, num_test=7)
     with tfds.testing.mock_data(num_examples=7, data_dir=metadata):
         for name, shape in (('mnist', (28, 28, 1)), ('cifar10', (32, 32, 3))):
             ds = data.load(name, data_dir=str(tmp_path / 'unused'))

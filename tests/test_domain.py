@@ -1,11 +1,11 @@
 """The offline domain classifiers behind fid_digits / is_digits (and fid_mnist / is_mnist)."""
 import functools
 import os
-import socket
 
 import jax
 import numpy as np
 import pytest
+from conftest import write_tfds_metadata
 from scipy import ndimage
 
 from gm import data as gm_data
@@ -140,28 +140,10 @@ def test_fid_ranks_held_out_digits_far_above_corrupted_ones(classifier, digits):
 
 # --- MNIST through TFDS (mocked; nothing downloads) -----------------------------------------------
 
-@pytest.fixture
-def no_network(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise OSError("network disabled in tests")
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-
-
-def _write_metadata(tfds, name, data_dir, num_train, num_test):
-    """TFDS metadata with split sizes, which `batch_size=-1` needs under `mock_data` (as in test_data)."""
-    builder = tfds.builder(name, data_dir=data_dir)
-    builder.info.set_splits(tfds.core.SplitDict([
-        tfds.core.SplitInfo(name=s, shard_lengths=[k], num_bytes=0, filename_template=None)
-        for s, k in (("train", num_train), ("test", num_test))]))
-    os.makedirs(builder.data_dir, exist_ok=True)
-    builder.info.write_to_directory(builder.data_dir)
-
-
 def test_mnist_classifier_on_mock_data(tmp_path, no_network, monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets")
     metadata = str(tmp_path / "metadata")
-    _write_metadata(tfds, "mnist", metadata, num_train=16, num_test=16)
+    write_tfds_metadata(tfds, "mnist", metadata, num_train=16, num_test=16)
     with tfds.testing.mock_data(num_examples=16, data_dir=metadata):
         mnist = gm_data.load("mnist", data_dir=str(tmp_path / "unused"))
     cache = str(tmp_path / "cache")
