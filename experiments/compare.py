@@ -62,7 +62,7 @@ def get_config(arg=None):
     # Flow matching's likelihood from an accurate solver (a coarse one under-reports bits/dim); the VAE
     # with the discretized logistic likelihood of the 4-bit images, not its smoke config's binarized ones.
     config.overrides = dict(flow_matching=dict(solver="dopri5"), vae=dict(likelihood="logistic"))
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.num_steps = 4
         config.timing_batch = 16

@@ -16,7 +16,7 @@ uses the Hutchinson trace estimator on uniformly dequantized data, so bits/dim i
 """
 import ml_collections
 
-from gm import flow_matching
+from gm import flow_matching, parallel
 from gm.train import run
 from gm.train.evaluators import eval_config
 
@@ -37,7 +37,7 @@ def get_config(arg=None):
                         keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop")
     config.eval = eval_config()
     config.sample = dict(num=50_000, batch_size=1000)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.data.update(name="digits", random_flip=False)  # digits are not mirror-symmetric
         config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0)

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from gm import data as gm_data
-from gm import flow_matching, flows
+from gm import flow_matching, flows, parallel
 from gm.train import loop, run
 from gm.train.logging import histogram_log_density, save_density, save_density_image, save_scatter, save_table
 
@@ -57,7 +57,7 @@ def get_config(arg=None):
     config.eval = dict(batch_size=1000, num_examples=0)
     config.sample = dict(num=NUM_SAMPLES, batch_size=NUM_SAMPLES)
     config.plot_size = 256  # density pictures are plot_size^2 evaluations of log q
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
         config.eval.update(num_examples=1000)

@@ -14,7 +14,7 @@ generator (config.optim.ema_decay). There is no likelihood, so there is no --mod
 """
 import ml_collections
 
-from gm import gan
+from gm import gan, parallel
 from gm.train import run
 from gm.train.evaluators import eval_config
 
@@ -37,7 +37,7 @@ def get_config(arg=None):
                         keep_checkpoints=3, sample_every=5_000, num_samples=64, on_nonfinite="stop")
     config.eval = eval_config(metrics=("fid",))
     config.sample = dict(num=64, batch_size=64)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.data.update(name="digits")
         config.model.update(latent_dim=16, g_features=16, d_features=16)

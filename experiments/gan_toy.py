@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from gm import data as gm_data
-from gm import gan
+from gm import gan, parallel
 from gm.metrics.modes import mode_coverage
 from gm.train import loop, run
 from gm.train.logging import save_scatter, save_table
@@ -65,7 +65,7 @@ def get_config(arg=None):
                         keep_checkpoints=1, sample_every=5_000, num_samples=500, on_nonfinite="stop")
     config.eval = dict(batch_size=500, num_examples=0)
     config.sample = dict(num=NUM_EVAL_SAMPLES, batch_size=NUM_EVAL_SAMPLES)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
     elif arg:

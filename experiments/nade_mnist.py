@@ -10,7 +10,7 @@ binarization, in nats and bits per (binary) dimension. Papers report nats: NADE 
 """
 import ml_collections
 
-from gm import autoregressive
+from gm import autoregressive, parallel
 from gm.train import run
 from gm.train.evaluators import eval_config
 
@@ -28,7 +28,7 @@ def get_config(arg=None):
                         keep_checkpoints=3, sample_every=10_000, num_samples=64, on_nonfinite="stop")
     config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.data.update(name="digits")
         config.model.nade.update(num_hidden=64)

@@ -13,7 +13,7 @@ and its data-dependent initialisation are not used.
 """
 import ml_collections
 
-from gm import autoregressive
+from gm import autoregressive, parallel
 from gm.train import run
 from gm.train.evaluators import eval_config
 
@@ -38,7 +38,7 @@ def get_config(arg=None):
                         keep_checkpoints=3, sample_every=50_000, num_samples=16, on_nonfinite="stop")
     config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.data.update(name="digits")
         config.model.pixelcnn_pp.update(nr_resnet=1, nr_filters=16, nr_logistic_mix=3, dropout=0.1)

@@ -13,7 +13,7 @@ negative log-likelihood (`gm.distributions`).
 """
 import ml_collections
 
-from gm import flows
+from gm import flows, parallel
 from gm.train import run
 from gm.train.evaluators import eval_config
 
@@ -31,7 +31,7 @@ def get_config(arg=None):
                         keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop")
     config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.data.update(name="digits", random_flip=False)  # digits are not mirror-symmetric
         config.model.update(hidden=16, num_blocks=0)

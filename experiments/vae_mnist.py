@@ -43,7 +43,7 @@ def get_config(arg=None):
     config.eval = eval_config()
     config.eval.update(num_importance=5000, importance_chunk=250)
     config.sample = dict(num=64, batch_size=64)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.data.update(name="digits")
         config.model.update(latent_dim=8, hidden=(64,), channels=(16, 32), res_hidden=16)

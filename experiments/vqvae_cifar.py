@@ -61,7 +61,7 @@ def get_config(arg=None):
                               keep_checkpoints=3, sample_every=25_000, num_samples=64, on_nonfinite="stop")
     config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
-    config.parallel = dict(strategy="sharded", distributed=False)
+    config.parallel = parallel.parallel_config()
     if arg == "smoke":
         config.data.update(name="digits")
         config.model.update(num_codes=16, code_dim=8, channels=(32,), num_res_blocks=1, res_hidden=16)

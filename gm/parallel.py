@@ -18,6 +18,7 @@ import os
 from typing import Any, Callable, NamedTuple
 
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -25,15 +26,42 @@ BATCH_AXIS = "batch"
 STRATEGIES = ("sharded", "pmap")
 
 
-def initialize_distributed(enabled=False):
+def parallel_config(strategy="sharded"):
+    """config.parallel with every field an experiment can override on the command line.
+
+    strategy: one of STRATEGIES.
+    distributed: start multi-process JAX (`initialize_distributed`); GM_DISTRIBUTED=1 does the same.
+    coordinator_address, num_processes, process_id: for clusters JAX cannot detect by itself (several
+      processes on one machine, say): 'host:port' of process 0, the process count and this process's
+      index; '' and -1 leave them to JAX (JAX_COORDINATOR_ADDRESS, SLURM, TPU pods, ...).
+    """
+    return ml_collections.ConfigDict(dict(strategy=strategy, distributed=False, coordinator_address="",
+                                          num_processes=-1, process_id=-1))
+
+
+def initialize_distributed(enabled=False, coordinator_address="", num_processes=-1, process_id=-1):
     """Start multi-process JAX when `enabled` or the environment asks for it (GM_DISTRIBUTED=1).
 
-    The coordinator address, process count and id come from the usual JAX environment variables or the
-    cluster auto-detection of `jax.distributed.initialize` (SLURM, TPU pods, ...).
+    Unset arguments ('' and -1) come from the usual JAX environment variables or the cluster
+    auto-detection of `jax.distributed.initialize` (SLURM, TPU pods, ...). On CPU the processes talk
+    through gloo collectives (JAX's default).
     """
-    if enabled or os.environ.get("GM_DISTRIBUTED", "") == "1":
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize()
+    if not (enabled or os.environ.get("GM_DISTRIBUTED", "") == "1") or jax.distributed.is_initialized():
+        return
+    given = dict(coordinator_address=coordinator_address or None,
+                 num_processes=None if num_processes < 0 else num_processes,
+                 process_id=None if process_id < 0 else process_id)
+    if given["num_processes"] is not None and not 0 <= (given["process_id"] or 0) < given["num_processes"]:
+        raise ValueError(f"config.parallel.process_id={process_id} must be in [0, {num_processes}) for "
+                         f"config.parallel.num_processes={num_processes}.")
+    jax.distributed.initialize(**given)
+
+
+def barrier(name):
+    """Wait until every process has reached the barrier called `name` (nothing with one process)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(name)
 
 
 def process_index():

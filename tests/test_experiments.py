@@ -3,6 +3,7 @@ fail with one sentence on a bad config. Each run is a fresh process, like a real
 import glob
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -104,6 +105,69 @@ def test_diffusion_sweep_scores_every_sampler_at_every_step_count(resumed_run):
     assert all(r["fid_digits"] > 0 and r["num_samples"] == 32 for r in rows)
     assert result["step"] == 8 and "fid_digits" in open(resumed / "sweep" / "sweep.md").read()
     assert os.path.getsize(resumed / "sweep" / "sweep.png") > 1000 and os.path.exists(resumed / "sweep" / "sweep.csv")
+
+
+def _crash_child(workdir, *args, hang_commit=None):
+    """The experiment in a child process we can kill; with `hang_commit` its save of that step stops
+    after writing its data, just before Orbax commits it (see crash_child.py)."""
+    hang = [f"--hang-commit={hang_commit}", f"--marker={workdir / 'hanging'}"] if hang_commit else []
+    return subprocess.Popen([sys.executable, os.path.join(REPO, "tests", "crash_child.py"), *hang,
+                             *_cmd(workdir, *args)[2:]], cwd=REPO, env=CHILD_ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(proc, condition, what, timeout=300):
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            pytest.fail(f"the run exited before {what}: {proc.stderr.read()[-3000:]}")
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _logged_steps(workdir):
+    path = workdir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _assert_same_final_state(straight, workdir, context):
+    a, _ = _final_state(straight, 8)
+    b, step = _final_state(workdir, 8)
+    assert step == 8, context
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=context), a, b)
+
+
+def test_kill_9_at_a_random_step_then_restart_ends_bit_exact(resumed_run, tmp_path):
+    straight = resumed_run[0]
+    kill_after = random.SystemRandom().randint(1, 7)
+    proc = _crash_child(tmp_path, "--config.train.num_steps=8", "--config.train.log_every=1")
+    _wait_for(proc, lambda: len(_logged_steps(tmp_path)) >= kill_after, f"step {kill_after}")
+    proc.kill()
+    proc.communicate(timeout=60)
+    committed = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    context = (f"killed after step {kill_after} was logged (last logged {_logged_steps(tmp_path)[-1]}, "
+               f"committed {committed})")
+    second = _run(tmp_path, "--config.train.num_steps=8", "--config.train.log_every=1")
+    _assert_same_final_state(straight, tmp_path, context)
+    assert _logged_steps(tmp_path) == list(range(1, 9)), context  # steps trained twice are logged once
+    resumed_from = [int(line.split("Restored step ")[1].split()[0]) for line in second.stderr.splitlines()
+                    if "Restored step " in line]
+    assert resumed_from == committed[-1:], context
+
+
+def test_kill_9_in_the_middle_of_an_async_save_resumes_from_the_last_complete_one(resumed_run, tmp_path):
+    straight = resumed_run[0]
+    proc = _crash_child(tmp_path, "--config.train.num_steps=8", hang_commit=8)
+    _wait_for(proc, (tmp_path / "hanging").exists, "the save of step 8 to be written but not committed")
+    partial = (tmp_path / "hanging").read_text()
+    assert os.path.isdir(partial) and os.path.basename(partial).startswith("8.")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == sorted(["4", os.path.basename(partial)])
+    second = _run(tmp_path, "--config.train.num_steps=8")
+    assert "Restored step 4" in second.stderr
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "8"]  # the half-written folder is gone
+    _assert_same_final_state(straight, tmp_path, "killed during the save of step 8")
 
 
 def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):

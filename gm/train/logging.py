@@ -120,17 +120,48 @@ def save_table(workdir, stem, rows, markdown):
     print(markdown)
 
 
-class MetricWriter:
-    """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR; images to TB."""
+def drop_records_after(path, step):
+    """Rewrite the metrics.jsonl at `path` without the records of steps after `step` (and without a
+    torn last line), atomically; nothing happens when there is nothing to drop."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line cut short by a crash
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(json.dumps(record) + "\n")
+    if kept != lines:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.writelines(kept)
+        os.replace(tmp, path)
 
-    def __init__(self, workdir, enabled=True):
+
+class MetricWriter:
+    """Appends scalars to WORKDIR/metrics.jsonl and TensorBoard events in WORKDIR; images to TB.
+
+    `resume_step`: a run resumed from that step's checkpoint first drops what an interrupted run had
+    logged after it (metrics.jsonl records, and TensorBoard purges those events), so each step is
+    logged once, by the run whose parameters carried on.
+    """
+
+    def __init__(self, workdir, enabled=True, resume_step=None):
         self.enabled = enabled
         self._tb = None
         if enabled:
             os.makedirs(workdir, exist_ok=True)
-            self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+            path = os.path.join(workdir, "metrics.jsonl")
+            if resume_step is not None:
+                drop_records_after(path, resume_step)
+            self._jsonl = open(path, "a")
             from tensorboardX import SummaryWriter
-            self._tb = SummaryWriter(workdir, flush_secs=30)
+            self._tb = SummaryWriter(workdir, flush_secs=30,
+                                     purge_step=None if resume_step is None else resume_step + 1)
 
     def write_scalars(self, step, scalars):
         if not self.enabled:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from gm import data as gm_data
 from gm import distributions as dist
 from gm import parallel
-from gm.checkpoint import Checkpointer
+from gm.checkpoint import CheckpointMismatchError, Checkpointer
 from gm.train import evaluators as evaluators_lib
 from gm.train import state as state_lib
 from gm.train.logging import MetricWriter, save_image_grid, save_scatter
@@ -78,21 +78,28 @@ def _check_resume_meta(meta, config, directory):
 
 
 def init_or_restore(config, method, dataset, optimizer, ckpt):
-    """(global TrainState, start step): the newest checkpoint in `ckpt` if any, else a fresh init."""
+    """(global TrainState, start step): the newest intact checkpoint in `ckpt` if any, else a fresh init.
+
+    A corrupted newest checkpoint is named in a warning and the previous one is used (see
+    `Checkpointer.restore_newest_good`); a checkpoint of another model stops with one sentence.
+    """
     init_key = run_keys(config.seed)[0]
     example = _local_batch(config, dataset, 0)
     extra = method.init_extra() if method.init_extra else None
     make = lambda: state_lib.init_state(method.init(init_key, example), optimizer, extra)
-    step = ckpt.latest_step() if ckpt is not None else None
-    if step is None:
+    if ckpt is None or ckpt.latest_step() is None:
         return parallel.replicate(state_lib.run_once(make)), 0
     rep = parallel.replicated_sharding()
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=rep), jax.eval_shape(make))
     try:
-        state, meta = ckpt.restore(target, step)
-    except ValueError as e:
-        raise ValueError(f"The checkpoint at step {step} in {ckpt.directory} does not fit this config's "
-                         f"model ({e}); restore it with the config it was written with or use a new --workdir.") from None
+        restored = ckpt.restore_newest_good(target)
+    except CheckpointMismatchError as e:
+        raise ValueError(f"The checkpoint in {ckpt.directory} was written by another model: it {e}; resume with "
+                         f"the config it was written with (config.model and the family's fields) or use a new "
+                         f"--workdir.") from None
+    if restored is None:
+        return parallel.replicate(state_lib.run_once(make)), 0
+    state, meta, step = restored
     _check_resume_meta(meta, config, ckpt.directory)
     logging.info("Restored step %d from %s", step, ckpt.directory)
     return state, int(meta.get("data_step", step))
@@ -169,7 +176,7 @@ def train_and_evaluate(config, workdir, method, dataset):
     # Built before the first step: a missing weights file or a bad metric stops the run now.
     evaluators = evaluators_lib.make_evaluators(config, method, dataset) if eval_every else []
     eval_key = run_keys(config.seed)[3]
-    writer = MetricWriter(workdir, enabled=is_main)
+    writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
     device_state = strategy.put_state(state)
     pending, window_start, window_time = [], start, time.perf_counter()
 

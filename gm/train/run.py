@@ -38,7 +38,7 @@ def load_dataset(config):
 def restore_latest(config, workdir, method, dataset):
     """(global TrainState, step) of the newest checkpoint in WORKDIR/checkpoints; one sentence if none."""
     directory = os.path.join(workdir, "checkpoints")
-    ckpt = Checkpointer(directory) if os.path.isdir(directory) else None
+    ckpt = Checkpointer(directory, read_only=True) if os.path.isdir(directory) else None
     if ckpt is None or ckpt.latest_step() is None:
         raise FileNotFoundError(f"No checkpoint in {directory}; train first with the same --workdir.")
     optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
@@ -103,11 +103,25 @@ def prepare(config, workdir, mode="train"):
         raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
     if not workdir:
         raise ValueError("--workdir is required: the folder for checkpoints, samples and metrics.")
-    parallel.initialize_distributed(config.parallel.get("distributed", False))
-    os.makedirs(workdir, exist_ok=True)
-    if not os.access(workdir, os.W_OK):
-        raise PermissionError(f"--workdir={workdir} is not writable; choose a folder you can write to.")
+    p = config.parallel
+    parallel.initialize_distributed(p.get("distributed", False), p.get("coordinator_address", ""),
+                                    p.get("num_processes", -1), p.get("process_id", -1))
+    check_writable(workdir)
     return load_dataset(config)
+
+
+def check_writable(workdir):
+    """Create WORKDIR and write a file into it, so an unwritable one stops a run before it trains
+    (`os.access` alone says yes to root on a read-only mount)."""
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(f"--workdir={workdir} is not writable ({e.strerror or e}); choose a folder you can "
+                              f"write to.") from None
 
 
 def run(config, workdir, make_method, mode="train"):
