@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gm import checks
 from gm import distributions as dist
 from gm.distributions import BINARIZE, binarize  # noqa: F401  (re-exported: part of this family's API)
 from gm.method import Method
@@ -196,11 +197,20 @@ def model_from_config(model, info):
         raise ValueError(f"config.model.{name} does not fit the {name} network ({e}).") from None
 
 
+# The networks' size fields (under config.model.NAME); each must be a positive integer.
+_NETWORK_SIZES = ("num_hidden", "features", "kernel", "first_kernel", "num_layers", "out_hidden", "nr_filters",
+                  "nr_logistic_mix", "nr_resnet", "embed_dim", "mlp_ratio", "num_heads")
+
+
 def _build(name, model, info):
     from gm.nn.nade import NADE
     from gm.nn.pixelcnn import GatedPixelCNN, PixelCNN
 
     fields = model[name].to_dict() if name in model else {}
+    checks.sizes(fields, f"config.model.{name}", positive=_NETWORK_SIZES)
+    if "dropout" in fields:
+        checks.number_in(fields["dropout"], f"config.model.{name}.dropout", 0.0, 1.0)
+    checks.dtype(model.get("dtype", "float32"), "config.model.dtype")
     num_classes = info.num_classes if model.get("class_conditional", False) else None
     dtype = jnp.dtype(model.get("dtype", "float32"))
     if name == "nade":

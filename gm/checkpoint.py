@@ -275,6 +275,10 @@ class Checkpointer:
 
 
 def _first_line(error):
+    """The first line of the innermost cause: TensorStore's own words ('Truncated Zstd-compressed
+    stream'), not Orbax's wrapper with its page-long spec."""
+    while error.__cause__ is not None or error.__context__ is not None:
+        error = error.__cause__ or error.__context__
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:300]
 

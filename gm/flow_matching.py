@@ -260,7 +260,7 @@ def velocity_field_from_config(config, info):
     num_classes = info.num_classes if images and config.model.get("class_conditional", False) else None
     if images:
         from gm.diffusion import unet_from_config
-        return VelocityField(unet_from_config(config.model, num_classes), True, num_classes)
+        return VelocityField(unet_from_config(config.model, num_classes, image_shape=info.shape), True, num_classes)
     from gm.nn.velocity import VelocityMLP
     net = VelocityMLP(hidden=tuple(config.model.get("hidden", (256, 256, 256))), time_scale=TIME_SCALE,
                       activation=config.model.get("activation", "swish"))

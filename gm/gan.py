@@ -23,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gm import checks
 from gm import distributions as dist
 from gm import gan_losses
 from gm.method import Method
@@ -55,7 +56,11 @@ def gan_from_config(model, info):
         raise ValueError(f"config.model.arch must be one of {ARCHITECTURES}, got {model.arch!r}.")
     num_classes = info.num_classes if model.get("class_conditional", False) else None
     images = info.num_bits is not None
+    checks.sizes(model, "config.model", positive=("latent_dim",) + (
+        ("g_features", "d_features") if model.arch == "dcgan" else ("hidden",)))
     if model.arch == "dcgan":
+        for field in ("g_norm", "d_norm"):
+            checks.one_of(model[field], f"config.model.{field}", dcgan.NORMS)
         if not images:
             raise ValueError(f"config.model.arch='dcgan' needs images; use 'mlp' for {info.name!r}.")
         g = dcgan.DCGANGenerator(tuple(info.shape), model.g_features, model.g_norm, num_classes)
@@ -249,6 +254,8 @@ def make(config, info):
     objective = Objective(g.loss, float(g.get("gradient_penalty", 0.0)), float(g.get("clip", 0.0)))
     if objective.loss not in gan_losses.LOSSES:
         raise ValueError(f"config.gan.loss must be one of {gan_losses.LOSSES}, got {objective.loss!r}.")
+    checks.number_in(objective.gradient_penalty, "config.gan.gradient_penalty (0: none)", 0.0, None)
+    checks.number_in(objective.clip, "config.gan.clip (0: no clipping)", 0.0, None)
     d_steps, unrolled_steps = int(g.get("d_steps", 1)), int(g.get("unrolled_steps", 0))
     if d_steps < 1 or unrolled_steps < 0:
         raise ValueError(f"config.gan.d_steps must be >= 1 and config.gan.unrolled_steps >= 0, got "
@@ -264,7 +271,7 @@ def make(config, info):
                          f"config.gan.d_steps={d_steps}.")
     gan, init = gan_from_config(config.model, info)
     g_optimizer = state_lib.optimizer_from_config(config.optim)
-    d_optimizer = state_lib.optimizer_from_config(config.optim_d)
+    d_optimizer = state_lib.optimizer_from_config(config.optim_d, "config.optim_d")
 
     def loss(params, key, batch):
         d_key, g_key = jax.random.split(key)

@@ -24,6 +24,7 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from gm import checks
 from gm import distributions as dist
 from gm.method import Method
 from gm.nn import convnets
@@ -211,6 +212,10 @@ def vae_from_config(model, info):
     convnets.activation(model.activation)
     if model.latent_dim <= 0:
         raise ValueError(f"config.model.latent_dim must be positive, got {model.latent_dim}.")
+    checks.sizes(model, "config.model", positive=("hidden", "res_hidden", "num_mix") + (
+        ("channels",) if model.arch == "conv" else ()), nonnegative=("num_res_blocks",))
+    if model.arch == "conv":
+        checks.require(len(model.channels) > 0, "config.model.channels", model.channels, "a non-empty tuple")
     num_classes = info.num_classes if model.get("class_conditional", False) else None
     spec = convnets.NetSpec(**{f: (tuple(model[f]) if f in ("hidden", "channels") else model[f])
                                for f in _NETWORK_FIELDS})

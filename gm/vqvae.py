@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm import tqdm
 
-from gm import autoregressive, parallel
+from gm import autoregressive, checks, parallel
 from gm import distributions as dist
 from gm.data import DatasetInfo
 from gm.method import Method
@@ -158,6 +158,8 @@ def vqvae_from_config(model, info):
         raise ValueError(f"config.model.num_codes must be >= 2 and config.model.code_dim >= 1, got "
                          f"{model.num_codes} and {model.code_dim}.")
     channels = tuple(model.channels)
+    checks.sizes(model, "config.model", positive=("channels", "res_hidden"), nonnegative=("num_res_blocks",))
+    checks.require(len(channels) > 0, "config.model.channels", channels, "a non-empty tuple")
     convnets.check_downsampling(info.shape, len(channels))
     enc = convnets.ConvEncoder(channels, model.num_res_blocks, model.res_hidden, model.code_dim)
     dec = convnets.ConvDecoder(channels, model.num_res_blocks, model.res_hidden, info.shape[-1])
@@ -231,8 +233,9 @@ def make(config, info):
     decay, threshold = float(m.get("codebook_decay", 0.99)), float(m.get("restart_threshold", 0.0))
     if not 0.0 <= decay < 1.0:
         raise ValueError(f"config.model.codebook_decay must be in [0, 1), got {decay}.")
+    checks.number_in(threshold, "config.model.restart_threshold (0: no restarts)", 0.0, 1.0)
     vq, init_params = vqvae_from_config(m, info)
-    commitment = float(m.get("commitment", 0.25))
+    commitment = checks.number_in(m.get("commitment", 0.25), "config.model.commitment", 0.0, None)
 
     def init(key, batch):
         return init_params(key, batch["image"])

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gm import checks
 from gm import distributions as dist
 from gm.diffusion import losses, process, samplers, schedule as schedule_lib
 from gm.method import Method
@@ -74,10 +75,35 @@ def sampling_from_config(d):
     return s
 
 
-def unet_from_config(model, num_embeddings=None, out_ch=None):
+def check_unet_config(model, image_shape):
+    """Every UNet field of config.model against images of `image_shape` [H, W, C]; one sentence each."""
+    checks.sizes(model, "config.model", positive=("ch", "ch_mult", "num_heads"), nonnegative=("num_res_blocks",))
+    checks.require(model.ch >= 4, "config.model.ch", model.ch, "at least 4 (the timestep embedding's width)")
+    checks.require(len(model.ch_mult) > 0, "config.model.ch_mult", model.ch_mult, "a non-empty tuple")
+    checks.number_in(model.dropout, "config.model.dropout", 0.0, 1.0)
+    checks.dtype(model.get("dtype", "float32"), "config.model.dtype")
+    height, width = image_shape[:2]
+    factor = 2 ** (len(model.ch_mult) - 1)
+    checks.require(height % factor == 0 and width % factor == 0, "config.model.ch_mult", model.ch_mult,
+                   f"short enough for {height}x{width} images (each level but the last halves them, so "
+                   f"2 ** (levels - 1) must divide both)")
+    resolutions = [height // 2 ** i for i in range(len(model.ch_mult))]
+    checks.require(set(model.attn_resolutions) <= set(resolutions), "config.model.attn_resolutions",
+                   tuple(model.attn_resolutions), f"some of this UNet's resolutions {tuple(resolutions)}")
+    heads = model.get("num_heads", 1)
+    widths = [model.ch * m for r, m in zip(resolutions, model.ch_mult) if r in model.attn_resolutions]
+    checks.require(all(w % heads == 0 for w in widths + [model.ch * model.ch_mult[-1]]), "config.model.num_heads",
+                   heads, "a divisor of the width of every attention block")
+
+
+def unet_from_config(model, num_embeddings=None, out_ch=None, image_shape=None):
     """config.model (ch, ch_mult, num_res_blocks, attn_resolutions, dropout, dtype; optional num_heads,
-    scale_shift_norm) -> the UNet, with `num_embeddings` class embeddings and `out_ch` outputs."""
+    scale_shift_norm) -> the UNet, with `num_embeddings` class embeddings and `out_ch` outputs. With
+    `image_shape` the fields are checked against it first (`check_unet_config`)."""
     from gm.nn.unet import UNet  # imported here so the schedule math loads without Flax modules
+
+    if image_shape is not None:
+        check_unet_config(model, image_shape)
 
     return UNet(ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
                 attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
@@ -90,6 +116,15 @@ def build(config, info):
     if info.num_bits is None:
         raise ValueError(f"Diffusion needs image data; config.data.name={info.name!r} is not an image dataset.")
     d, m = config.diffusion, config.model
+    checks.positive_int(d.num_timesteps, "config.diffusion.num_timesteps")
+    if d.schedule == "linear":
+        checks.number_in(d.beta_start, "config.diffusion.beta_start", 0.0, 1.0, low_open=True)
+        checks.number_in(d.beta_end, "config.diffusion.beta_end", d.beta_start, 1.0)
+    checks.number_in(d.get("ddim_eta", 0.0), "config.diffusion.ddim_eta", 0.0, 1.0, high_open=False)
+    checks.positive_int(d.get("ddim_steps", 1), "config.diffusion.ddim_steps")
+    checks.positive_int(d.get("importance_history", 1), "config.diffusion.importance_history")
+    checks.number_in(d.get("importance_uniform_prob", 0.0), "config.diffusion.importance_uniform_prob", 0.0, 1.0,
+                     high_open=False)
     betas = schedule_lib.betas_from_name(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
     losses.check_loss(d.get("loss", "hybrid" if d.var_type == "learned_range" else "simple"), d.var_type)
     label_dropout = float(d.get("label_dropout", 0.0))
@@ -102,7 +137,7 @@ def build(config, info):
     null_label = num_classes if label_dropout else None
     num_embeddings = None if num_classes is None else num_classes + (1 if label_dropout else 0)
     out_ch = process.output_channels(info.shape[-1], d.var_type)
-    net = unet_from_config(m, num_embeddings, out_ch)
+    net = unet_from_config(m, num_embeddings, out_ch, info.shape)
     return Diffusion(betas, schedule_lib.make_schedule(betas), net, d.var_type, info.num_bits,
                      tuple(info.shape), num_classes, null_label)
 
@@ -112,7 +147,10 @@ def _check_sampling(diff, s):
         raise ValueError("config.diffusion.guidance_weight needs a model trained for guidance: set "
                          "config.model.class_conditional=True and config.diffusion.label_dropout > 0.")
     if s.sampler == "ancestral" and s.sample_steps:
-        schedule_lib.space_timesteps(len(diff.betas), s.sample_steps)
+        try:
+            schedule_lib.space_timesteps(len(diff.betas), s.sample_steps)
+        except ValueError as e:
+            raise ValueError(f"config.diffusion.sample_steps={s.sample_steps!r} does not respace the chain: {e}") from None
     if s.sampler == "ddim":
         samplers.ddim_timesteps(len(diff.betas), s.ddim_steps)
 

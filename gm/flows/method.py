@@ -14,6 +14,7 @@ toy's closed-form density (`gm.data.toy_log_density`), as in Rezende & Mohamed (
 import jax
 import jax.numpy as jnp
 
+from gm import checks
 from gm import data as gm_data
 from gm import distributions as dist
 from gm.flows import models
@@ -33,10 +34,14 @@ def flow_from_config(model, info):
         kind = "images" if images else "2-D points"
         fits = IMAGE_FLOWS if images else tuple(f for f in FLOWS if f not in IMAGE_FLOWS)
         raise ValueError(f"config.model.name={name!r} does not fit {info.name!r} ({kind}); use one of {fits}.")
+    checks.sizes(model, "config.model", positive=("hidden", "depth", "num_layers"), nonnegative=("num_blocks",))
     if name == "realnvp":
+        checks.number_in(model.get("alpha", 0.05), "config.model.alpha", 0.0, 0.5)
+        checks.positive_int(model.num_scales, "config.model.num_scales")
         _check_divisible(info.shape, model.num_scales - 1, "config.model.num_scales")
         return models.realnvp(model.num_scales, model.hidden, model.num_blocks, model.get("alpha", 0.05))
     if name == "glow":
+        checks.positive_int(model.num_levels, "config.model.num_levels")
         _check_divisible(info.shape, model.num_levels, "config.model.num_levels")
         return models.glow(model.num_levels, model.depth, model.hidden, model.get("num_blocks", 0))
     if name == "coupling":

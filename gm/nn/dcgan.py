@@ -18,6 +18,9 @@ def dcgan_stages(size):
     return stages
 
 
+NORMS = ("batch", "layer", "none")
+
+
 def _norm(kind):
     """'batch': batch statistics, in training and sampling alike (the DCGAN reference never switches its
     networks to inference mode); 'layer'; 'none' (WGAN-GP's critic must not couple examples)."""

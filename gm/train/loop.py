@@ -21,6 +21,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from gm import checks
 from gm import data as gm_data
 from gm import distributions as dist
 from gm import parallel
@@ -42,16 +43,21 @@ def run_keys(seed):
 
 
 def _check_train_config(config):
+    """Every field the trainer reads, before anything is built: one sentence for the first bad one."""
     t = config.train
-    if t.num_steps < 0:
-        raise ValueError(f"config.train.num_steps must be >= 0, got {t.num_steps}.")
-    for field in ("log_every", "checkpoint_every", "sample_every"):
-        if t[field] <= 0:
-            raise ValueError(f"config.train.{field} must be a positive number of steps, got {t[field]}.")
-    if t.on_nonfinite not in NONFINITE_POLICIES:
-        raise ValueError(f"config.train.on_nonfinite must be one of {NONFINITE_POLICIES}, got {t.on_nonfinite!r}.")
-    if not 0.0 <= config.optim.ema_decay < 1.0:
-        raise ValueError(f"config.optim.ema_decay must be in [0, 1), got {config.optim.ema_decay}.")
+    checks.nonnegative_int(config.seed, "config.seed")
+    checks.nonnegative_int(t.num_steps, "config.train.num_steps")
+    for field in ("log_every", "checkpoint_every", "sample_every", "num_samples"):
+        checks.positive_int(t[field], f"config.train.{field}")
+    if t.get("keep_checkpoints") is not None:
+        checks.positive_int(t.keep_checkpoints, "config.train.keep_checkpoints")
+    checks.one_of(t.on_nonfinite, "config.train.on_nonfinite", NONFINITE_POLICIES)
+    checks.number_in(config.optim.ema_decay, "config.optim.ema_decay", 0.0, 1.0)
+    if "eval" in config:
+        checks.nonnegative_int(config.eval.get("every", 0), "config.eval.every")
+        for metric in config.eval.get("metrics", ()):
+            checks.one_of(metric, "entry of config.eval.metrics", evaluators_lib.METRICS)
+    parallel.make_strategy(config.parallel.strategy)
     parallel.check_batch_size(t.batch_size)
 
 
@@ -171,8 +177,6 @@ def train_and_evaluate(config, workdir, method, dataset):
                                                          ema_decay=config.optim.ema_decay))
     sampler = parallel.jit_sampler(method.sample, t.num_samples)
     eval_every = int(config.eval.get("every", 0)) if "eval" in config else 0
-    if eval_every < 0:
-        raise ValueError(f"config.eval.every must be >= 0 (0: no in-training evaluation), got {eval_every}.")
     # Built before the first step: a missing weights file or a bad metric stops the run now.
     evaluators = evaluators_lib.make_evaluators(config, method, dataset) if eval_every else []
     eval_key = run_keys(config.seed)[3]

@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from gm import checks
+
 
 class TrainState(flax.struct.PyTreeNode):
     """Everything a run needs to continue exactly, apart from the data position (= `step`).
@@ -28,15 +30,13 @@ class TrainState(flax.struct.PyTreeNode):
     extra: Any = flax.struct.field(default_factory=dict)
 
 
-def learning_rate_schedule(learning_rate, warmup_steps=0, lr_decay=1.0):
+def learning_rate_schedule(learning_rate, warmup_steps=0, lr_decay=1.0, *, field="config.optim"):
     """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then times `lr_decay` every step
-    (PixelCNN++'s 0.999995; 1.0 keeps it constant). A float when nothing varies."""
-    if learning_rate <= 0:
-        raise ValueError(f"config.optim.learning_rate must be positive, got {learning_rate}.")
-    if warmup_steps < 0:
-        raise ValueError(f"config.optim.warmup_steps must be >= 0, got {warmup_steps}.")
-    if not 0.0 < lr_decay <= 1.0:
-        raise ValueError(f"config.optim.lr_decay must be in (0, 1], got {lr_decay}.")
+    (PixelCNN++'s 0.999995; 1.0 keeps it constant). A float when nothing varies. `field` names the
+    config section in error messages."""
+    checks.number_in(learning_rate, f"{field}.learning_rate", 0.0, None, low_open=True)
+    checks.nonnegative_int(warmup_steps, f"{field}.warmup_steps")
+    checks.number_in(lr_decay, f"{field}.lr_decay", 0.0, 1.0, low_open=True, high_open=False)
     if lr_decay == 1.0:
         return optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate
     decay = optax.exponential_decay(learning_rate, transition_steps=1, decay_rate=lr_decay)
@@ -49,13 +49,20 @@ OPTIMIZERS = ("adam", "rmsprop")
 
 
 def make_optimizer(learning_rate, warmup_steps=0, grad_clip=None, b1=0.9, b2=0.999, eps=1e-8,
-                   weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0):
+                   weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0, *, field="config.optim"):
     """Global-norm clipping -> Adam(W) (or RMSProp with decay b2, as WGAN uses) on
     `learning_rate_schedule(learning_rate, warmup_steps, lr_decay)`. `eps_root` > 0 keeps Adam's
-    square root differentiable where a second moment is 0 (needed to differentiate through updates)."""
-    if name not in OPTIMIZERS:
-        raise ValueError(f"config.optim.name must be one of {OPTIMIZERS}, got {name!r}.")
-    schedule = learning_rate_schedule(learning_rate, warmup_steps, lr_decay)
+    square root differentiable where a second moment is 0 (needed to differentiate through updates).
+    `field` names the config section in error messages (a GAN's discriminator has config.optim_d)."""
+    checks.one_of(name, f"{field}.name", OPTIMIZERS)
+    checks.number_in(b1, f"{field}.b1", 0.0, 1.0)
+    checks.number_in(b2, f"{field}.b2", 0.0, 1.0)
+    checks.number_in(eps, f"{field}.eps", 0.0, None)
+    checks.number_in(eps_root, f"{field}.eps_root", 0.0, None)
+    checks.number_in(weight_decay, f"{field}.weight_decay", 0.0, None)
+    if grad_clip is not None:
+        checks.number_in(grad_clip, f"{field}.grad_clip (0: no clipping)", 0.0, None)
+    schedule = learning_rate_schedule(learning_rate, warmup_steps, lr_decay, field=field)
     parts = [optax.clip_by_global_norm(grad_clip)] if grad_clip else []
     if name == "rmsprop":
         parts.append(optax.rmsprop(schedule, decay=b2, eps=eps))
@@ -66,13 +73,13 @@ def make_optimizer(learning_rate, warmup_steps=0, grad_clip=None, b1=0.9, b2=0.9
     return optax.chain(*parts)
 
 
-def optimizer_from_config(optim):
+def optimizer_from_config(optim, field="config.optim"):
     """config.optim (learning_rate, warmup_steps, grad_clip, b1, b2, eps, weight_decay, lr_decay, name,
-    eps_root) -> optax chain; the fields after warmup_steps are optional."""
+    eps_root) -> optax chain; the fields after warmup_steps are optional. `field`: the section's name."""
     return make_optimizer(optim.learning_rate, optim.warmup_steps, optim.get("grad_clip"),
                           optim.get("b1", 0.9), optim.get("b2", 0.999), optim.get("eps", 1e-8),
                           optim.get("weight_decay", 0.0), optim.get("lr_decay", 1.0), optim.get("name", "adam"),
-                          optim.get("eps_root", 0.0))
+                          optim.get("eps_root", 0.0), field=field)
 
 
 # XLA's backend optimizations cost far more compile time than they save on a program that runs once:

@@ -1,0 +1,70 @@
+"""Config checks that speak to people: each failure is one sentence naming the field and what it takes.
+
+    require(ok, "config.model.dropout", value, "in [0, 1)")
+    -> ValueError("config.model.dropout must be in [0, 1), got 1.5.")
+
+A family checks its fields where its `make(config)` reads them, so a bad value stops the run before the
+dataset is batched or anything is compiled.
+"""
+import numbers
+
+
+def require(ok, field, value, expectation):
+    """Raise ValueError('FIELD must be EXPECTATION, got VALUE.') unless `ok`."""
+    if not ok:
+        raise ValueError(f"{field} must be {expectation}, got {value!r}.")
+
+
+def is_int(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def positive_int(value, field):
+    require(is_int(value) and value > 0, field, value, "a positive integer")
+    return int(value)
+
+
+def nonnegative_int(value, field):
+    require(is_int(value) and value >= 0, field, value, "an integer >= 0")
+    return int(value)
+
+
+def number_in(value, field, low, high, *, low_open=False, high_open=True):
+    """`value` as a float in the interval from `low` to `high` (None: unbounded); by default [low, high)."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value < high if high_open else value <= high
+    left, right = ("(" if low_open else "[") if low is not None else "(", (")" if high_open else "]")
+    require(ok, field, value, f"a number in {left}{'-inf' if low is None else low}, "
+                              f"{'inf' if high is None else high}{right}")
+    return float(value)
+
+
+def one_of(value, field, choices):
+    if value not in choices:
+        raise ValueError(f"Unknown {field} {value!r}; use one of {tuple(choices)}.")
+    return value
+
+
+def sizes(section, prefix, positive=(), nonnegative=()):
+    """Network sizes in a config section: each `positive` field (an int, or a tuple of ints such as
+    hidden widths) must be > 0 entry by entry, each `nonnegative` one >= 0. Absent fields are skipped."""
+    for names, low, scalar, many in ((positive, 1, "a positive integer", "a tuple of positive integers"),
+                                     (nonnegative, 0, "an integer >= 0", "a tuple of integers >= 0")):
+        for name in names:
+            if name not in section:
+                continue
+            value = section[name]
+            is_tuple = isinstance(value, (tuple, list))
+            ok = all(is_int(v) and v >= low for v in (tuple(value) if is_tuple else (value,)))
+            require(ok, f"{prefix}.{name}", value, many if is_tuple else scalar)
+
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def dtype(value, field):
+    """A compute dtype name from DTYPES."""
+    return one_of(str(value), field, DTYPES)
