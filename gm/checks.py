@@ -68,3 +68,43 @@ DTYPES = ("float32", "bfloat16", "float16")
 def dtype(value, field):
     """A compute dtype name from DTYPES."""
     return one_of(str(value), field, DTYPES)
+
+
+def is_traced(x):
+    """True inside jit / grad / vmap, where values are not known and only shapes can be checked."""
+    import jax
+
+    return isinstance(x, jax.core.Tracer)
+
+
+def values_in(x, name, low, high):
+    """For concrete arrays (eager calls, as in a notebook), raise one sentence when `x` holds values
+    outside [low, high] or non-finite ones; traced arrays pass (their values are not known yet)."""
+    if is_traced(x):
+        return
+    import numpy as np
+
+    a = np.asarray(x)
+    if a.size == 0:
+        return
+    if not np.issubdtype(a.dtype, np.number) and a.dtype != np.bool_:
+        raise ValueError(f"{name} must be a numeric array, got dtype {a.dtype}.")
+    a = a.astype(np.float64)
+    if not np.all(np.isfinite(a)) or a.min() < low or a.max() > high:
+        finite = a[np.isfinite(a)]
+        seen = f"[{finite.min():g}, {finite.max():g}]" if finite.size else "none finite"
+        extra = " and non-finite values" if finite.size < a.size else ""
+        raise ValueError(f"{name} must lie in [{low:g}, {high:g}], got values in {seen}{extra}.")
+
+
+def shape_is(x, name, expected, what):
+    """Raise one sentence unless the shape of array `x` is `expected`; `what` says where that comes from."""
+    import numpy as np
+
+    same_shape(np.shape(x), expected, f"{name} must have shape", what)
+
+
+def same_shape(actual, expected, subject, what):
+    """Raise 'SUBJECT EXPECTED (WHAT), got ACTUAL.' unless the two shapes are equal."""
+    if tuple(actual) != tuple(expected):
+        raise ValueError(f"{subject} {tuple(expected)} ({what}), got {tuple(actual)}.")

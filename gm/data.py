@@ -280,6 +280,8 @@ def train_batch(ds: Dataset, *, step: int, batch_size: int, seed: int, process_i
     uninterrupted one would. `random_flip` mirrors images horizontally with probability 1/2, decided
     over the global batch so it does not depend on the number of processes.
     """
+    if not isinstance(step, (int, np.integer)) or step < 0:
+        raise DataError(f'step={step!r} must be an integer >= 0 (the index of the batch).')
     lo, hi = _process_rows(batch_size, process_index, process_count)
     n = len(ds.train['label'])
     g = step * batch_size + np.arange(lo, hi, dtype=np.int64)

@@ -17,21 +17,28 @@ import math
 import jax
 import jax.numpy as jnp
 
+from gm import checks
+
 LN2 = math.log(2.0)
 
 
 def bits_per_dim(nll_nats, num_dims):
-    """Negative log-likelihood in nats per example -> bits per dimension (same shape)."""
+    """Negative log-likelihood in nats per example -> bits per dimension (same shape); num_dims is D,
+    a positive integer (sub-pixels per example)."""
+    checks.positive_int(num_dims, "num_dims")
     return nll_nats / (num_dims * LN2)
 
 
 def sum_per_example(x):
     """[B, ...] -> [B]: the sum over every axis but the first (per-example log-probs from per-element ones)."""
+    if jnp.ndim(x) < 1:
+        raise ValueError(f"sum_per_example needs a batch axis, got a scalar of shape {jnp.shape(x)}.")
     return jnp.sum(x.reshape(x.shape[0], -1), axis=-1)
 
 
 def num_levels(num_bits):
-    """Number of discrete values per sub-pixel, 2^num_bits."""
+    """Number of discrete values per sub-pixel, 2^num_bits; num_bits is an integer in [1, 16]."""
+    checks.require(checks.is_int(num_bits) and 1 <= num_bits <= 16, "num_bits", num_bits, "an integer in [1, 16]")
     return 2 ** num_bits
 
 
@@ -41,6 +48,7 @@ def num_levels(num_bits):
 
 def levels_to_symmetric(x, num_bits):
     """Integer levels {0..2^n-1} -> float32 in [-1, 1], level k at -1 + 2k / (2^n - 1)."""
+    checks.values_in(x, "levels", 0, num_levels(num_bits) - 1)
     return x.astype(jnp.float32) * (2.0 / (num_levels(num_bits) - 1)) - 1.0
 
 
@@ -58,6 +66,7 @@ def levels_to_uint8_pixels(x, num_bits):
 
 def uniform_dequantize(key, x, num_bits):
     """Integer levels -> y = (x + u) / 2^n with u ~ U[0, 1)^D: float32 in [0, 1), same shape as x."""
+    checks.values_in(x, "levels", 0, num_levels(num_bits) - 1)
     u = jax.random.uniform(key, x.shape, jnp.float32)
     return (x.astype(jnp.float32) + u) / num_levels(num_bits)
 
@@ -122,6 +131,7 @@ def discretized_gaussian_log_prob(x, mean, log_scale, num_bits):
     Returns:
       log-probabilities in nats, shape of x.
     """
+    checks.values_in(x, "x", -1.0 - 1e-5, 1.0 + 1e-5)  # float32 rounding of the end levels
     half_width = 1.0 / (num_levels(num_bits) - 1)
     centered = x - mean
     inv_std = jnp.exp(-log_scale)
@@ -150,6 +160,7 @@ def binarize(key, levels, num_bits, mode="stochastic"):
     of Salakhutdinov & Murray 2008); 'threshold': level >= 2^(n-1) (no key needed).
     """
     top = num_levels(num_bits) - 1
+    checks.values_in(levels, "levels", 0, top)
     if mode == "stochastic":
         return jax.random.bernoulli(key, levels.astype(jnp.float32) / top).astype(jnp.int32)
     if mode == "threshold":
@@ -159,12 +170,18 @@ def binarize(key, levels, num_bits, mode="stochastic"):
 
 def bernoulli_log_prob(logits, x):
     """Elementwise log Bernoulli(x; sigmoid(logits)) in nats, x in {0, 1} (any dtype), stable for any logit."""
+    checks.shape_is(x, "x", jnp.shape(logits), "the logits' shape")
+    checks.values_in(x, "x", 0, 1)
     x = x.astype(logits.dtype)
     return x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits)
 
 
 def categorical_log_prob(logits, x):
     """log softmax(logits)[..., x] in nats: logits [..., K], integer x [...] in {0..K-1} -> [...]."""
+    if jnp.ndim(logits) < 1:
+        raise ValueError("logits must have a last axis of K classes, got a scalar.")
+    checks.shape_is(x, "x", jnp.shape(logits)[:-1], "the logits' shape without the class axis")
+    checks.values_in(x, "x", 0, jnp.shape(logits)[-1] - 1)
     log_p = jax.nn.log_softmax(logits, axis=-1)
     return jnp.take_along_axis(log_p, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
@@ -237,6 +254,8 @@ def discretized_logistic_mixture_log_prob(x, params, num_bits):
     Returns:
       float32 [B, H, W]: log sum_k pi_k prod_c P_k(x_c | x_<c), in nats.
     """
+    checks.same_shape(jnp.shape(params)[:-1], jnp.shape(x)[:-1], "params' leading axes must be", "those of x")
+    checks.values_in(x, "x", -1.0 - 1e-5, 1.0 + 1e-5)  # float32 rounding of the end levels
     x = x.astype(jnp.float32)
     logits, means, log_scales, coupling = _split_dlm_params(params, x.shape[-1])
     # The data are observed, so every channel's mean can use the true earlier channels at once.
@@ -279,6 +298,9 @@ def sample_discretized_logistic_mixture(key, params, num_bits, num_channels, tem
     Returns:
       float32 [B, H, W, C] at level centres in [-1, 1].
     """
+    checks.positive_int(num_channels, "num_channels")
+    if not checks.is_traced(temperature):
+        checks.number_in(float(temperature), "temperature", 0.0, None)
     logits, means, log_scales, coupling = _split_dlm_params(params, num_channels)
     key_mix, key_noise = jax.random.split(key)
     # jax.random.categorical is the Gumbel-max trick: argmax of logits + Gumbel noise.

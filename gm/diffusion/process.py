@@ -11,9 +11,17 @@ so v = 1 is 'fixedlarge' and v = -1 'fixedsmall'. All terms of the bound are in 
 import jax
 import jax.numpy as jnp
 
+from gm import checks
 from gm import distributions as dist
 
 VAR_TYPES = ("fixedlarge", "fixedsmall", "learned_range")
+
+
+def check_timesteps(sched, t, x):
+    """t must be [B] for x [B, ...], and (when known) in [0, T): an index past the end would silently
+    read the last constant under jit."""
+    checks.shape_is(t, "t", jnp.shape(x)[:1], "one timestep per example of the batch")
+    checks.values_in(t, "t", 0, sched.num_timesteps - 1)
 
 
 def _at(values, t, x):
@@ -22,7 +30,9 @@ def _at(values, t, x):
 
 
 def q_sample(sched, x0, t, noise):
-    """Draw x_t ~ q(x_t | x_0) given standard normal `noise`; x0 [B, ...], t int [B]."""
+    """Draw x_t ~ q(x_t | x_0) given standard normal `noise`; x0 [B, ...], t int [B] in [0, T)."""
+    checks.shape_is(noise, "noise", jnp.shape(x0), "the shape of x0")
+    check_timesteps(sched, t, x0)
     return _at(sched.sqrt_alphas_cumprod, t, x0) * x0 + _at(sched.sqrt_one_minus_alphas_cumprod, t, x0) * noise
 
 

@@ -50,6 +50,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape:
         raise ValueError(f"Statistics of different sizes: mu {mu1.shape} vs {mu2.shape}, "
                          f"sigma {sigma1.shape} vs {sigma2.shape}.")
+    if sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"A covariance must be [D, D] for a mean of [D]: got {sigma1.shape} for {mu1.shape}.")
+    for name, a in (("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2)):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} is not finite (NaN or inf among the features: the samples or the "
+                             f"feature network diverged).")
     diff = mu1 - mu2
     with warnings.catch_warnings():
         warnings.simplefilter("error", linalg.LinAlgWarning)  # singular: take the eps path below
