@@ -4,8 +4,9 @@
     python -m benchmarks.ddpm --batch_size=8 --steps=3 --sample_steps=4  # a CPU
 
 Measures, on whatever devices JAX sees, with the trainer's real train step (Adam, clipping, EMA,
-non-finite guard, state donated) under the chosen strategy:
+non-finite guard, state donated) under the chosen strategy, `--steps_per_call` steps per compiled call:
   - compile time of the train step (lower + compile) and of one sampling chain,
+  - XLA's memory analysis of the compiled step (arguments, outputs, temporaries),
   - train images/s: the median over `--repeats` timed windows of `--steps` steps, after a warm-up,
   - sampling images/s for one network evaluation per image, and for a full T=1000 ancestral chain,
   - peak memory: the device's peak_bytes_in_use where reported (GPU), else the process's max RSS.
@@ -57,47 +58,77 @@ def timed(fn, *args):
     return out, time.perf_counter() - start
 
 
+def paper_unet(dtype="float32"):
+    """(config, Method) of the paper's CIFAR-10 DDPM with compute dtype `dtype`."""
+    config = ddpm_cifar.get_config()
+    config.model.dtype = dtype
+    return config, diffusion.make(config, fake_cifar_info())
+
+
+def random_cifar_batch(batch_size, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8),
+            "label": rng.integers(0, 10, (batch_size,), dtype=np.int32)}
+
+
+def measure_train_step(config, method, batch_size, steps, repeats, strategy_name="sharded", steps_per_call=1):
+    """Compile and time the trainer's real train step (`steps_per_call` steps per compiled call).
+
+    Returns (stats dict, device state after the run, strategy): compile time (lower + compile, and the
+    first call), images/s as the median over `repeats` windows of `steps` calls, and XLA's compiled
+    memory analysis (argument, output and temporary bytes) of the step."""
+    parallel.check_batch_size(batch_size, "--batch_size")
+    batch = random_cifar_batch(batch_size)
+    optimizer = state_lib.optimizer_from_config(config.optim)
+    state = jax.jit(lambda: state_lib.init_state(method.init(jax.random.key(0), batch), optimizer))()
+    strategy = parallel.make_strategy(strategy_name)
+    stacked = steps_per_call > 1
+    step = strategy.compile_step(functools.partial(state_lib.train_step, loss_fn=method.loss, optimizer=optimizer,
+                                                   ema_decay=config.optim.ema_decay), stacked=stacked)
+    device_state = strategy.put_state(parallel.replicate(state))
+    host_batch = ({k: np.stack([v] * steps_per_call) for k, v in batch.items()} if stacked else batch)
+    device_batch = strategy.put_batch(host_batch, stacked=stacked)
+    key = jax.random.key(1)
+    start = time.perf_counter()
+    memory = {}
+    if strategy_name == "sharded":
+        step = step.lower(device_state, device_batch, key).compile()
+        analysis = step.memory_analysis()
+        memory = {f"xla_{k}_gb": round(getattr(analysis, f"{k}_size_in_bytes") / 2 ** 30, 3)
+                  for k in ("argument", "output", "temp")}
+    device_state, _ = jax.block_until_ready(step(device_state, device_batch, key))  # compile + first call
+    compile_s = time.perf_counter() - start
+
+    windows = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            device_state, _ = step(device_state, device_batch, key)
+        jax.block_until_ready(device_state)
+        windows.append(steps * steps_per_call * batch_size / (time.perf_counter() - start))
+    stats = {"params": int(sum(x.size for x in jax.tree.leaves(state.params))), "batch_size": batch_size,
+             "steps_per_call": steps_per_call, "train_compile_s": round(compile_s, 1),
+             "train_images_per_s": round(statistics.median(windows), 2),
+             "train_images_per_s_windows": [round(w, 2) for w in windows], **memory}
+    return stats, device_state, strategy
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch_size", type=int, default=128)
-    p.add_argument("--steps", type=int, default=20, help="train steps per timed window")
+    p.add_argument("--steps", type=int, default=20, help="compiled calls per timed window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     p.add_argument("--strategy", default="sharded", choices=parallel.STRATEGIES)
+    p.add_argument("--steps_per_call", type=int, default=1, help="train steps per compiled call (lax.scan)")
     p.add_argument("--sample_batch", type=int, default=0, help="default: the train batch size")
     p.add_argument("--sample_steps", type=int, default=20, help="DDIM steps timed for sampling")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.jsonl"))
     args = p.parse_args()
 
-    config = ddpm_cifar.get_config()
-    config.model.dtype = args.dtype
-    info = fake_cifar_info()
-    method = diffusion.make(config, info)
-    parallel.check_batch_size(args.batch_size, "--batch_size")
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (args.batch_size, 32, 32, 3), dtype=np.uint8),
-             "label": rng.integers(0, 10, (args.batch_size,), dtype=np.int32)}
-    optimizer = state_lib.optimizer_from_config(config.optim)
-    state = jax.jit(lambda: state_lib.init_state(method.init(jax.random.key(0), batch), optimizer))()
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
-
-    strategy = parallel.make_strategy(args.strategy)
-    step = strategy.compile_step(functools.partial(state_lib.train_step, loss_fn=method.loss,
-                                                   optimizer=optimizer, ema_decay=config.optim.ema_decay))
-    device_state = strategy.put_state(parallel.replicate(state))
-    device_batch = strategy.put_batch(batch)
-    key = jax.random.key(1)
-    start = time.perf_counter()
-    device_state, _ = jax.block_until_ready(step(device_state, device_batch, key))  # compile + 1 step
-    compile_s = time.perf_counter() - start
-
-    windows = []
-    for _ in range(args.repeats):
-        start = time.perf_counter()
-        for _ in range(args.steps):
-            device_state, metrics = step(device_state, device_batch, key)
-        jax.block_until_ready(device_state)
-        windows.append(args.steps * args.batch_size / (time.perf_counter() - start))
+    config, method = paper_unet(args.dtype)
+    stats, device_state, strategy = measure_train_step(config, method, args.batch_size, args.steps, args.repeats,
+                                                       args.strategy, args.steps_per_call)
 
     # Sampling: a DDIM chain of `sample_steps` network evaluations, timed after its compile.
     n = args.sample_batch or args.batch_size
@@ -121,11 +152,8 @@ def main():
         "jax": jax.__version__,
         "dtype": args.dtype,
         "strategy": args.strategy,
-        "params": int(num_params),
-        "batch_size": args.batch_size,
-        "train_compile_s": round(compile_s, 1),
-        "train_images_per_s": round(statistics.median(windows), 2),
-        "train_tflops": round(statistics.median(windows) * gflop_per_image / 1000, 3),
+        **stats,
+        "train_tflops": round(stats["train_images_per_s"] * gflop_per_image / 1000, 3),
         "sample_compile_s": round(sample_compile_s, 1),
         "sample_network_evals_per_s": round(evals_per_s, 2),
         "sample_images_per_s_T1000": round(evals_per_s / 1000, 4),

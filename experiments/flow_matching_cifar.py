@@ -34,7 +34,8 @@ def get_config(arg=None):
     config.optim = dict(learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0, b1=0.9, b2=0.999, eps=1e-8,
                         weight_decay=0.0, ema_decay=0.9999)
     config.train = dict(batch_size=128, num_steps=400_000, log_every=100, checkpoint_every=10_000,
-                        keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop")
+                        keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop",
+                        steps_per_call=1)
     config.eval = eval_config()
     config.sample = dict(num=50_000, batch_size=1000)
     config.parallel = parallel.parallel_config()

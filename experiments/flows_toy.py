@@ -53,7 +53,8 @@ def get_config(arg=None):
     config.optim = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=10.0, b1=0.9, b2=0.999, eps=1e-8,
                         weight_decay=0.0, ema_decay=0.0)
     config.train = dict(batch_size=512, num_steps=10_000, log_every=500, checkpoint_every=5_000,
-                        keep_checkpoints=1, sample_every=5_000, num_samples=NUM_SAMPLES, on_nonfinite="stop")
+                        keep_checkpoints=1, sample_every=5_000, num_samples=NUM_SAMPLES, on_nonfinite="stop",
+                        steps_per_call=1)
     config.eval = dict(batch_size=1000, num_examples=0)
     config.sample = dict(num=NUM_SAMPLES, batch_size=NUM_SAMPLES)
     config.plot_size = 256  # density pictures are plot_size^2 evaluations of log q

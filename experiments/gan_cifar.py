@@ -34,7 +34,8 @@ def get_config(arg=None):
     config.optim_d = dict(learning_rate=2e-4, warmup_steps=0, grad_clip=0.0, b1=0.5, b2=0.999, eps=1e-8,
                           weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0)
     config.train = dict(batch_size=128, num_steps=100_000, log_every=100, checkpoint_every=5_000,
-                        keep_checkpoints=3, sample_every=5_000, num_samples=64, on_nonfinite="stop")
+                        keep_checkpoints=3, sample_every=5_000, num_samples=64, on_nonfinite="stop",
+                        steps_per_call=1)
     config.eval = eval_config(metrics=("fid",))
     config.sample = dict(num=64, batch_size=64)
     config.parallel = parallel.parallel_config()

@@ -62,7 +62,8 @@ def get_config(arg=None):
     config.optim_d = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=0.0, b1=0.5, b2=0.999, eps=1e-8,
                           weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0)
     config.train = dict(batch_size=500, num_steps=10_000, log_every=500, checkpoint_every=5_000,
-                        keep_checkpoints=1, sample_every=5_000, num_samples=500, on_nonfinite="stop")
+                        keep_checkpoints=1, sample_every=5_000, num_samples=500, on_nonfinite="stop",
+                        steps_per_call=1)
     config.eval = dict(batch_size=500, num_examples=0)
     config.sample = dict(num=NUM_EVAL_SAMPLES, batch_size=NUM_EVAL_SAMPLES)
     config.parallel = parallel.parallel_config()

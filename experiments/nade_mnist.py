@@ -25,7 +25,8 @@ def get_config(arg=None):
     config.optim = dict(learning_rate=5e-4, warmup_steps=0, grad_clip=0.0, b1=0.9, b2=0.999, eps=1e-8,
                         weight_decay=0.0, lr_decay=1.0, ema_decay=0.999)
     config.train = dict(batch_size=100, num_steps=300_000, log_every=100, checkpoint_every=10_000,
-                        keep_checkpoints=3, sample_every=10_000, num_samples=64, on_nonfinite="stop")
+                        keep_checkpoints=3, sample_every=10_000, num_samples=64, on_nonfinite="stop",
+                        steps_per_call=1)
     config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
     config.parallel = parallel.parallel_config()

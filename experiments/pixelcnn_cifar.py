@@ -35,7 +35,8 @@ def get_config(arg=None):
     config.optim = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=0.0, b1=0.95, b2=0.9995, eps=1e-8,
                         weight_decay=0.0, lr_decay=0.999995, ema_decay=0.9995)
     config.train = dict(batch_size=128, num_steps=1_000_000, log_every=100, checkpoint_every=10_000,
-                        keep_checkpoints=3, sample_every=50_000, num_samples=16, on_nonfinite="stop")
+                        keep_checkpoints=3, sample_every=50_000, num_samples=16, on_nonfinite="stop",
+                        steps_per_call=1)
     config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
     config.parallel = parallel.parallel_config()

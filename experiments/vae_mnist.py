@@ -38,7 +38,8 @@ def get_config(arg=None):
     config.optim = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=0.0, b1=0.9, b2=0.999, eps=1e-4,
                         weight_decay=0.0, lr_decay=1.0, ema_decay=0.999)
     config.train = dict(batch_size=20, num_steps=1_000_000, log_every=500, checkpoint_every=20_000,
-                        keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop")
+                        keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop",
+                        steps_per_call=1)
     # num_importance: K of the IWAE bound; drawn importance_chunk at a time.
     config.eval = eval_config()
     config.eval.update(num_importance=5000, importance_chunk=250)

@@ -48,7 +48,8 @@ def get_config(arg=None):
     config.optim = dict(learning_rate=2e-4, warmup_steps=0, grad_clip=0.0, b1=0.9, b2=0.999, eps=1e-8,
                         weight_decay=0.0, lr_decay=1.0, ema_decay=0.0)
     config.train = dict(batch_size=128, num_steps=250_000, log_every=100, checkpoint_every=10_000,
-                        keep_checkpoints=3, sample_every=25_000, num_samples=64, on_nonfinite="stop")
+                        keep_checkpoints=3, sample_every=25_000, num_samples=64, on_nonfinite="stop",
+                        steps_per_call=1)
     # The prior: any autoregressive model of gm.autoregressive over the code grid (vocabulary 2^ceil(log2 K)).
     config.prior = dict(
         name="transformer", class_conditional=False, dtype="float32",
@@ -58,7 +59,8 @@ def get_config(arg=None):
     config.prior_optim = dict(learning_rate=3e-4, warmup_steps=1000, grad_clip=1.0, b1=0.9, b2=0.99, eps=1e-8,
                               weight_decay=0.0, lr_decay=1.0, ema_decay=0.999)
     config.prior_train = dict(batch_size=128, num_steps=200_000, log_every=100, checkpoint_every=10_000,
-                              keep_checkpoints=3, sample_every=25_000, num_samples=64, on_nonfinite="stop")
+                              keep_checkpoints=3, sample_every=25_000, num_samples=64, on_nonfinite="stop",
+                              steps_per_call=1)
     config.eval = eval_config()
     config.sample = dict(num=64, batch_size=64)
     config.parallel = parallel.parallel_config()

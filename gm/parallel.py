@@ -104,9 +104,15 @@ def replicate(tree):
     return jax.device_put(tree, replicated_sharding())
 
 
-def shard_batch(local_batch):
-    """This process's rows of the global batch -> global arrays split along axis 0 over all devices."""
-    sharding = batch_sharding()
+def stacked_batch_sharding():
+    """Batches stacked along a leading step axis [K, B, ...]: the batch axis (1) split over devices."""
+    return NamedSharding(data_mesh(), P(None, BATCH_AXIS))
+
+
+def shard_batch(local_batch, stacked=False):
+    """This process's rows of the global batch -> global arrays split along the batch axis over all
+    devices (axis 0, or axis 1 of batches stacked [K, B, ...] for several steps per call)."""
+    sharding = stacked_batch_sharding() if stacked else batch_sharding()
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
                         local_batch)
 
@@ -115,9 +121,12 @@ class Strategy(NamedTuple):
     """How state and batches live on devices and how a step is compiled.
 
     put_state(state) -> device state;  get_state(device state) -> one replicated global copy (for
-    checkpoints, sampling and evaluation);  put_batch(local numpy batch) -> device batch;
-    compile_step(step) -> compiled (state, batch, key) -> (state, metrics), where `step` takes a
-    keywords `reduce_fn` and `device_key_fn`; the metrics are equal on every device: read them with `host_scalars`.
+    checkpoints, sampling and evaluation);  put_batch(local numpy batch, stacked=False) -> device
+    batch (stacked: K batches [K, B, ...] for K steps in one call);  compile_step(step, stacked=False)
+    -> compiled (state, batch, key) -> (state, metrics), where `step` takes the keywords `reduce_fn`
+    and `device_key_fn`; stacked, the compiled function runs `step` once per stacked batch in one
+    `lax.scan` and returns the metrics stacked [K]. The metrics are equal on every device: read them
+    with `host_scalars` (or `host_vectors` when stacked).
     """
     name: str
     put_state: Callable[[Any], Any]
@@ -126,10 +135,22 @@ class Strategy(NamedTuple):
     compile_step: Callable[[Callable], Callable]
 
 
+def scan_steps(step):
+    """(state, batch, key, **kw) -> (state, metrics)  =>  (state, batches [K, ...], key, **kw) ->
+    (state after K steps, metrics stacked [K]): one `lax.scan`, so K steps cost one dispatch and the
+    device holds one state and K batches (activations are not kept across steps)."""
+    def many(state, batches, key, **kw):
+        return jax.lax.scan(lambda s, b: step(s, b, key, **kw), state, batches)
+
+    return many
+
+
 def _sharded():
-    def compile_step(step):
-        rep, data = replicated_sharding(), batch_sharding()
-        return jax.jit(step, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
+    def compile_step(step, stacked=False):
+        rep = replicated_sharding()
+        data = stacked_batch_sharding() if stacked else batch_sharding()
+        fn = scan_steps(step) if stacked else step
+        return jax.jit(fn, in_shardings=(rep, data, rep), out_shardings=(rep, rep), donate_argnums=0)
 
     return Strategy("sharded", put_state=replicate, get_state=lambda s: s, put_batch=shard_batch,
                     compile_step=compile_step)
@@ -151,13 +172,19 @@ def _pmap():
     def get_state(state):
         return replicate(jax.tree.map(lambda x: _local_copy(x)[0], state))
 
-    def put_batch(local_batch):
-        return jax.tree.map(lambda x: np.reshape(x, (n_local, -1) + x.shape[1:]), local_batch)
+    def put_batch(local_batch, stacked=False):
+        if not stacked:
+            return jax.tree.map(lambda x: np.reshape(x, (n_local, -1) + x.shape[1:]), local_batch)
+        # [K, B, ...] -> [devices, K, B / devices, ...]: each device scans over its own slices.
+        return jax.tree.map(lambda x: np.swapaxes(np.reshape(x, (x.shape[0], n_local, -1) + x.shape[2:]), 0, 1),
+                            local_batch)
 
-    def compile_step(step):
+    def compile_step(step, stacked=False):
+        fn = scan_steps(step) if stacked else step
+
         def per_device(state, batch, key):
-            return step(state, batch, key, reduce_fn=lambda t: jax.lax.pmean(t, BATCH_AXIS),
-                        device_key_fn=lambda k: jax.random.fold_in(k, jax.lax.axis_index(BATCH_AXIS)))
+            return fn(state, batch, key, reduce_fn=lambda t: jax.lax.pmean(t, BATCH_AXIS),
+                      device_key_fn=lambda k: jax.random.fold_in(k, jax.lax.axis_index(BATCH_AXIS)))
 
         return jax.pmap(per_device, axis_name=BATCH_AXIS, in_axes=(0, 0, None), donate_argnums=0)
 
@@ -212,3 +239,8 @@ def host_scalars(tree):
     """Scalars of a pytree of replicated (or per-device) arrays -> Python floats, read from this
     process's first shard so it works across processes without a collective."""
     return jax.tree.map(lambda x: float(np.asarray(x.addressable_shards[0].data).reshape(-1)[0]), tree)
+
+
+def host_vectors(tree):
+    """Like `host_scalars` for metrics stacked over K steps: each leaf -> float64 numpy [K]."""
+    return jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data, np.float64).reshape(-1), tree)

@@ -150,7 +150,8 @@ def _check_sampling(diff, s):
         try:
             schedule_lib.space_timesteps(len(diff.betas), s.sample_steps)
         except ValueError as e:
-            raise ValueError(f"config.diffusion.sample_steps={s.sample_steps!r} does not respace the chain: {e}") from None
+            raise ValueError(f"config.diffusion.sample_steps={s.sample_steps!r} does not respace the chain: "
+                             f"{e}") from None
     if s.sampler == "ddim":
         samplers.ddim_timesteps(len(diff.betas), s.ddim_steps)
 

@@ -58,12 +58,17 @@ class Schedule(NamedTuple):
         return self.betas.shape[0]
 
 
+MIN_BETA = 1e-10  # below it 1 - beta rounds towards 1 and the posterior's 0 / 0 turns into NaN
+
+
 def make_schedule(betas):
-    """float64 betas [T] in (0, 1) -> Schedule."""
+    """float64 betas [T] in [MIN_BETA, 1) -> Schedule."""
     betas = np.asarray(betas, np.float64)
-    if betas.ndim != 1 or not np.all((betas > 0) & (betas < 1)):
-        raise ValueError("Diffusion betas must lie in (0, 1); the linear schedule needs "
-                         "config.diffusion.num_timesteps >= 21 (or use schedule='cosine').")
+    if betas.ndim != 1 or betas.size == 0 or not np.all((betas >= MIN_BETA) & (betas < 1)):
+        seen = f"[{betas.min():.3g}, {betas.max():.3g}]" if betas.size else "none"
+        raise ValueError(f"Diffusion betas must lie in [{MIN_BETA:g}, 1), got values in {seen}; the linear "
+                         f"schedule scales its ends by 1000 / config.diffusion.num_timesteps, so it needs "
+                         f"num_timesteps >= 21 with the paper's beta_end (or use schedule='cosine').")
     alphas_cumprod = np.cumprod(1.0 - betas)
     alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
     posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)

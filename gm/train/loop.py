@@ -59,6 +59,27 @@ def _check_train_config(config):
             checks.one_of(metric, "entry of config.eval.metrics", evaluators_lib.METRICS)
     parallel.make_strategy(config.parallel.strategy)
     parallel.check_batch_size(t.batch_size)
+    k = checks.positive_int(t.get("steps_per_call", 1), "config.train.steps_per_call")
+    periods = [f"train.{f}" for f in ("log_every", "checkpoint_every", "sample_every")]
+    for field in periods + (["eval.every"] if "eval" in config and config.eval.get("every", 0) else []):
+        section, name = field.split(".")
+        checks.require(config[section][name] % k == 0, f"config.{field}", config[section][name],
+                       f"a multiple of config.train.steps_per_call={k} (steps run {k} at a time)")
+
+
+def _steps_until_event(step, k, num_steps, periods):
+    """How many steps the next call runs: up to k, never past the next log / checkpoint / sample /
+    evaluation step or the end, so every event sees exactly its step."""
+    n = min(k, num_steps - step)
+    for p in periods:
+        n = min(n, p - step % p)
+    return n
+
+
+def _local_batches(config, dataset, step, n):
+    """Batches step .. step + n - 1 stacked [n, B / processes, ...] for one call of n steps."""
+    batches = [_local_batch(config, dataset, s) for s in range(step, step + n)]
+    return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
 
 def _local_batch(config, dataset, step):
@@ -132,16 +153,21 @@ class _SigtermFlag:
 
 
 def _summarize(pending, on_nonfinite, ckpt_dir):
-    """Mean of the buffered per-step metrics; raise on a non-finite step when the policy says stop."""
-    host = [parallel.host_scalars(m) for _, m in pending]
-    bad = [s for (s, _), m in zip(pending, host) if m["finite"] < 1]
+    """Mean of the buffered metrics, (first step, metrics of one step or stacked over several) each;
+    raise on a non-finite step when the policy says stop."""
+    steps, chunks = [], []
+    for first, metrics in pending:
+        values = parallel.host_vectors(metrics)
+        steps += range(first, first + len(values["finite"]))
+        chunks.append(values)
+    merged = {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]}
+    bad = [s for s, finite in zip(steps, merged["finite"]) if finite < 1]
     if bad and on_nonfinite == "stop":
         raise NonFiniteLossError(
             f"The loss became non-finite at step {bad[0]} (config.train.on_nonfinite='stop'); the last good "
             f"checkpoint is kept in {ckpt_dir}. Lower config.optim.learning_rate or set "
             f"config.train.on_nonfinite='skip' to skip such updates.")
-    keys = host[0].keys()
-    return {k: float(np.mean([m[k] for m in host if np.isfinite(m[k])] or [np.nan])) for k in keys}
+    return {k: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan") for k, v in merged.items()}
 
 
 def write_samples(path, images, num_bits):
@@ -173,10 +199,12 @@ def train_and_evaluate(config, workdir, method, dataset):
                         keep=t.keep_checkpoints)
     state, start = init_or_restore(config, method, dataset, optimizer, ckpt)
     step_impl = method.train_step or functools.partial(state_lib.train_step, loss_fn=method.loss)
-    train_step = strategy.compile_step(functools.partial(step_impl, optimizer=optimizer,
-                                                         ema_decay=config.optim.ema_decay))
+    step_fn = functools.partial(step_impl, optimizer=optimizer, ema_decay=config.optim.ema_decay)
+    steps_per_call = int(t.get("steps_per_call", 1))
+    train_step = strategy.compile_step(step_fn, stacked=steps_per_call > 1)
     sampler = parallel.jit_sampler(method.sample, t.num_samples)
     eval_every = int(config.eval.get("every", 0)) if "eval" in config else 0
+    periods = [t.log_every, t.checkpoint_every, t.sample_every] + ([eval_every] if eval_every else [])
     # Built before the first step: a missing weights file or a bad metric stops the run now.
     evaluators = evaluators_lib.make_evaluators(config, method, dataset) if eval_every else []
     eval_key = run_keys(config.seed)[3]
@@ -227,11 +255,15 @@ def train_and_evaluate(config, workdir, method, dataset):
     try:
         with _SigtermFlag() as sigterm:
             while step < t.num_steps:
-                batch = strategy.put_batch(_local_batch(config, dataset, step))
+                if steps_per_call == 1:
+                    n, batch = 1, strategy.put_batch(_local_batch(config, dataset, step))
+                else:
+                    n = _steps_until_event(step, steps_per_call, t.num_steps, periods)
+                    batch = strategy.put_batch(_local_batches(config, dataset, step, n), stacked=True)
                 device_state, metrics = train_step(device_state, batch, train_key)
                 pending.append((step, metrics))
-                step += 1
-                bar.update(1)
+                step += n
+                bar.update(n)
                 if step % t.log_every == 0 or step % t.checkpoint_every == 0 or step == t.num_steps:
                     flush(step)
                 if step % t.checkpoint_every == 0:
