@@ -138,9 +138,16 @@ class Strategy(NamedTuple):
 def scan_steps(step):
     """(state, batch, key, **kw) -> (state, metrics)  =>  (state, batches [K, ...], key, **kw) ->
     (state after K steps, metrics stacked [K]): one `lax.scan`, so K steps cost one dispatch and the
-    device holds one state and K batches (activations are not kept across steps)."""
+    device holds one state and K batches (activations are not kept across steps).
+
+    On CPU the scan is unrolled: XLA:CPU runs the convolutions of a loop body through its generic
+    emitter instead of its YNNPACK kernels, which made a DDPM UNet step 10x slower (2.3 s against 0.22 s
+    per step for a small UNet at batch 8). Unrolled, the K steps are straight-line code at the price of
+    K times the compile time; accelerators keep the rolled loop and compile one step."""
+    unroll = jax.default_backend() == "cpu"
+
     def many(state, batches, key, **kw):
-        return jax.lax.scan(lambda s, b: step(s, b, key, **kw), state, batches)
+        return jax.lax.scan(lambda s, b: step(s, b, key, **kw), state, batches, unroll=unroll)
 
     return many
 

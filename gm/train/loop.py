@@ -3,7 +3,8 @@
     state = train_and_evaluate(config, workdir, method, dataset)
 
 Reads config.seed, config.train (batch_size, num_steps, log_every, checkpoint_every, keep_checkpoints,
-sample_every, num_samples, on_nonfinite), config.eval.every and config.eval.metrics (in-training
+sample_every, num_samples, on_nonfinite, steps_per_call: K > 1 runs K steps per compiled call in one
+`lax.scan`, with the same result), config.eval.every and config.eval.metrics (in-training
 evaluation from the EMA params, `gm.train.evaluators`), config.optim (see `gm.train.state.optimizer_from_config`,
 plus ema_decay), config.data.random_flip and config.parallel.strategy. WORKDIR gets checkpoints/,
 samples/step_*.png, metrics.jsonl and TensorBoard events. Running again with the same WORKDIR resumes
