@@ -17,7 +17,6 @@ random parameters (speed does not depend on training):
 Appends one JSON line per model to benchmarks/results.jsonl.
 """
 import argparse
-import json
 import os
 import statistics
 import time
@@ -25,7 +24,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes, timed
+from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes, record, timed
 from experiments import nade_mnist, pixelcnn_cifar
 from gm import autoregressive as ar
 from gm.train import state as state_lib
@@ -124,9 +123,7 @@ def main():
         if name not in ar.MODELS:
             raise SystemExit(f"error: --models takes names from {ar.MODELS}, got {name!r}.")
         result = benchmark(name, args.config or None, info, args.repeats, args.max_seconds)
-        print(json.dumps(result))
-        with open(args.out, "a") as f:
-            f.write(json.dumps(result) + "\n")
+        record(result, args.out)
 
 
 if __name__ == "__main__":

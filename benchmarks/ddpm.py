@@ -52,6 +52,13 @@ def peak_memory_bytes():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
 
 
+def record(result, out, indent=None):
+    """Print one benchmark result as JSON and append it as one line to `out` (results.jsonl)."""
+    print(json.dumps(result, indent=indent))
+    with open(out, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
 def timed(fn, *args):
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
@@ -160,9 +167,7 @@ def main():
         "peak_memory_gb": round(peak / 2 ** 30, 2),
         "peak_memory_kind": peak_kind,
     }
-    print(json.dumps(result, indent=2))
-    with open(args.out, "a") as f:
-        f.write(json.dumps(result) + "\n")
+    record(result, args.out, indent=2)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,6 @@ benchmarks/results.jsonl.
 """
 import argparse
 import functools
-import json
 import os
 import statistics
 import time
@@ -18,7 +17,7 @@ import time
 import jax
 import numpy as np
 
-from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes
+from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes, record
 from experiments import gan_cifar
 from gm import gan, parallel
 from gm.train import state as state_lib
@@ -65,9 +64,7 @@ def main():
         "train_compile_s": round(compile_s, 1), "train_images_per_s": round(statistics.median(windows), 1),
         "peak_memory_gb": round(peak / 2 ** 30, 2), "peak_memory_kind": peak_kind,
     }
-    print(json.dumps(result))
-    with open(args.out, "a") as f:
-        f.write(json.dumps(result) + "\n")
+    record(result, args.out)
 
 
 if __name__ == "__main__":

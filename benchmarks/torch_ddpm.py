@@ -13,15 +13,14 @@ as the median of `--repeats` windows of `--steps` steps. Prints and appends one 
 images/s and their ratio (gm / PyTorch) to benchmarks/results.jsonl.
 """
 import argparse
-import json
 import os
 import statistics
 import time
 
 import jax
-import numpy as np
 
-from benchmarks.ddpm import machine_description, measure_train_step, paper_unet, random_cifar_batch, peak_memory_bytes
+from benchmarks.ddpm import (machine_description, measure_train_step, paper_unet, peak_memory_bytes,
+                              random_cifar_batch, record)
 
 
 def diffusers_paper_unet():
@@ -107,9 +106,7 @@ def main():
         "peak_memory_gb": round(peak / 2 ** 30, 2),
         "peak_memory_kind": peak_kind,
     }
-    print(json.dumps(result, indent=2))
-    with open(args.out, "a") as f:
-        f.write(json.dumps(result) + "\n")
+    record(result, args.out, indent=2)
 
 
 if __name__ == "__main__":

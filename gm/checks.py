@@ -8,6 +8,9 @@ dataset is batched or anything is compiled.
 """
 import numbers
 
+import jax
+import numpy as np
+
 
 def require(ok, field, value, expectation):
     """Raise ValueError('FIELD must be EXPECTATION, got VALUE.') unless `ok`."""
@@ -72,8 +75,6 @@ def dtype(value, field):
 
 def is_traced(x):
     """True inside jit / grad / vmap, where values are not known and only shapes can be checked."""
-    import jax
-
     return isinstance(x, jax.core.Tracer)
 
 
@@ -82,8 +83,6 @@ def values_in(x, name, low, high):
     outside [low, high] or non-finite ones; traced arrays pass (their values are not known yet)."""
     if is_traced(x):
         return
-    import numpy as np
-
     a = np.asarray(x)
     if a.size == 0:
         return
@@ -99,8 +98,6 @@ def values_in(x, name, low, high):
 
 def shape_is(x, name, expected, what):
     """Raise one sentence unless the shape of array `x` is `expected`; `what` says where that comes from."""
-    import numpy as np
-
     same_shape(np.shape(x), expected, f"{name} must have shape", what)
 
 

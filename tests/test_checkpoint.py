@@ -2,7 +2,6 @@
 
 A corrupted newest step is named in a warning and the run resumes from the previous one, exactly; a
 checkpoint of another model stops with one sentence; nothing good is ever moved or deleted."""
-import functools
 import glob
 import json
 import logging

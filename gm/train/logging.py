@@ -134,7 +134,7 @@ def drop_records_after(path, step):
         except ValueError:  # a line cut short by a crash
             continue
         if record.get("step", 0) <= step:
-            kept.append(json.dumps(record) + "\n")
+            kept.append(line.rstrip("\n") + "\n")
     if kept != lines:
         tmp = f"{path}.tmp{os.getpid()}"
         with open(tmp, "w") as f:
