@@ -160,8 +160,13 @@ class Checkpointer:
 
     def _open(self):
         with _orbax_errors_only():  # a reader's options are warned about as if they were a mistake
-            return ocp.CheckpointManager(self.directory, options=self._options, item_handlers={
+            manager = ocp.CheckpointManager(self.directory, options=self._options, item_handlers={
                 "state": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()})
+        # Orbax clears the temporary folders in a background thread and waits for it only at the
+        # first save; waiting here means a writer that restores (and may move bad steps aside) sees
+        # the folder as it will stay. The hook is private, hence the guard.
+        getattr(manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
+        return manager
 
     def latest_step(self):
         """The newest committed step, or None."""
