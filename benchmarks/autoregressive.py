@@ -17,14 +17,13 @@ random parameters (speed does not depend on training):
 Appends one JSON line per model to benchmarks/results.jsonl.
 """
 import argparse
-import os
 import statistics
 import time
 
 import jax
 import numpy as np
 
-from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes, record, timed
+from benchmarks.harness import RESULTS, environment, fake_cifar_info, num_params, peak_memory, random_batch, record, timed
 from experiments import nade_mnist, pixelcnn_cifar
 from gm import autoregressive as ar
 from gm.train import state as state_lib
@@ -39,32 +38,31 @@ def network_evaluations(name, info):
             "transformer": h * w * c}.get(name, 1)
 
 
-def transformer_step(config, info, params):
-    """A jitted (cache, position) -> cache: one cached decoding step on NUM sequences (cache donated, as
+def transformer_step(config, info, params, num=NUM):
+    """A jitted (cache, position) -> cache: one cached decoding step on `num` sequences (cache donated, as
     the sampler's scan updates it in place), and a fresh cache."""
     from gm.nn import transformer
 
     net = transformer.CausalTransformer(vocab_size=info.num_levels, seq_len=info.num_dims,
                                         **config.model.transformer.to_dict())
-    tokens = np.zeros(NUM, np.int32)
+    tokens = np.zeros(num, np.int32)
     step = jax.jit(lambda cache, i: net.apply({"params": params}, tokens, i, cache, method="decode")[1],
                    donate_argnums=0)
-    return step, transformer.init_cache(net, NUM)
+    return step, transformer.init_cache(net, num)
 
 
-def benchmark(name, variant, info, repeats, max_seconds):
-    experiment = nade_mnist if name == "nade" else pixelcnn_cifar
-    config = experiment.get_config(variant)
-    config.model.name = name
-    method = ar.make(config, info)
-    rng = np.random.default_rng(0)
-    batch = {"image": rng.integers(0, 256, (NUM,) + info.shape, dtype=np.uint8),
-             "label": np.zeros(NUM, np.int32)}
-    params = state_lib.run_once(method.init, jax.random.key(0), batch)
-    num_params = sum(x.size for x in jax.tree.leaves(params))
+def sampler_stats(config, method, info, params, repeats, max_seconds, num=NUM):
+    """Time `method.sample` of the autoregressive model config.model.name drawing `num` images.
 
+    Returns sampler_compile_s, network_eval_s (one forward pass on `num` images, or one cached decoding
+    step for the transformer; median of `repeats`), network_evaluations, and sample_s: the full
+    sampler's seconds, measured when evaluations x network_eval_s <= max_seconds (always for NADE),
+    else that estimate (sample_s_kind says which), and images_per_s.
+    """
+    name = config.model.name
+    batch = {"image": np.zeros((num,) + tuple(info.shape), np.uint8), "label": np.zeros(num, np.int32)}
     if name == "transformer":
-        step, cache = transformer_step(config, info, params)
+        step, cache = transformer_step(config, info, params, num)
         cache, _ = timed(step, cache, info.num_dims // 2)  # compile; any position costs the same
         times = []
         for _ in range(repeats):
@@ -77,35 +75,38 @@ def benchmark(name, variant, info, repeats, max_seconds):
         eval_s = statistics.median(timed(log_prob, params, jax.random.key(1), batch)[1] for _ in range(repeats))
 
     start = time.perf_counter()
-    sampler = jax.jit(lambda p, k: method.sample(p, k, NUM)).lower(params, jax.random.key(2)).compile()
+    sampler = jax.jit(lambda p, k: method.sample(p, k, num)).lower(params, jax.random.key(2)).compile()
     compile_s = time.perf_counter() - start
     evaluations = network_evaluations(name, info)
     estimate = evaluations * eval_s
     if name == "nade" or estimate <= max_seconds:
         samples, sample_s = timed(sampler, params, jax.random.key(3))
-        assert samples.shape == (NUM,) + info.shape
+        if samples.shape != (num,) + tuple(info.shape):
+            raise AssertionError(f"the sampler returned {samples.shape} for {num} images of {info.shape}")
         kind = "measured"
     else:
         sample_s, kind = estimate, "estimated"
-    peak, peak_kind = peak_memory_bytes()
+    return {"num_images": num, "sampler_compile_s": round(compile_s, 1), "network_eval_s": float(f"{eval_s:.4g}"),
+            "network_evaluations": evaluations if name != "nade" else None, "sample_s": round(sample_s, 3),
+            "sample_s_kind": kind, "images_per_s": round(num / sample_s, 4)}
+
+
+def benchmark(name, variant, info, repeats, max_seconds):
+    experiment = nade_mnist if name == "nade" else pixelcnn_cifar
+    config = experiment.get_config(variant)
+    config.model.name = name
+    method = ar.make(config, info)
+    batch = random_batch(info, NUM)
+    params = state_lib.run_once(method.init, jax.random.key(0), batch)
     return {
         "benchmark": "autoregressive_sampling",
         "model": name,
         "config": variant or "paper",
-        "machine": machine_description(),
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "jax": jax.__version__,
-        "params": int(num_params),
-        "num_images": NUM,
+        **environment(),
+        "params": num_params(params),
         "shape": list(info.shape),
-        "sampler_compile_s": round(compile_s, 1),
-        "network_eval_s": round(eval_s, 4),
-        "network_evaluations": evaluations if name != "nade" else None,
-        "sample_s": round(sample_s, 3),
-        "sample_s_kind": kind,
-        "images_per_s": round(NUM / sample_s, 4),
-        "peak_memory_gb": round(peak / 2 ** 30, 2),
-        "peak_memory_kind": peak_kind,
+        **sampler_stats(config, method, info, params, repeats, max_seconds),
+        **peak_memory(),
     }
 
 
@@ -116,7 +117,7 @@ def main():
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--max_seconds", type=float, default=600.0,
                    help="time the full sampler only when its estimate is below this")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.jsonl"))
+    p.add_argument("--out", default=RESULTS)
     args = p.parse_args()
     info = fake_cifar_info()
     for name in args.models.split(","):

@@ -16,22 +16,18 @@ likelihood's NFE). Without --workdir the parameters are random. One JSON line pe
 benchmarks/results.jsonl.
 """
 import argparse
-import functools
 import json
-import os
-import statistics
-import time
 
 import jax
 import numpy as np
 
-from benchmarks.ddpm import fake_cifar_info, machine_description, peak_memory_bytes, timed
+from benchmarks.harness import (RESULTS, dataset_info, environment, measure_sampler, measure_train_step, peak_memory,
+                                random_batch, timed_twice)
 from experiments import flow_matching_cifar, glow_cifar, realnvp_cifar
 from gm import data as gm_data
 from gm import distributions as dist
 from gm import flow_matching, flows, parallel
 from gm.train import run
-from gm.train import state as state_lib
 
 EXPERIMENTS = {"realnvp": realnvp_cifar, "glow": glow_cifar, "flow_matching": flow_matching_cifar}
 DEFAULT_SOLVERS = "euler:10,euler:100,heun:50,rk4:25,dopri5"
@@ -48,46 +44,8 @@ def parse_solvers(text):
     return solvers
 
 
-def random_batch(info, batch_size):
-    rng = np.random.default_rng(0)
-    levels = rng.integers(0, 2 ** info.num_bits, (batch_size,) + tuple(info.shape), dtype=np.uint8)
-    return {"image": levels, "label": rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)}
-
-
-def time_train_step(method, config, batch, strategy_name, steps, repeats):
-    """(params after the timed steps, compile + first step seconds, median images/s, number of params)."""
-    optimizer = state_lib.optimizer_from_config(config.optim)
-    state = state_lib.init_state(state_lib.run_once(method.init, jax.random.key(0), batch), optimizer)
-    strategy = parallel.make_strategy(strategy_name)
-    step = strategy.compile_step(functools.partial(state_lib.train_step, loss_fn=method.loss, optimizer=optimizer,
-                                                   ema_decay=config.optim.ema_decay))
-    device_state, device_batch, key = strategy.put_state(state), strategy.put_batch(batch), jax.random.key(1)
-    start = time.perf_counter()
-    device_state, _ = jax.block_until_ready(step(device_state, device_batch, key))
-    compile_s = time.perf_counter() - start
-    windows = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            device_state, _ = step(device_state, device_batch, key)
-        jax.block_until_ready(device_state)
-        windows.append(steps * len(batch["image"]) / (time.perf_counter() - start))
-    params = strategy.get_state(device_state).params
-    return params, compile_s, statistics.median(windows), int(sum(x.size for x in jax.tree.leaves(params)))
-
-
-def timed_twice(fn, *args):
-    """(output, compile + first call seconds, second call seconds)."""
-    _, first_s = timed(fn, *args)
-    out, second_s = timed(fn, *args)
-    return out, first_s, second_s
-
-
-def flow_sampling_row(method, params, num):
-    sampler = jax.jit(method.sample, static_argnums=2)
-    _, compile_s, sample_s = timed_twice(sampler, params, jax.random.key(2), num)
-    return {"solver": "one pass", "sample_compile_s": round(compile_s, 1), "sample_nfe": 1,
-            "sample_images_per_s": round(num / sample_s, 2)}
+def flow_sampling_row(method, params, num, repeats):
+    return {"solver": "one pass", "sample_nfe": 1, **measure_sampler(method, params, num, repeats)}
 
 
 def first_test_images(dataset, num):
@@ -139,18 +97,18 @@ def main():
     p.add_argument("--solvers", default=DEFAULT_SOLVERS, help="flow matching: NAME:STEPS or dopri5, comma-separated")
     p.add_argument("--workdir", default="", help="a trained run of the same config: its EMA parameters")
     p.add_argument("--eval_examples", type=int, default=120, help="test images scored per solver with --workdir")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.jsonl"))
+    p.add_argument("--out", default=RESULTS)
     args = p.parse_args()
 
     config = EXPERIMENTS[args.model].get_config("smoke" if args.config == "smoke" else None)
     solvers = parse_solvers(args.solvers)
     dataset = gm_data.load(config.data.name) if args.workdir else None
-    info = dataset.info if dataset else (gm_data.load("digits").info if args.config == "smoke" else fake_cifar_info())
+    info = dataset.info if dataset else dataset_info(config.data.name)
     batch_size = args.batch_size or config.train.batch_size
-    parallel.check_batch_size(batch_size, "--batch_size")
     method = (flow_matching.make if args.model == "flow_matching" else flows.make)(config, info)
-    params, compile_s, images_per_s, num_params = time_train_step(
-        method, config, random_batch(info, batch_size), args.strategy, args.steps, args.repeats)
+    stats, device_state, strategy = measure_train_step(config, method, random_batch(info, batch_size), args.steps,
+                                                       args.repeats, args.strategy)
+    params = strategy.get_state(device_state).params
     trained_step = None
     if args.workdir:
         state, trained_step = run.restore_latest(config, args.workdir, method, dataset)
@@ -159,15 +117,12 @@ def main():
         eval_batch = first_test_images(dataset, args.eval_examples) if dataset else None
         rows = solver_rows(config, info, params, solvers, args.num_samples, eval_batch)
     else:
-        rows = [flow_sampling_row(method, params, args.num_samples)]
-    peak, peak_kind = peak_memory_bytes()
+        rows = [flow_sampling_row(method, params, args.num_samples, args.repeats)]
     common = {
-        "benchmark": "flows", "model": args.model, "config": args.config, "machine": machine_description(),
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}", "jax": jax.__version__,
-        "shape": list(info.shape), "params": num_params, "strategy": args.strategy, "batch_size": batch_size,
-        "train_compile_s": round(compile_s, 1), "train_images_per_s": round(images_per_s, 2),
+        "benchmark": "flows", "model": args.model, "config": args.config, **environment(),
+        "shape": list(info.shape), "strategy": args.strategy, **stats,
         "num_samples": args.num_samples, "trained_step": int(trained_step) if trained_step is not None else None,
-        "peak_memory_gb": round(peak / 2 ** 30, 2), "peak_memory_kind": peak_kind,
+        **peak_memory(),
     }
     with open(args.out, "a") as f:
         for row in rows:

@@ -17,10 +17,8 @@ import os
 import statistics
 import time
 
-import jax
-
-from benchmarks.ddpm import (machine_description, measure_train_step, paper_unet, peak_memory_bytes,
-                              random_cifar_batch, record)
+from benchmarks.ddpm import paper_unet
+from benchmarks.harness import RESULTS, environment, fake_cifar_info, measure_train_step, peak_memory, random_batch, record
 
 
 def diffusers_paper_unet():
@@ -51,7 +49,7 @@ def measure_torch_train_step(batch_size, steps, repeats, threads):
     betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
     sqrt_abar = torch.sqrt(torch.cumprod(1 - betas, 0)).float()
     sqrt_1m_abar = torch.sqrt(1 - torch.cumprod(1 - betas, 0)).float()
-    batch = random_cifar_batch(batch_size)
+    batch = random_batch(fake_cifar_info(), batch_size)
     x0 = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).float() / 127.5 - 1.0  # NCHW, PyTorch's layout
 
     def step():
@@ -88,23 +86,20 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="train steps per timed window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
-    p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results.jsonl"))
+    p.add_argument("--out", default=RESULTS)
     args = p.parse_args()
 
     config, method = paper_unet("float32")
-    gm_stats, _, _ = measure_train_step(config, method, args.batch_size, args.steps, args.repeats)
+    batch = random_batch(fake_cifar_info(), args.batch_size)
+    gm_stats, _, _ = measure_train_step(config, method, batch, args.steps, args.repeats)
     torch_stats = measure_torch_train_step(args.batch_size, args.steps, args.repeats, args.threads)
-    peak, peak_kind = peak_memory_bytes()
     result = {
         "benchmark": "ddpm_unet_train_step_gm_vs_torch",
-        "machine": machine_description(),
-        "devices": f"{jax.device_count()} x {jax.devices()[0].device_kind}",
-        "jax": jax.__version__,
+        **environment(),
         **{f"gm_{k}": v for k, v in gm_stats.items()},
         **torch_stats,
         "ratio_gm_over_torch": round(gm_stats["train_images_per_s"] / torch_stats["torch_images_per_s"], 3),
-        "peak_memory_gb": round(peak / 2 ** 30, 2),
-        "peak_memory_kind": peak_kind,
+        **peak_memory(),
     }
     record(result, args.out, indent=2)
 

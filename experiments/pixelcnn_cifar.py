@@ -30,7 +30,8 @@ def get_config(arg=None):
         pixelcnn=dict(features=256, num_layers=15, first_kernel=7, kernel=3, out_hidden=1024),
         # Gated features pair up channel k with k + F, so F is a multiple of the 3 colours.
         gated_pixelcnn=dict(features=120, num_layers=15, first_kernel=7, kernel=3, out_hidden=1024),
-        transformer=dict(num_layers=8, num_heads=8, embed_dim=256, mlp_ratio=4, dropout=0.1),
+        # attention_block: queries attended at a time (memory O(block T) per layer, the same numbers).
+        transformer=dict(num_layers=8, num_heads=8, embed_dim=256, mlp_ratio=4, dropout=0.1, attention_block=512),
     )
     config.optim = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=0.0, b1=0.95, b2=0.9995, eps=1e-8,
                         weight_decay=0.0, lr_decay=0.999995, ema_decay=0.9995)

@@ -26,9 +26,10 @@ import numpy as np
 from absl import logging
 
 from gm import data as gm_data
-from gm import parallel, vqvae
+from gm import autoregressive, parallel, vqvae
 from gm.data import Dataset
 from gm.train import loop, run
+from gm.train import state as state_lib
 from gm.train.evaluators import eval_config
 
 STAGES = ("both", "vqvae", "prior")
@@ -53,7 +54,8 @@ def get_config(arg=None):
     # The prior: any autoregressive model of gm.autoregressive over the code grid (vocabulary 2^ceil(log2 K)).
     config.prior = dict(
         name="transformer", class_conditional=False, dtype="float32",
-        transformer=dict(num_layers=8, num_heads=8, embed_dim=256, mlp_ratio=4, dropout=0.1),
+        # attention_block: queries attended at a time (memory O(block T) per layer, the same numbers).
+        transformer=dict(num_layers=8, num_heads=8, embed_dim=256, mlp_ratio=4, dropout=0.1, attention_block=512),
         gated_pixelcnn=dict(features=120, num_layers=15, first_kernel=7, kernel=3, out_hidden=1024),
         pixelcnn=dict(features=256, num_layers=15, first_kernel=7, kernel=3, out_hidden=1024))
     config.prior_optim = dict(learning_rate=3e-4, warmup_steps=1000, grad_clip=1.0, b1=0.9, b2=0.99, eps=1e-8,
@@ -156,6 +158,12 @@ def run_vqvae(config, workdir, make_method=None, mode="train"):
         return evaluate(config, workdir, dataset)
     if mode == "sample":
         return run.sample_to_files(prior_config(config), prior_dir, _prior_method(config, vq_dir, dataset), dataset)
+    if config.stage in ("both", "prior"):
+        # Stage 2's own sections, under their own names, before stage 1 spends any time.
+        loop.check_train_config(config, train="prior_train", optim="prior_optim")
+        state_lib.optimizer_from_config(config.prior_optim, field="config.prior_optim")
+        vq, _ = vqvae.vqvae_from_config(config.model, dataset.info)
+        autoregressive.model_from_config(config.prior, vqvae.code_info(vq, dataset.info), field="config.prior")
     if config.stage in ("both", "vqvae"):
         state = loop.train_and_evaluate(config, vq_dir, vqvae.make(config, dataset.info), dataset)
         path = write_reconstructions(config, vq_dir, state.ema_params, dataset, int(state.step))

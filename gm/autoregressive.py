@@ -185,37 +185,38 @@ def _nade_model(net, info):
     return Model(init, log_prob, sample)
 
 
-def model_from_config(model, info):
+def model_from_config(model, info, field="config.model"):
     """config.model -> Model. Reads model.name, the network's fields under model[name],
-    model.class_conditional and model.dtype."""
+    model.class_conditional and model.dtype; errors name the section as `field` (a VQ-VAE's prior is
+    config.prior)."""
     name = model.name
     if name not in MODELS:
-        raise ValueError(f"Unknown config.model.name {name!r}; use one of {MODELS}.")
+        raise ValueError(f"Unknown {field}.name {name!r}; use one of {MODELS}.")
     try:
-        return _build(name, model, info)
+        return _build(name, model, info, field)
     except TypeError as e:  # a field the network's constructor does not take
-        raise ValueError(f"config.model.{name} does not fit the {name} network ({e}).") from None
+        raise ValueError(f"{field}.{name} does not fit the {name} network ({e}).") from None
 
 
 # The networks' size fields (under config.model.NAME); each must be a positive integer.
 _NETWORK_SIZES = ("num_hidden", "features", "kernel", "first_kernel", "num_layers", "out_hidden", "nr_filters",
-                  "nr_logistic_mix", "nr_resnet", "embed_dim", "mlp_ratio", "num_heads")
+                  "nr_logistic_mix", "nr_resnet", "embed_dim", "mlp_ratio", "num_heads", "attention_block")
 
 
-def _build(name, model, info):
+def _build(name, model, info, field):
     from gm.nn.nade import NADE
     from gm.nn.pixelcnn import GatedPixelCNN, PixelCNN
 
     fields = model[name].to_dict() if name in model else {}
-    checks.sizes(fields, f"config.model.{name}", positive=_NETWORK_SIZES)
+    checks.sizes(fields, f"{field}.{name}", positive=_NETWORK_SIZES)
     if "dropout" in fields:
-        checks.number_in(fields["dropout"], f"config.model.{name}.dropout", 0.0, 1.0)
-    checks.dtype(model.get("dtype", "float32"), "config.model.dtype")
+        checks.number_in(fields["dropout"], f"{field}.{name}.dropout", 0.0, 1.0)
+    checks.dtype(model.get("dtype", "float32"), f"{field}.dtype")
     num_classes = info.num_classes if model.get("class_conditional", False) else None
     dtype = jnp.dtype(model.get("dtype", "float32"))
     if name == "nade":
         if num_classes:
-            raise ValueError("config.model.class_conditional is not supported for NADE; set it to False.")
+            raise ValueError(f"{field}.class_conditional is not supported for NADE; set it to False.")
         fields.pop("binarize", None)
         return _nade_model(NADE(info.num_dims, **fields), info)
     if name == "transformer":

@@ -293,7 +293,7 @@ def make_prior(config, info, vq_config, vq_params):
     """
     vq, _ = vqvae_from_config(vq_config.model, info)
     codes_info = code_info(vq, info)
-    prior = autoregressive.model_from_config(config.prior, codes_info)
+    prior = autoregressive.model_from_config(config.prior, codes_info, field="config.prior")
     conditional = bool(config.prior.get("class_conditional", False))
     num_code_dims = codes_info.num_dims
 

@@ -316,6 +316,24 @@ def test_a_bad_config_is_one_sentence_naming_the_field_before_any_training(tmp_p
     assert not os.path.exists(tmp_path / "metrics.jsonl") and not os.path.exists(tmp_path / "checkpoints")
 
 
+@pytest.mark.parametrize("overrides, field", [
+    ({"prior_optim.learning_rate": -1.0}, "config.prior_optim.learning_rate"),
+    ({"prior_optim.ema_decay": 1.0}, "config.prior_optim.ema_decay"),
+    ({"prior_train.batch_size": 12}, "config.prior_train.batch_size=12"),
+    ({"prior_train.log_every": 0}, "config.prior_train.log_every"),
+    ({"prior.name": "wavenet"}, "config.prior.name"),
+    ({"prior.transformer.num_layers": 0}, "config.prior.transformer"),
+])
+def test_a_bad_vqvae_prior_config_names_its_own_field_before_stage_1_trains(tmp_path, overrides, field):
+    from experiments import vqvae_cifar
+
+    config = _config("vqvae_cifar", overrides)
+    with pytest.raises(run_lib.USER_ERRORS) as error:
+        vqvae_cifar.run_vqvae(config, str(tmp_path))
+    assert field in str(error.value) and one_sentence(error.value), str(error.value)
+    assert not os.path.exists(tmp_path / "vqvae" / "checkpoints") and not os.path.exists(tmp_path / "prior")
+
+
 def test_an_unwritable_workdir_is_one_sentence_before_anything_else(tmp_path):
     (tmp_path / "a_file").write_text("not a folder")
     for workdir in (tmp_path / "a_file" / "run", tmp_path / "a_file"):

@@ -15,6 +15,7 @@ import optax
 import pytest
 
 from gm.distributions import categorical_log_prob
+from gm.nn import transformer
 from gm.nn.transformer import CausalTransformer, init_cache, log_prob_tokens, sample_tokens
 
 V, T, NUM_CLASSES = 7, 8, 3
@@ -173,6 +174,46 @@ def test_cached_decoding_matches_full_forward(params):
     assert cached.shape == (B, T, V) and cached.dtype == jnp.float32
     assert _max_abs(full) > 0.5  # logits are O(1), so the tolerance below is tight
     np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=1e-5, atol=1e-5)
+
+
+def _one_pass_attention(q, k, v):
+    return transformer._attend(q, k, v, jnp.arange(q.shape[1]))
+
+
+def _attention_grads(fn, q, k, v):
+    return jax.jit(jax.grad(lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v))), argnums=(0, 1, 2)))(q, k, v)
+
+
+@pytest.mark.parametrize("block", [16, 25, 64])  # a remainder block, an exact split, one block
+def test_blocked_attention_matches_one_pass_in_values_and_gradients(block):
+    q, k, v = (jax.random.normal(jax.random.key(i), (2, 50, 2, 4)) for i in range(3))
+    blocked = functools.partial(transformer.causal_attention, block=block)
+    np.testing.assert_allclose(np.asarray(jax.jit(blocked)(q, k, v)), np.asarray(_one_pass_attention(q, k, v)),
+                               rtol=1e-5, atol=1e-6)
+    for got, want in zip(_attention_grads(blocked, q, k, v), _attention_grads(_one_pass_attention, q, k, v)):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-5)
+
+
+def test_blocked_attention_keeps_one_blocks_scores_in_the_gradient():
+    # T = 1024: one pass holds [heads, T, T] scores (8 MB each) for the backward pass; blocks of 128
+    # keep one block's [heads, 128, T] at a time.
+    x = jax.ShapeDtypeStruct((1, 1024, 2, 8), jnp.float32)
+
+    def temp_bytes(fn):
+        grad = jax.jit(jax.grad(lambda q, k, v: jnp.sum(fn(q, k, v)), argnums=(0, 1, 2)))
+        return grad.lower(x, x, x).compile().memory_analysis().temp_size_in_bytes
+
+    full = temp_bytes(_one_pass_attention)
+    blocked = temp_bytes(functools.partial(transformer.causal_attention, block=128))
+    assert full > 2 * 1024 ** 2 * 4 and blocked < full / 4, (full, blocked)
+
+
+def test_the_attention_block_does_not_change_the_model(params):
+    tokens, y = _tokens((B, T), seed=8), _labels(B, seed=8)
+    blocked = CausalTransformer(vocab_size=V, seq_len=T, num_layers=2, num_heads=2, embed_dim=16, dropout=0.1,
+                                num_classes=NUM_CLASSES, attention_block=3)
+    np.testing.assert_allclose(np.asarray(blocked.apply({"params": params}, tokens, y, train=False)),
+                               np.asarray(_logits(params, tokens, y)), rtol=1e-5, atol=1e-5)
 
 
 def test_eval_is_deterministic_and_train_applies_dropout(params):

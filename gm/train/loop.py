@@ -43,29 +43,35 @@ def run_keys(seed):
     return jax.random.split(jax.random.key(seed), 4)
 
 
-def _check_train_config(config):
-    """Every field the trainer reads, before anything is built: one sentence for the first bad one."""
-    t = config.train
+def check_train_config(config, train="train", optim="optim"):
+    """Every field the trainer reads, before anything is built: one sentence for the first bad one.
+
+    `train` and `optim` name the sections that the trainer will see as config.train and config.optim
+    (a second stage keeps its own, e.g. a VQ-VAE's prior_train), so a message names the field to edit.
+    """
+    t, name = config[train], f"config.{train}"
     checks.nonnegative_int(config.seed, "config.seed")
-    checks.nonnegative_int(t.num_steps, "config.train.num_steps")
+    checks.nonnegative_int(t.num_steps, f"{name}.num_steps")
     for field in ("log_every", "checkpoint_every", "sample_every", "num_samples"):
-        checks.positive_int(t[field], f"config.train.{field}")
+        checks.positive_int(t[field], f"{name}.{field}")
     if t.get("keep_checkpoints") is not None:
-        checks.positive_int(t.keep_checkpoints, "config.train.keep_checkpoints")
-    checks.one_of(t.on_nonfinite, "config.train.on_nonfinite", NONFINITE_POLICIES)
-    checks.number_in(config.optim.ema_decay, "config.optim.ema_decay", 0.0, 1.0)
+        checks.positive_int(t.keep_checkpoints, f"{name}.keep_checkpoints")
+    checks.one_of(t.on_nonfinite, f"{name}.on_nonfinite", NONFINITE_POLICIES)
+    checks.number_in(config[optim].ema_decay, f"config.{optim}.ema_decay", 0.0, 1.0)
+    eval_every = 0
     if "eval" in config:
-        checks.nonnegative_int(config.eval.get("every", 0), "config.eval.every")
+        eval_every = checks.nonnegative_int(config.eval.get("every", 0), "config.eval.every")
         for metric in config.eval.get("metrics", ()):
             checks.one_of(metric, "entry of config.eval.metrics", evaluators_lib.METRICS)
     parallel.make_strategy(config.parallel.strategy)
-    parallel.check_batch_size(t.batch_size)
-    k = checks.positive_int(t.get("steps_per_call", 1), "config.train.steps_per_call")
-    periods = [f"train.{f}" for f in ("log_every", "checkpoint_every", "sample_every")]
-    for field in periods + (["eval.every"] if "eval" in config and config.eval.get("every", 0) else []):
-        section, name = field.split(".")
-        checks.require(config[section][name] % k == 0, f"config.{field}", config[section][name],
-                       f"a multiple of config.train.steps_per_call={k} (steps run {k} at a time)")
+    parallel.check_batch_size(t.batch_size, f"{name}.batch_size")
+    k = checks.positive_int(t.get("steps_per_call", 1), f"{name}.steps_per_call")
+    periods = {f"{name}.{f}": t[f] for f in ("log_every", "checkpoint_every", "sample_every")}
+    if eval_every:
+        periods["config.eval.every"] = eval_every
+    for field, value in periods.items():
+        checks.require(value % k == 0, field, value,
+                       f"a multiple of {name}.steps_per_call={k} (steps run {k} at a time)")
 
 
 def _steps_until_event(step, k, num_steps, periods):
@@ -188,9 +194,16 @@ def write_reconstructions(path, originals, reconstructions, num_bits, ncol=8):
     return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(np.concatenate(rows), num_bits)), ncol)
 
 
+def step_function(method, optimizer, ema_decay):
+    """(state, batch, key, **strategy hooks) -> (state, metrics): the family's own `train_step`, or the
+    generic one built from its loss, before a strategy compiles it."""
+    step_impl = method.train_step or functools.partial(state_lib.train_step, loss_fn=method.loss)
+    return functools.partial(step_impl, optimizer=optimizer, ema_decay=ema_decay)
+
+
 def train_and_evaluate(config, workdir, method, dataset):
     """Train `method` on `dataset` as configured, resuming from WORKDIR; returns the final global state."""
-    _check_train_config(config)
+    check_train_config(config)
     t = config.train
     strategy = parallel.make_strategy(config.parallel.strategy)
     optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
@@ -199,8 +212,7 @@ def train_and_evaluate(config, workdir, method, dataset):
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,
                         keep=t.keep_checkpoints)
     state, start = init_or_restore(config, method, dataset, optimizer, ckpt)
-    step_impl = method.train_step or functools.partial(state_lib.train_step, loss_fn=method.loss)
-    step_fn = functools.partial(step_impl, optimizer=optimizer, ema_decay=config.optim.ema_decay)
+    step_fn = step_function(method, optimizer, config.optim.ema_decay)
     steps_per_call = int(t.get("steps_per_call", 1))
     train_step = strategy.compile_step(step_fn, stacked=steps_per_call > 1)
     sampler = parallel.jit_sampler(method.sample, t.num_samples)

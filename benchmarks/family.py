@@ -1,0 +1,148 @@
+"""Train step and sampler of any family, at its experiment's paper size or smoke size: one command each.
+
+    python -m benchmarks.family --family=vae                       # vae_mnist's model, MNIST shape
+    python -m benchmarks.family --family=vqvae                     # stage 1, then its transformer prior
+    python -m benchmarks.family --family=pixelcnn --set model.name=transformer --batch_size=16
+    python -m benchmarks.family --family=gan --set gan.d_steps=5   # DCGAN, 5 discriminator updates a step
+    python -m benchmarks.family --family=nade --config=smoke       # the smoke size, 8x8 digits
+
+FAMILY is one of experiments.compare's families (nade, pixelcnn, vae, vqvae, gan, realnvp, glow, ddpm,
+flow_matching); the model is that experiment's config (`--config=smoke` for its smoke variant), changed
+by `--set FIELD=VALUE` (any config field, repeatable). Data are random images of the config's dataset
+shape (MNIST 28x28x1, CIFAR-10 32x32x3 or the 8x8 digits), so nothing is downloaded. Measured:
+
+  - train: the trainer's own step (`gm.train.loop.step_function`: Adam, clipping, EMA, non-finite guard,
+    the state donated; a GAN's k:1 step, a VQ-VAE's codebook EMA) under --strategy, compiled, then the
+    median of --repeats windows of --steps calls; images/s counts the batch's images; XLA's memory
+    analysis of the compiled step;
+  - sampler: the family's `sample` drawing --num_samples images from the EMA parameters after those
+    steps (speed does not depend on training), compiled, then the median of --repeats calls.
+    Autoregressive models are timed as `benchmarks.autoregressive` does: a full grid when its estimate
+    (network evaluations x one evaluation) is below --max_seconds, else that estimate, marked so;
+  - peak memory: the device's peak_bytes_in_use (GPU) or the process's max RSS (CPU).
+
+The VQ-VAE has two stages and two rows: stage 1 (its sampler decodes uniform codes) and the prior over
+stage 1's codes (its sampler is the model's: codes from the prior, decoded). One JSON line per row goes
+to benchmarks/results.jsonl. The DDPM and the flows have their own benchmarks too (`benchmarks.ddpm`:
+DDIM chains and MFU; `benchmarks.flows`: ODE solvers on trained models).
+"""
+import argparse
+import ast
+import importlib
+
+from benchmarks import autoregressive as ar_bench
+from benchmarks.harness import (RESULTS, dataset_info, environment, measure_sampler, measure_train_step, peak_memory,
+                                random_batch, record)
+from experiments import compare
+from gm import parallel, vqvae
+
+AUTOREGRESSIVE = ("nade", "pixelcnn")
+
+
+def parse_value(text):
+    """'5' -> 5, '(1,2)' -> (1, 2), 'transformer' -> 'transformer': a Python literal, else the string."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config, items):
+    """Set each 'a.b.c=value' of `items` on `config`; one sentence for a field the config lacks."""
+    for item in items:
+        path, sep, text = item.partition("=")
+        if not sep:
+            raise ValueError(f"--set {item!r}: write FIELD=VALUE, e.g. --set model.name=transformer.")
+        *parents, leaf = path.split(".")
+        node = config
+        for name in parents:
+            if name not in node:
+                raise ValueError(f"--set {item!r}: the config has no field {path!r}.")
+            node = node[name]
+        if leaf not in node:
+            raise ValueError(f"--set {item!r}: the config has no field {path!r}.")
+        try:
+            node[leaf] = parse_value(text)
+        except TypeError as e:  # ml_collections keeps each field's type
+            raise ValueError(f"--set {item!r}: {e}") from None
+    return config
+
+
+def family_config(family, variant, overrides):
+    if family not in compare.FAMILIES:
+        raise ValueError(f"Unknown --family {family!r}; use one of {tuple(compare.FAMILIES)}.")
+    module = importlib.import_module(f"experiments.{compare.FAMILIES[family][1]}")
+    return module, apply_overrides(module.get_config("smoke" if variant == "smoke" else None), overrides)
+
+
+def sampler_row(family, config, method, info, params, args):
+    if family in AUTOREGRESSIVE:
+        return ar_bench.sampler_stats(config, method, info, params, args.repeats, args.max_seconds, args.num_samples)
+    return measure_sampler(method, params, args.num_samples, args.repeats)
+
+
+def stage_row(config, method, info, batch_size, args):
+    """(train stats, sampler params): the train step's numbers and the EMA params it ended with."""
+    stats, device_state, strategy = measure_train_step(config, method, random_batch(info, batch_size), args.steps,
+                                                       args.repeats, args.strategy, args.steps_per_call)
+    return stats, strategy.get_state(device_state).ema_params
+
+
+def benchmark(args):
+    """The rows (dicts) of one --family run."""
+    module, config = family_config(args.family, args.config, args.set)
+    info = dataset_info(config.data.name)
+    common = {"benchmark": "family", "family": args.family, "config": args.config, "overrides": list(args.set),
+              **environment(), "shape": list(info.shape), "strategy": args.strategy}
+    rows = []
+    if args.family == "vqvae":
+        method = vqvae.make(config, info)
+        stats, vq_params = stage_row(config, method, info, args.batch_size or config.train.batch_size, args)
+        rows.append(dict(common, stage="vqvae", model="vqvae", **stats,
+                         **measure_sampler(method, vq_params, args.num_samples, args.repeats)))
+        stage2 = module.prior_config(config)
+        method = vqvae.make_prior(stage2, info, config, vq_params)
+        stats, prior_params = stage_row(stage2, method, info, args.batch_size or stage2.train.batch_size, args)
+        rows.append(dict(common, stage="prior", model=config.prior.name, **stats,
+                         **measure_sampler(method, prior_params, args.num_samples, args.repeats)))
+    else:
+        make = compare.FAMILIES[args.family][2]
+        method = make(config, info)
+        stats, params = stage_row(config, method, info, args.batch_size or config.train.batch_size, args)
+        rows.append(dict(common, stage="train", model=config.model.get("name", args.family), **stats,
+                         **sampler_row(args.family, config, method, info, params, args)))
+    for row in rows:
+        row.update(peak_memory())  # the process's peak so far: the VQ-VAE's prior row covers both stages
+    return rows
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--family", required=True, help=f"one of {', '.join(compare.FAMILIES)}")
+    p.add_argument("--config", default="paper", choices=("paper", "smoke"))
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="change a config field, e.g. model.name=gated_pixelcnn (repeatable)")
+    p.add_argument("--batch_size", type=int, default=0, help="default: the config's train batch size")
+    p.add_argument("--steps", type=int, default=5, help="compiled calls per timed window")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps_per_call", type=int, default=1, help="train steps per compiled call (lax.scan)")
+    p.add_argument("--strategy", default="sharded", choices=parallel.STRATEGIES)
+    p.add_argument("--num_samples", type=int, default=16)
+    p.add_argument("--max_seconds", type=float, default=600.0,
+                   help="autoregressive models: run the full sampler only when its estimate is below this")
+    p.add_argument("--out", default=RESULTS)
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for name, value in (("--steps", args.steps), ("--repeats", args.repeats), ("--num_samples", args.num_samples),
+                        ("--steps_per_call", args.steps_per_call)):
+        if value <= 0:
+            raise SystemExit(f"error: {name} must be positive, got {value}.")
+    for row in benchmark(args):
+        record(row, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""What every benchmark shares: the machine, timing, peak memory, the trainer's step and a model's sampler.
+
+Timings follow one protocol: compile (and the first call) timed on its own, then the median of
+`repeats` timed windows, each ending in `jax.block_until_ready`. Peak memory is the device's
+`peak_bytes_in_use` where the backend reports it (GPUs) and the process's max RSS otherwise (CPU).
+Every result is one JSON object, printed and appended as one line to benchmarks/results.jsonl.
+"""
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+
+import jax
+import numpy as np
+
+from gm import data as gm_data
+from gm import parallel
+from gm.train import loop
+from gm.train import state as state_lib
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results.jsonl")
+
+# The shapes of the datasets the paper-size configs train on, without loading (or downloading) them.
+_INFOS = {
+    "cifar10": gm_data.DatasetInfo(name="cifar10", shape=(32, 32, 3), num_bits=8, num_classes=10,
+                                   num_train=50_000, num_test=10_000),
+    "mnist": gm_data.DatasetInfo(name="mnist", shape=(28, 28, 1), num_bits=8, num_classes=10,
+                                 num_train=60_000, num_test=10_000),
+}
+
+
+def dataset_info(name):
+    """DatasetInfo of `name`: the bundled digits are loaded (they are on disk), MNIST and CIFAR-10 are
+    described from their known shapes, so a benchmark needs no data."""
+    if name in _INFOS:
+        return _INFOS[name]
+    if name == "digits":
+        return gm_data.load("digits").info
+    raise ValueError(f"No benchmark shape for config.data.name {name!r}; use one of {('digits',) + tuple(_INFOS)}.")
+
+
+def fake_cifar_info():
+    return _INFOS["cifar10"]
+
+
+def random_batch(info, batch_size, seed=0):
+    """{'image': uint8 [B, H, W, C] uniform over the info's levels, 'label': int32 [B]}."""
+    rng = np.random.default_rng(seed)
+    return {"image": rng.integers(0, info.num_levels, (batch_size,) + tuple(info.shape), dtype=np.uint8),
+            "label": rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)}
+
+
+def machine_description():
+    cpu = platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores"
+
+
+def devices_description():
+    return f"{jax.device_count()} x {jax.devices()[0].device_kind}"
+
+
+def peak_memory_bytes():
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return int(stats["peak_bytes_in_use"]), "device peak_bytes_in_use"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process max RSS"
+
+
+def environment():
+    """The fields every result row starts with: machine, devices, JAX version."""
+    return {"machine": machine_description(), "devices": devices_description(), "jax": jax.__version__}
+
+
+def peak_memory():
+    peak, kind = peak_memory_bytes()
+    return {"peak_memory_gb": round(peak / 2 ** 30, 2), "peak_memory_kind": kind}
+
+
+def record(result, out=RESULTS, indent=None):
+    """Print one benchmark result as JSON and append it as one line to `out` (results.jsonl)."""
+    print(json.dumps(result, indent=indent), flush=True)
+    with open(out, "a") as f:
+        f.write(json.dumps(result) + "\n")
+
+
+def timed(fn, *args):
+    """(fn(*args) once it is ready, seconds)."""
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*args))
+    return out, time.perf_counter() - start
+
+
+def timed_twice(fn, *args):
+    """(output, compile + first call seconds, second call seconds)."""
+    _, first_s = timed(fn, *args)
+    out, second_s = timed(fn, *args)
+    return out, first_s, second_s
+
+
+def num_params(tree):
+    return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
+
+
+def measure_train_step(config, method, batch, steps, repeats, strategy_name="sharded", steps_per_call=1):
+    """Compile and time the trainer's own train step of `method` on `batch` (a host batch dict).
+
+    The step is `gm.train.loop.step_function` (the family's `train_step` or the generic one, with
+    config.optim's optimizer unless the family brings its own), `steps_per_call` steps per compiled
+    call, the state donated, under `strategy_name`.
+
+    Returns (stats, device state after the run, strategy). stats: params, batch_size, train_compile_s
+    (lower + compile + the first call), train_images_per_s (batch images per second, the median over
+    `repeats` windows of `steps` calls) and each window's, and under 'sharded' XLA's memory analysis
+    of the compiled step (argument, output and temporary MB).
+    """
+    batch_size = len(batch["image"])
+    parallel.check_batch_size(batch_size, "--batch_size")
+    optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
+    extra = method.init_extra() if method.init_extra else None
+    state = state_lib.run_once(lambda b: state_lib.init_state(method.init(jax.random.key(0), b), optimizer, extra),
+                               batch)
+    strategy = parallel.make_strategy(strategy_name)
+    stacked = steps_per_call > 1
+    step = strategy.compile_step(loop.step_function(method, optimizer, config.optim.ema_decay), stacked=stacked)
+    device_state = strategy.put_state(parallel.replicate(state))
+    host_batch = {k: np.stack([v] * steps_per_call) for k, v in batch.items()} if stacked else batch
+    device_batch = strategy.put_batch(host_batch, stacked=stacked)
+    key = jax.random.key(1)
+    start = time.perf_counter()
+    memory = {}
+    if strategy_name == "sharded":
+        step = step.lower(device_state, device_batch, key).compile()
+        analysis = step.memory_analysis()
+        memory = {f"xla_{k}_mb": round(getattr(analysis, f"{k}_size_in_bytes") / 2 ** 20, 1)
+                  for k in ("argument", "output", "temp")}
+    device_state, _ = jax.block_until_ready(step(device_state, device_batch, key))
+    compile_s = time.perf_counter() - start
+
+    windows = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            device_state, _ = step(device_state, device_batch, key)
+        jax.block_until_ready(device_state)
+        windows.append(steps * steps_per_call * batch_size / (time.perf_counter() - start))
+    stats = {"params": num_params(state.params), "batch_size": batch_size, "steps_per_call": steps_per_call,
+             "train_compile_s": round(compile_s, 1), "train_images_per_s": round(statistics.median(windows), 2),
+             "train_images_per_s_windows": [round(w, 2) for w in windows], **memory}
+    return stats, device_state, strategy
+
+
+def measure_sampler(method, params, num, repeats):
+    """Compile and time `method.sample(params, key, num)` as the trainer runs it (`parallel.jit_sampler`).
+
+    Returns stats: sample_compile_s (compile + the first call), sample_images_per_s (median over
+    `repeats` calls, each with a new key) and each call's.
+    """
+    sampler = parallel.jit_sampler(method.sample, num)
+    images, compile_s = timed(sampler, params, jax.random.key(2))
+    if images.shape[0] != num:
+        raise AssertionError(f"the sampler returned {images.shape[0]} images for num={num}")
+    rates = [num / timed(sampler, params, jax.random.key(3 + i))[1] for i in range(repeats)]
+    return {"num_samples": num, "sample_compile_s": round(compile_s, 1),
+            "sample_images_per_s": round(statistics.median(rates), 3),
+            "sample_images_per_s_runs": [round(r, 3) for r in rates]}

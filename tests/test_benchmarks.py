@@ -1,0 +1,87 @@
+"""The benchmark commands run end to end at smoke size and write the rows RESULTS.md is built from."""
+import json
+
+import pytest
+
+from benchmarks import family, flows
+from benchmarks.harness import dataset_info
+
+
+def _rows(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def _run_family(tmp_path, *argv):
+    out = tmp_path / "results.jsonl"
+    family.main(["--config=smoke", "--steps=1", "--repeats=2", "--num_samples=4", f"--out={out}", *argv])
+    return _rows(out)
+
+
+def _check_train(row, batch_size):
+    assert row["batch_size"] == batch_size and row["params"] > 0 and row["train_compile_s"] >= 0
+    assert len(row["train_images_per_s_windows"]) == 2 and row["train_images_per_s"] > 0
+    assert row["xla_temp_mb"] >= 0 and row["peak_memory_gb"] > 0 and row["devices"].endswith("cpu")
+
+
+def test_family_vae_train_step_and_sampler(tmp_path):
+    (row,) = _run_family(tmp_path, "--family=vae", "--batch_size=8")
+    _check_train(row, 8)
+    assert row["family"] == "vae" and row["stage"] == "train" and row["shape"] == [8, 8, 1]
+    assert row["num_samples"] == 4 and len(row["sample_images_per_s_runs"]) == 2 and row["sample_images_per_s"] > 0
+
+
+def test_family_vqvae_times_both_stages_and_the_prior_sampler(tmp_path):
+    vq, prior = _run_family(tmp_path, "--family=vqvae", "--batch_size=8")
+    assert (vq["stage"], vq["model"]) == ("vqvae", "vqvae") and (prior["stage"], prior["model"]) == ("prior", "transformer")
+    for row in (vq, prior):
+        _check_train(row, 8)
+        assert row["sample_images_per_s"] > 0
+    assert prior["params"] != vq["params"]  # the prior's own parameters, stage 1 frozen
+
+
+def test_family_autoregressive_sampler_is_estimated_past_max_seconds(tmp_path):
+    (row,) = _run_family(tmp_path, "--family=pixelcnn", "--set", "model.name=pixelcnn", "--batch_size=8",
+                         "--max_seconds=0")
+    _check_train(row, 8)
+    assert row["model"] == "pixelcnn" and row["overrides"] == ["model.name=pixelcnn"]
+    assert row["sample_s_kind"] == "estimated" and row["network_evaluations"] == 64
+    assert row["sample_s"] == pytest.approx(64 * row["network_eval_s"], rel=2e-3, abs=1e-3)
+
+
+def test_family_gan_k_discriminator_steps(tmp_path):
+    (row,) = _run_family(tmp_path, "--family=gan", "--set", "gan.d_steps=2", "--batch_size=8")
+    _check_train(row, 8)
+    assert row["sample_images_per_s"] > 0
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--family=diffusion"], r"Unknown --family 'diffusion'; use one of \('nade'"),
+    (["--family=vae", "--set", "model.nope=1"], r"--set 'model.nope=1': the config has no field 'model.nope'"),
+    (["--family=vae", "--set", "model"], r"--set 'model': write FIELD=VALUE"),
+    (["--family=vae", "--set", "model.latent_dim=big"], r"--set 'model.latent_dim=big': "),
+])
+def test_family_bad_arguments_are_one_sentence(tmp_path, argv, message):
+    with pytest.raises(ValueError, match=message):
+        family.benchmark(family.parse_args(["--config=smoke", f"--out={tmp_path / 'r.jsonl'}", *argv]))
+
+
+def test_family_needs_positive_counts(tmp_path):
+    with pytest.raises(SystemExit, match="--repeats must be positive, got 0"):
+        family.main(["--family=vae", "--repeats=0", f"--out={tmp_path / 'r.jsonl'}"])
+
+
+def test_flows_benchmark_rows(tmp_path, monkeypatch):
+    out = tmp_path / "results.jsonl"
+    monkeypatch.setattr("sys.argv", ["flows", "--model=glow", "--config=smoke", "--steps=1", "--repeats=2",
+                                     "--num_samples=4", f"--out={out}"])
+    flows.main()
+    (row,) = _rows(out)
+    _check_train(row, 32)
+    assert row["solver"] == "one pass" and row["sample_images_per_s"] > 0
+
+
+def test_dataset_shapes_need_no_data():
+    assert dataset_info("cifar10").shape == (32, 32, 3) and dataset_info("mnist").shape == (28, 28, 1)
+    assert dataset_info("digits").num_bits == 4
+    with pytest.raises(ValueError, match="No benchmark shape for config.data.name 'svhn'"):
+        dataset_info("svhn")
