@@ -5,10 +5,10 @@
     python -m benchmarks.flows --model=flow_matching --config=smoke --workdir=runs/fm_digits
         # a trained checkpoint: every solver's NFE, sampling images/s and test bits/dim
 
-Train: the trainer's step (`gm.train.state.train_step` under --strategy) on random images of the
-config's shape, compiled, then the median of --repeats windows of --steps steps. Sampling: one jitted
-call drawing --num_samples images, timed after its compile. RealNVP and Glow sample in one pass through
-the flow. Flow matching integrates its ODE once per solver in --solvers (NAME or NAME:STEPS; dopri5 uses
+Train: the trainer's step (`benchmarks.harness.measure_train_step` under --strategy) on random images
+of the config's shape, compiled, then the median of --repeats windows of --steps steps. Sampling draws
+--num_samples images after the sampler's compile: RealNVP and Glow in one pass through the flow, the
+median of --repeats calls; flow matching integrates its ODE once per solver in --solvers (NAME or NAME:STEPS; dopri5 uses
 the config's rtol and atol), and reports each solver's NFE. The adaptive solver's NFE depends on the
 learned field, so it only means something for trained parameters: give --workdir of a run of the same
 config, and each solver also scores the first --eval_examples test images (bits/dim and the
