@@ -118,7 +118,7 @@ def measure_train_step(config, method, batch, steps, repeats, strategy_name="sha
     Returns (stats, device state after the run, strategy). stats: params, batch_size, train_compile_s
     (lower + compile + the first call), train_images_per_s (batch images per second, the median over
     `repeats` windows of `steps` calls) and each window's, and under 'sharded' XLA's memory analysis
-    of the compiled step (argument, output and temporary MB).
+    of the compiled step (argument, output and temporary MB) and its FLOP count per image.
     """
     batch_size = len(batch["image"])
     parallel.check_batch_size(batch_size, "--batch_size")
@@ -140,6 +140,10 @@ def measure_train_step(config, method, batch, steps, repeats, strategy_name="sha
         analysis = step.memory_analysis()
         memory = {f"xla_{k}_mb": round(getattr(analysis, f"{k}_size_in_bytes") / 2 ** 20, 1)
                   for k in ("argument", "output", "temp")}
+        # XLA's count for one device's share of the batch; the batch is split evenly over all of them.
+        flops = (step.cost_analysis() or {}).get("flops")
+        if flops:
+            memory["xla_gflop_per_image"] = round(flops * jax.device_count() / (batch_size * steps_per_call) / 1e9, 3)
     device_state, _ = jax.block_until_ready(step(device_state, device_batch, key))
     compile_s = time.perf_counter() - start
 

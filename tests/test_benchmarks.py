@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from benchmarks import family, flows
+from benchmarks import family, flows, targets
 from benchmarks.harness import dataset_info
 
 
@@ -85,3 +85,25 @@ def test_dataset_shapes_need_no_data():
     assert dataset_info("digits").num_bits == 4
     with pytest.raises(ValueError, match="No benchmark shape for config.data.name 'svhn'"):
         dataset_info("svhn")
+
+
+def test_targets_measures_every_part_of_the_accelerator_targets(tmp_path):
+    out = tmp_path / "results.jsonl"
+    result = targets.main(["--config=smoke", "--dtype=float32", "--batch_size=8", "--steps=1", "--repeats=2",
+                           "--num_images=24", "--sample_batch=8", "--ancestral_steps=2", "--fid_batch=8",
+                           f"--out={out}"])
+    assert _rows(out) == [json.loads(json.dumps(result))]
+    assert result["train_images_per_s"] > 0 and result["train_params"] > 0
+    # Away from the paper UNet the FLOPs are XLA's count of the compiled step; no peak is known for a CPU.
+    assert result["train_gflop_per_image"] == result["train_xla_gflop_per_image"] > 0
+    assert result["train_tflops"] > 0 and result["peak_tflops"] is None and result["train_mfu"] is None
+    # 24 images are 3 batches of 8: the 1,000-step estimate is per step x 1,000 x 3.
+    assert result["ancestral_1000_steps_s_estimated"] == pytest.approx(result["ancestral_step_s"] * 3000, rel=2e-3)
+    assert result["ddim50_s"] > 0 and result["fid_features_s"] > 0 and result["inception_weights"] == "random"
+
+
+def test_targets_refuses_unknown_parts_and_uneven_batches(tmp_path):
+    with pytest.raises(SystemExit, match="--skip takes train, ancestral, ddim and fid"):
+        targets.main(["--skip=sampling", f"--out={tmp_path / 'r.jsonl'}"])
+    with pytest.raises(ValueError, match="--sample_batch=12 must be a positive multiple of the 8 devices"):
+        targets.main(["--config=smoke", "--sample_batch=12", f"--out={tmp_path / 'r.jsonl'}"])
