@@ -2,7 +2,7 @@
 
 One compiled train step does k discriminator updates, then one generator update:
 
-    for i in 0..k-1 (a lax.scan):   real slice i = rows i, i + k, i + 2k, ... of the batch, fresh z
+    for i in 0..k-1 (parallel.scan): real slice i = rows i, i + k, i + 2k, ... of the batch, fresh z
         D <- D - step(grad_D  discriminator_loss(D(x_i), D(G(z_i))) [+ lambda GP]) [, clip D to [-c, c]]
     G <- G - step(grad_G  generator_loss(D'(G(z))))
 
@@ -25,7 +25,7 @@ import optax
 
 from gm import checks
 from gm import distributions as dist
-from gm import gan_losses
+from gm import gan_losses, parallel
 from gm.method import Method
 from gm.nn import dcgan
 from gm.train import state as state_lib
@@ -162,7 +162,7 @@ def unrolled_discriminator(gan, objective, d_optimizer, d_params, d_state, g_par
                                                              jax.random.fold_in(key, j), real, y)
         return discriminator_update(d_optimizer, objective, d, s, reduce_fn(grads)), None
 
-    (d, _), _ = jax.lax.scan(step, (d_params, d_state), jnp.arange(num_steps))
+    (d, _), _ = parallel.scan(step, (d_params, d_state), jnp.arange(num_steps))
     return d
 
 
@@ -210,7 +210,7 @@ def make_train_step(gan, objective, g_optimizer, d_optimizer, d_steps=1, unrolle
             grads, loss = reduce_fn((grads, loss))
             return discriminator_update(d_optimizer, objective, d, s, grads), loss
 
-        (new_d, new_d_state), d_losses = jax.lax.scan(
+        (new_d, new_d_state), d_losses = parallel.scan(
             d_step, (d_params, state.opt_state["discriminator"]), (jnp.arange(d_steps), reals, ys))
 
         def g_loss_fn(g):

@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gm.nn.convnets import MLP, _with_label
+from gm.nn.convnets import MLP, UpConv2x, _with_label
 
 
 def dcgan_stages(size):
@@ -48,10 +48,11 @@ class DCGANGenerator(nn.Module):
         width = self.features * 2 ** (n - 1)
         x = nn.Dense((h >> n) * (w >> n) * width)(_with_label(z, y, self.num_classes))
         x = nn.relu(_norm(self.norm)(x.reshape(z.shape[0], h >> n, w >> n, width)))
+        # Named as nn.ConvTranspose's were, so checkpoints keep their parameter paths.
         for i in range(n - 1):
-            x = nn.ConvTranspose(width >> (i + 1), (4, 4), strides=(2, 2))(x)
+            x = UpConv2x(width >> (i + 1), name=f"ConvTranspose_{i}")(x)
             x = nn.relu(_norm(self.norm)(x))
-        return jnp.tanh(nn.ConvTranspose(c, (4, 4), strides=(2, 2))(x))
+        return jnp.tanh(UpConv2x(c, name=f"ConvTranspose_{n - 1}")(x))
 
 
 class DCGANDiscriminator(nn.Module):
