@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gm.nn import dcgan
+from gm.nn import dcgan, pixelcnn_pp
 from gm.nn.convnets import ConvDecoder, UpConv2x, conv_transpose_2x
 
 
@@ -27,10 +27,34 @@ def test_conv_transpose_2x_is_flaxs_transposed_convolution_in_values_and_gradien
         np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-4, atol=1e-4)
 
 
-def test_conv_transpose_2x_matches_lax_conv_transpose():
-    x, k = jax.random.normal(jax.random.key(2), (2, 5, 3, 4)), jax.random.normal(jax.random.key(3), (4, 4, 4, 6))
-    np.testing.assert_allclose(np.asarray(conv_transpose_2x(x, k)),
-                               np.asarray(jax.lax.conv_transpose(x, k, (2, 2), "SAME")), rtol=1e-5, atol=1e-5)
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("kernel", [(2, 2), (2, 3), (3, 4), (5, 2)])
+@pytest.mark.parametrize("size", [(1, 3), (4, 4), (7, 8)])
+def test_conv_transpose_2x_is_lax_conv_transpose_for_any_kernel(padding, kernel, size):
+    x = jax.random.normal(jax.random.key(2), (2, *size, 3))
+    k = jax.random.normal(jax.random.key(3), (*kernel, 3, 4))
+    want = jax.lax.conv_transpose(x, k, (2, 2), padding)
+    got = conv_transpose_2x(x, k, padding)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_conv_transpose_2x_needs_two_taps_per_axis():
+    with pytest.raises(ValueError, match="at least 2 kernel taps per axis"):
+        conv_transpose_2x(jnp.zeros((1, 4, 4, 2)), jnp.zeros((1, 4, 2, 2)))
+
+
+@pytest.mark.parametrize("shift", ["down", "down_right"])
+def test_pixelcnn_pp_upsampling_is_the_cropped_transposed_convolution(shift):
+    x = jax.random.normal(jax.random.key(4), (2, 4, 4, 6))
+    layer = pixelcnn_pp.ShiftedConvTranspose(5, shift)
+    params = layer.init(jax.random.key(5), x)
+    inner = params["params"]["ConvTranspose_0"]
+    kh, kw = inner["kernel"].shape[:2]
+    full = jax.lax.conv_transpose(x, inner["kernel"], (2, 2), "VALID") + inner["bias"]
+    left = (kw - 1) // 2 if shift == "down" else 0
+    np.testing.assert_allclose(np.asarray(layer.apply(params, x)), np.asarray(full[:, :8, left:left + 8]),
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_generator_and_decoder_keep_their_parameter_paths():

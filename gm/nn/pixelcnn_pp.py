@@ -33,6 +33,7 @@ import jax.numpy as jnp
 
 from gm.distributions import dlm_num_params
 from gm.nn.causal import down_padding, down_right_padding, down_shift, right_shift
+from gm.nn.convnets import UpConv2x
 
 SHIFTS = ("down", "down_right")
 # The reference's kernels: 2x3 (one row above, centred) for `u`, 2x2 (above and left) for `ul`.
@@ -79,8 +80,8 @@ class ShiftedConvTranspose(nn.Module):
         if self.shift not in SHIFTS:
             raise ValueError(f"shift must be one of {SHIFTS}, got {self.shift!r}.")
         kh, kw = DEFAULT_KERNELS[self.shift]
-        y = nn.ConvTranspose(self.features, (kh, kw), strides=(2, 2), padding="VALID",
-                             dtype=self.dtype)(x)
+        # nn.ConvTranspose's numbers and parameter path, without its slow kernel gradient on CPU.
+        y = UpConv2x(self.features, (kh, kw), "VALID", self.dtype, name="ConvTranspose_0")(x)
         height, width = 2 * x.shape[1], 2 * x.shape[2]
         left = (kw - 1) // 2 if self.shift == "down" else 0
         return y[:, :height, left:left + width]
