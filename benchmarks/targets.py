@@ -86,21 +86,20 @@ def measure_ddim(config, params, shape, batches, num_steps=50):
     return time.perf_counter() - start
 
 
-def inception_variables(weights):
-    """The real FID weights from `weights`, else random ones of the same shapes (speed is the same)."""
+def inception_extractor(weights):
+    """The FID Inception network with the real weights from `weights`, else random ones of the same
+    shapes (speed does not depend on them)."""
     if weights:
-        return jax.tree.map(jnp.asarray, inception.load_variables(weights))
+        return sample_quality.inception_extractor(weights)
     shapes = jax.eval_shape(lambda: inception.InceptionV3().init(jax.random.key(0), jnp.zeros((1, 299, 299, 3))))
     # A positive constant keeps the batch-norm variances positive and every activation finite.
-    return jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes)
+    return sample_quality.inception_extractor(variables=jax.tree.map(lambda s: jnp.full(s.shape, 0.01, s.dtype), shapes))
 
 
 def measure_fid_features(weights, num_images, batch):
     """Seconds to turn `num_images` uint8 32x32x3 images into Inception features, `batch` at a time,
     after the compile; the images are already on the devices, as samples are in evaluation."""
-    extractor = sample_quality.FeatureExtractor("inception", inception.features, inception_variables(weights),
-                                                inception.FEATURE_DIM, 3, "fid", "is", "kid")
-    features = sample_quality.compiled_features(extractor, num_bits=8)
+    features = sample_quality.compiled_features(inception_extractor(weights), num_bits=8)
     rng = np.random.default_rng(0)
     levels = jax.device_put(rng.integers(0, 256, (batch, 32, 32, 3), dtype=np.uint8), parallel.batch_sharding())
     timed(features, levels)  # compile

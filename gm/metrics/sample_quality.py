@@ -54,12 +54,15 @@ class FeatureExtractor(NamedTuple):
     kid_name: str
 
 
-def inception_extractor(weights=None):
+def inception_extractor(weights=None, variables=None):
     """The FID Inception network with the standard weights (`weights`: path, else $GM_INCEPTION_WEIGHTS);
-    raises `InceptionWeightsError` with the download instructions when the file is missing."""
+    raises `InceptionWeightsError` with the download instructions when the file is missing. `variables`
+    (a Flax variable dict of the network) replaces the file, e.g. random weights for a speed benchmark."""
     from gm.metrics import inception
 
-    variables = jax.tree.map(jax.numpy.asarray, inception.load_variables(weights or None))
+    if variables is None:
+        variables = inception.load_variables(weights or None)
+    variables = jax.tree.map(jax.numpy.asarray, variables)
     return FeatureExtractor("inception", inception.features, variables, inception.FEATURE_DIM, 3,
                             "fid", "is", "kid")
 
