@@ -24,8 +24,11 @@ import jax
 import numpy as np
 
 from benchmarks.harness import RESULTS, environment, fake_cifar_info, num_params, peak_memory, random_batch, record, timed
+import dataclasses
+
 from experiments import nade_mnist, pixelcnn_cifar
 from gm import autoregressive as ar
+from gm import families
 from gm.train import state as state_lib
 
 NUM = 16
@@ -38,31 +41,31 @@ def network_evaluations(name, info):
             "transformer": h * w * c}.get(name, 1)
 
 
-def transformer_step(config, info, params, num=NUM):
+def transformer_step(model: ar.ModelConfig, info, params, num=NUM):
     """A jitted (cache, position) -> cache: one cached decoding step on `num` sequences (cache donated, as
     the sampler's scan updates it in place), and a fresh cache."""
     from gm.nn import transformer
 
     net = transformer.CausalTransformer(vocab_size=info.num_levels, seq_len=info.num_dims,
-                                        **config.model.transformer.to_dict())
+                                        **dataclasses.asdict(model.transformer))
     tokens = np.zeros(num, np.int32)
     step = jax.jit(lambda cache, i: net.apply({"params": params}, tokens, i, cache, method="decode")[1],
                    donate_argnums=0)
     return step, transformer.init_cache(net, num)
 
 
-def sampler_stats(config, method, info, params, repeats, max_seconds, num=NUM):
-    """Time `method.sample` of the autoregressive model config.model.name drawing `num` images.
+def sampler_stats(model: ar.ModelConfig, method, info, params, repeats, max_seconds, num=NUM):
+    """Time `method.sample` of the autoregressive model `model` (its config.model) drawing `num` images.
 
     Returns sampler_compile_s, network_eval_s (one forward pass on `num` images, or one cached decoding
     step for the transformer; median of `repeats`), network_evaluations, and sample_s: the full
     sampler's seconds, measured when evaluations x network_eval_s <= max_seconds (always for NADE),
     else that estimate (sample_s_kind says which), and images_per_s.
     """
-    name = config.model.name
+    name = model.name
     batch = {"image": np.zeros((num,) + tuple(info.shape), np.uint8), "label": np.zeros(num, np.int32)}
     if name == "transformer":
-        step, cache = transformer_step(config, info, params, num)
+        step, cache = transformer_step(model, info, params, num)
         cache, _ = timed(step, cache, info.num_dims // 2)  # compile; any position costs the same
         times = []
         for _ in range(repeats):
@@ -95,7 +98,8 @@ def benchmark(name, variant, info, repeats, max_seconds):
     experiment = nade_mnist if name == "nade" else pixelcnn_cifar
     config = experiment.get_config(variant)
     config.model.name = name
-    method = ar.make(config, info)
+    settings = families.parse(config).settings
+    method = ar.make(settings, info)
     batch = random_batch(info, NUM)
     params = state_lib.run_once(method.init, jax.random.key(0), batch)
     return {
@@ -105,7 +109,7 @@ def benchmark(name, variant, info, repeats, max_seconds):
         **environment(),
         "params": num_params(params),
         "shape": list(info.shape),
-        **sampler_stats(config, method, info, params, repeats, max_seconds),
+        **sampler_stats(settings.model, method, info, params, repeats, max_seconds),
         **peak_memory(),
     }
 

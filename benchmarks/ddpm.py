@@ -20,14 +20,16 @@ import jax
 from benchmarks.harness import (RESULTS, environment, fake_cifar_info, measure_train_step, peak_memory, random_batch,
                                 record, timed)
 from experiments import ddpm_cifar
-from gm import diffusion, parallel
+from gm import diffusion, families, parallel
+from gm.nn.unet import unet_from_config
 
 
 def paper_unet(dtype="float32"):
-    """(config, Method) of the paper's CIFAR-10 DDPM with compute dtype `dtype`."""
+    """(typed setup, Method) of the paper's CIFAR-10 DDPM with compute dtype `dtype`."""
     config = ddpm_cifar.get_config()
     config.model.dtype = dtype
-    return config, diffusion.make(config, fake_cifar_info())
+    setup = families.parse(config)
+    return setup, diffusion.make(setup.settings, fake_cifar_info())
 
 
 def main():
@@ -43,16 +45,16 @@ def main():
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args()
 
-    config, method = paper_unet(args.dtype)
+    setup, method = paper_unet(args.dtype)
     batch = random_batch(fake_cifar_info(), args.batch_size)
-    stats, device_state, strategy = measure_train_step(config, method, batch, args.steps, args.repeats,
+    stats, device_state, strategy = measure_train_step(setup.run.optim, method, batch, args.steps, args.repeats,
                                                        args.strategy, args.steps_per_call)
 
     # Sampling: a DDIM chain of `sample_steps` network evaluations, the median of --repeats after its compile.
     n = args.sample_batch or args.batch_size
     ema = strategy.get_state(device_state).ema_params
     sched = diffusion.schedule_from_name("linear", 1000)
-    net = diffusion.unet_from_config(config.model)
+    net = unet_from_config(setup.settings.model)
     eps_fn = lambda params: (lambda x, t: net.apply({"params": params}, x, t, train=False))
     chain = jax.jit(lambda params, k: diffusion.ddim_sample(sched, eps_fn(params), k, (n, 32, 32, 3),
                                                             num_steps=args.sample_steps),

@@ -6,12 +6,12 @@
     python -m benchmarks.family --family=gan --set gan.d_steps=5   # DCGAN, 5 discriminator updates a step
     python -m benchmarks.family --family=nade --config=smoke       # the smoke size, 8x8 digits
 
-FAMILY is one of experiments.compare's families (nade, pixelcnn, vae, vqvae, gan, realnvp, glow, ddpm,
-flow_matching); the model is that experiment's config (`--config=smoke` for its smoke variant), changed
-by `--set FIELD=VALUE` (any config field, repeatable). Data are random images of the config's dataset
+FAMILY is a name of the registry `gm.families` (nade, pixelcnn, vae, vqvae, gan, realnvp, glow, ddpm,
+flow_matching); the model is its experiment's config (`--config=smoke` for its smoke variant), changed
+by `--set FIELD=VALUE` (any config field, repeatable), checked as a run checks it. Data are random images of the config's dataset
 shape (MNIST 28x28x1, CIFAR-10 32x32x3 or the 8x8 digits), so nothing is downloaded. Measured:
 
-  - train: the trainer's own step (`gm.train.loop.step_function`: Adam, clipping, EMA, non-finite guard,
+  - train: the trainer's own step (`gm.train.state.step_function`: Adam, clipping, EMA, non-finite guard,
     the state donated; a GAN's k:1 step, a VQ-VAE's codebook EMA) under --strategy, compiled, then the
     median of --repeats windows of --steps calls; images/s counts the batch's images; XLA's memory
     analysis of the compiled step;
@@ -21,8 +21,9 @@ shape (MNIST 28x28x1, CIFAR-10 32x32x3 or the 8x8 digits), so nothing is downloa
     (network evaluations x one evaluation) is below --max_seconds, else that estimate, marked so;
   - peak memory: the device's peak_bytes_in_use (GPU) or the process's max RSS (CPU).
 
-The VQ-VAE has two stages and two rows: stage 1 (its sampler decodes uniform codes) and the prior over
-stage 1's codes (its sampler is the model's: codes from the prior, decoded). One JSON line per row goes
+A family of several stages gets a row per stage, each made from the one before's benchmarked parameters:
+the VQ-VAE's stage 1 (its sampler decodes uniform codes) and the prior over stage 1's codes (its sampler
+is the model's: codes from the prior, decoded). One JSON line per row goes
 to benchmarks/results.jsonl. The DDPM and the flows have their own benchmarks too (`benchmarks.ddpm`:
 DDIM chains and MFU; `benchmarks.flows`: ODE solvers on trained models).
 """
@@ -33,8 +34,7 @@ import importlib
 from benchmarks import autoregressive as ar_bench
 from benchmarks.harness import (RESULTS, dataset_info, environment, measure_sampler, measure_train_step, peak_memory,
                                 random_batch, record)
-from experiments import compare
-from gm import parallel, vqvae
+from gm import families, parallel
 
 AUTOREGRESSIVE = ("nade", "pixelcnn")
 
@@ -69,48 +69,37 @@ def apply_overrides(config, items):
 
 
 def family_config(family, variant, overrides):
-    if family not in compare.FAMILIES:
-        raise ValueError(f"Unknown --family {family!r}; use one of {tuple(compare.FAMILIES)}.")
-    module = importlib.import_module(f"experiments.{compare.FAMILIES[family][1]}")
-    return module, apply_overrides(module.get_config("smoke" if variant == "smoke" else None), overrides)
+    """The registry entry's experiment config (or its smoke variant) with the --set overrides."""
+    if family not in families.FAMILIES:
+        raise ValueError(f"Unknown --family {family!r}; use one of {tuple(families.FAMILIES)}.")
+    module = importlib.import_module(f"experiments.{families.get(family).experiment}")
+    return apply_overrides(module.get_config("smoke" if variant == "smoke" else None), overrides)
 
 
-def sampler_row(family, config, method, info, params, args):
+def sampler_row(family, model, method, info, params, args):
     if family in AUTOREGRESSIVE:
-        return ar_bench.sampler_stats(config, method, info, params, args.repeats, args.max_seconds, args.num_samples)
+        return ar_bench.sampler_stats(model, method, info, params, args.repeats, args.max_seconds, args.num_samples)
     return measure_sampler(method, params, args.num_samples, args.repeats)
 
 
-def stage_row(config, method, info, batch_size, args):
-    """(train stats, sampler params): the train step's numbers and the EMA params it ended with."""
-    stats, device_state, strategy = measure_train_step(config, method, random_batch(info, batch_size), args.steps,
-                                                       args.repeats, args.strategy, args.steps_per_call)
-    return stats, strategy.get_state(device_state).ema_params
-
-
 def benchmark(args):
-    """The rows (dicts) of one --family run."""
-    module, config = family_config(args.family, args.config, args.set)
-    info = dataset_info(config.data.name)
+    """The rows (dicts) of one --family run: one per stage, each stage made from the one before's
+    benchmarked (EMA) parameters."""
+    setup = families.parse(family_config(args.family, args.config, args.set))
+    info = dataset_info(setup.run.data.name)
     common = {"benchmark": "family", "family": args.family, "config": args.config, "overrides": list(args.set),
               **environment(), "shape": list(info.shape), "strategy": args.strategy}
-    rows = []
-    if args.family == "vqvae":
-        method = vqvae.make(config, info)
-        stats, vq_params = stage_row(config, method, info, args.batch_size or config.train.batch_size, args)
-        rows.append(dict(common, stage="vqvae", model="vqvae", **stats,
-                         **measure_sampler(method, vq_params, args.num_samples, args.repeats)))
-        stage2 = module.prior_config(config)
-        method = vqvae.make_prior(stage2, info, config, vq_params)
-        stats, prior_params = stage_row(stage2, method, info, args.batch_size or stage2.train.batch_size, args)
-        rows.append(dict(common, stage="prior", model=config.prior.name, **stats,
-                         **measure_sampler(method, prior_params, args.num_samples, args.repeats)))
-    else:
-        make = compare.FAMILIES[args.family][2]
-        method = make(config, info)
-        stats, params = stage_row(config, method, info, args.batch_size or config.train.batch_size, args)
-        rows.append(dict(common, stage="train", model=config.model.get("name", args.family), **stats,
-                         **sampler_row(args.family, config, method, info, params, args)))
+    rows, previous = [], None
+    for stage in setup.family.stages:
+        run_cfg = setup.stage_run(stage)
+        method = stage.make(setup.settings, info, previous)
+        batch = random_batch(info, args.batch_size or run_cfg.train.batch_size)
+        stats, device_state, strategy = measure_train_step(run_cfg.optim, method, batch, args.steps, args.repeats,
+                                                           args.strategy, args.steps_per_call)
+        previous = strategy.get_state(device_state).ema_params
+        model = setup.settings.prior if stage.name == "prior" else setup.settings.model
+        rows.append(dict(common, stage=stage.name or "train", model=getattr(model, "name", args.family), **stats,
+                         **sampler_row(args.family, model, method, info, previous, args)))
     for row in rows:
         row.update(peak_memory())  # the process's peak so far: the VQ-VAE's prior row covers both stages
     return rows
@@ -118,7 +107,7 @@ def benchmark(args):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", required=True, help=f"one of {', '.join(compare.FAMILIES)}")
+    p.add_argument("--family", required=True, help=f"one of {', '.join(families.FAMILIES)}")
     p.add_argument("--config", default="paper", choices=("paper", "smoke"))
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a config field, e.g. model.name=gated_pixelcnn (repeatable)")

@@ -16,6 +16,7 @@ likelihood's NFE). Without --workdir the parameters are random. One JSON line pe
 benchmarks/results.jsonl.
 """
 import argparse
+import dataclasses
 import json
 
 import jax
@@ -26,7 +27,7 @@ from benchmarks.harness import (RESULTS, dataset_info, environment, measure_samp
 from experiments import flow_matching_cifar, glow_cifar, realnvp_cifar
 from gm import data as gm_data
 from gm import distributions as dist
-from gm import flow_matching, flows, parallel
+from gm import families, flow_matching, parallel
 from gm.train import run
 
 EXPERIMENTS = {"realnvp": realnvp_cifar, "glow": glow_cifar, "flow_matching": flow_matching_cifar}
@@ -53,30 +54,28 @@ def first_test_images(dataset, num):
     return {"image": test["image"], "label": test["label"]}
 
 
-def solver_rows(config, info, params, solvers, num, eval_batch):
+def solver_rows(settings, info, params, solvers, num, eval_batch):
     """One row per solver: sampling NFE and images/s; with eval_batch, test bits/dim and its NFE."""
     rows = []
-    field = flow_matching.velocity_field_from_config(config, info)
+    field = flow_matching.velocity_field(settings.model, info)
     shape = (num,) + tuple(info.shape)
-    fm = config.flow_matching
     for name, steps in solvers:
-        solver = dict(method=name, num_steps=steps or fm.num_steps, rtol=fm.rtol, atol=fm.atol)
-        sampler = jax.jit(lambda p, k: flow_matching.sample(field.bind(p), k, shape, **solver))
+        fm = dataclasses.replace(settings.flow_matching, solver=name, num_steps=steps or settings.flow_matching.num_steps)
+        sampler = jax.jit(lambda p, k: flow_matching.sample(field.bind(p), k, shape, **fm.solver_options()))
         (_, nfe), compile_s, sample_s = timed_twice(sampler, params, jax.random.key(3))
         row = {"solver": name if steps is None else f"{name}, {steps} steps", "sample_nfe": int(nfe),
                "sample_compile_s": round(compile_s, 1), "sample_images_per_s": round(num / sample_s, 2)}
         if eval_batch is not None:
-            settings = flow_matching.settings_from_config(config, info.num_dims)
-            row.update(likelihood_row(field, params, eval_batch, info, settings, solver))
+            row.update(likelihood_row(field, params, eval_batch, info, fm))
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
 
 
-def likelihood_row(field, params, batch, info, settings, solver):
-    """Test bits/dim (the dequantization bound, one draw) with `solver`, and the likelihood's NFE."""
+def likelihood_row(field, params, batch, info, fm):
+    """Test bits/dim (the dequantization bound, one draw) with fm's solver, and the likelihood's NFE."""
     def bits(p, key, b):
-        log_p, nfe = flow_matching.data_log_prob(field, p, key, b, info, dict(settings, solver=solver))
+        log_p, nfe = flow_matching.data_log_prob(field, p, key, b, info, fm)
         return dist.bits_per_dim(-log_p, info.num_dims), nfe
     (bpd, nfe), _, seconds = timed_twice(jax.jit(bits), params, jax.random.key(4), batch)
     bpd = np.asarray(bpd, np.float64)
@@ -101,21 +100,22 @@ def main():
     args = p.parse_args()
 
     config = EXPERIMENTS[args.model].get_config("smoke" if args.config == "smoke" else None)
+    setup = families.parse(config)
     solvers = parse_solvers(args.solvers)
-    dataset = gm_data.load(config.data.name) if args.workdir else None
-    info = dataset.info if dataset else dataset_info(config.data.name)
-    batch_size = args.batch_size or config.train.batch_size
-    method = (flow_matching.make if args.model == "flow_matching" else flows.make)(config, info)
-    stats, device_state, strategy = measure_train_step(config, method, random_batch(info, batch_size), args.steps,
-                                                       args.repeats, args.strategy)
+    dataset = gm_data.load(setup.run.data.name) if args.workdir else None
+    info = dataset.info if dataset else dataset_info(setup.run.data.name)
+    batch_size = args.batch_size or setup.run.train.batch_size
+    method = families.make(config, info)
+    stats, device_state, strategy = measure_train_step(setup.run.optim, method, random_batch(info, batch_size),
+                                                       args.steps, args.repeats, args.strategy)
     params = strategy.get_state(device_state).params
     trained_step = None
     if args.workdir:
-        state, trained_step = run.restore_latest(config, args.workdir, method, dataset)
+        state, trained_step = run.restore_latest(setup.run, args.workdir, method, dataset)
         params = state.ema_params
     if args.model == "flow_matching":
         eval_batch = first_test_images(dataset, args.eval_examples) if dataset else None
-        rows = solver_rows(config, info, params, solvers, args.num_samples, eval_batch)
+        rows = solver_rows(setup.settings, info, params, solvers, args.num_samples, eval_batch)
     else:
         rows = [flow_sampling_row(method, params, args.num_samples, args.repeats)]
     common = {

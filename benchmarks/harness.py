@@ -16,8 +16,8 @@ import jax
 import numpy as np
 
 from gm import data as gm_data
-from gm import parallel
-from gm.train import loop
+from gm import optim, parallel
+from gm.config import OptimConfig
 from gm.train import state as state_lib
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results.jsonl")
@@ -108,12 +108,13 @@ def num_params(tree):
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def measure_train_step(config, method, batch, steps, repeats, strategy_name="sharded", steps_per_call=1):
+def measure_train_step(optim_config: OptimConfig, method, batch, steps, repeats, strategy_name="sharded",
+                       steps_per_call=1):
     """Compile and time the trainer's own train step of `method` on `batch` (a host batch dict).
 
-    The step is `gm.train.loop.step_function` (the family's `train_step` or the generic one, with
-    config.optim's optimizer unless the family brings its own), `steps_per_call` steps per compiled
-    call, the state donated, under `strategy_name`.
+    The step is `gm.train.state.step_function` (the family's `training` or one optimizer step on its
+    loss, the optimizer `optim_config` describes), `steps_per_call` steps per compiled call, the state
+    donated, under `strategy_name`.
 
     Returns (stats, device state after the run, strategy). stats: params, batch_size, train_compile_s
     (lower + compile + the first call), train_images_per_s (batch images per second, the median over
@@ -122,13 +123,13 @@ def measure_train_step(config, method, batch, steps, repeats, strategy_name="sha
     """
     batch_size = len(batch["image"])
     parallel.check_batch_size(batch_size, "--batch_size")
-    optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
-    extra = method.init_extra() if method.init_extra else None
-    state = state_lib.run_once(lambda b: state_lib.init_state(method.init(jax.random.key(0), b), optimizer, extra),
-                               batch)
+    optimizer = optim.make_optimizer(optim_config)
+    training = state_lib.training_of(method)
+    state = state_lib.run_once(
+        lambda b: state_lib.init_state(method.init(jax.random.key(0), b), training, optimizer), batch)
     strategy = parallel.make_strategy(strategy_name)
     stacked = steps_per_call > 1
-    step = strategy.compile_step(loop.step_function(method, optimizer, config.optim.ema_decay), stacked=stacked)
+    step = strategy.compile_step(state_lib.step_function(method, optimizer, optim_config.ema_decay), stacked=stacked)
     device_state = strategy.put_state(parallel.replicate(state))
     host_batch = {k: np.stack([v] * steps_per_call) for k, v in batch.items()} if stacked else batch
     device_batch = strategy.put_batch(host_batch, stacked=stacked)

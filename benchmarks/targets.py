@@ -36,8 +36,9 @@ import numpy as np
 from benchmarks.harness import (RESULTS, dataset_info, environment, measure_train_step, peak_memory, random_batch,
                                 record, timed)
 from experiments import ddpm_cifar
-from gm import diffusion, parallel
+from gm import diffusion, families, parallel
 from gm.metrics import inception, sample_quality
+from gm.nn.unet import unet_from_config
 from gm.train import state as state_lib
 
 GFLOP_PER_TRAIN_IMAGE = 37.0  # forward + backward of the paper UNet at 32x32, as the targets state it
@@ -48,24 +49,25 @@ TARGETS = {"train_images_per_s": 10_000, "train_mfu": 0.45, "ancestral_50k_s": 3
            "fid_features_50k_s": 60}
 
 
-def model_config(variant, dtype):
+def model_setup(variant, dtype):
+    """The checked, typed config of ddpm_cifar (or its smoke variant) with compute dtype `dtype`."""
     config = ddpm_cifar.get_config("smoke" if variant == "smoke" else None)
     config.model.dtype = dtype
-    return config
+    return families.parse(config)
 
 
-def eps_fn(config, params):
-    net = diffusion.unet_from_config(config.model)
+def eps_fn(settings, params):
+    net = unet_from_config(settings.model)
     return lambda x, t: net.apply({"params": params}, x, t, train=False)
 
 
-def measure_ancestral(config, params, shape, steps, batches):
+def measure_ancestral(settings, params, shape, steps, batches):
     """(per-step seconds at this batch, estimated seconds for `batches` batches of 1,000 steps)."""
     # `steps` evenly spaced steps of the trained chain: each step costs what a step of all 1,000 does.
-    d = config.diffusion
+    d = settings.diffusion
     short = diffusion.respace(diffusion.betas_from_name(d.schedule, d.num_timesteps, d.beta_start, d.beta_end), steps)
     chain = jax.jit(lambda p, k: diffusion.ancestral_sample(
-        short.schedule, diffusion.respaced_model_fn(eps_fn(config, p), short.timesteps), k, shape),
+        short.schedule, diffusion.respaced_model_fn(eps_fn(settings, p), short.timesteps), k, shape),
         out_shardings=parallel.batch_sharding())
     timed(chain, params, jax.random.key(0))  # compile
     seconds = statistics.median(timed(chain, params, jax.random.key(1 + i))[1] for i in range(3))
@@ -73,12 +75,12 @@ def measure_ancestral(config, params, shape, steps, batches):
     return per_step, per_step * 1000 * batches
 
 
-def measure_ddim(config, params, shape, batches, num_steps=50):
+def measure_ddim(settings, params, shape, batches, num_steps=50):
     """Seconds for `batches` DDIM chains of `num_steps` on `shape`, after the compile (dispatched back to
     back, one wait at the end, as a sampling loop runs)."""
-    d = config.diffusion
+    d = settings.diffusion
     sched = diffusion.schedule_from_name(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
-    chain = jax.jit(lambda p, k: diffusion.ddim_sample(sched, eps_fn(config, p), k, shape, num_steps=num_steps),
+    chain = jax.jit(lambda p, k: diffusion.ddim_sample(sched, eps_fn(settings, p), k, shape, num_steps=num_steps),
                     out_shardings=parallel.batch_sharding())
     timed(chain, params, jax.random.key(0))  # compile
     start = time.perf_counter()
@@ -133,9 +135,9 @@ def main(argv=None):
     for name in ("batch_size", "sample_batch", "fid_batch"):
         parallel.check_batch_size(getattr(args, name), f"--{name}")
 
-    config = model_config(args.config, args.dtype)
-    info = dataset_info(config.data.name)
-    method = diffusion.make(config, info)
+    setup = model_setup(args.config, args.dtype)
+    info = dataset_info(setup.run.data.name)
+    method = diffusion.make(setup.settings, info)
     kind = jax.devices()[0].device_kind
     peak = args.peak_tflops or BF16_PEAK_TFLOPS.get(kind)
     result = {"benchmark": "ddpm_targets", **environment(), "config": args.config, "dtype": args.dtype,
@@ -143,7 +145,7 @@ def main(argv=None):
               "peak_tflops": peak, "targets": TARGETS}
     batch = random_batch(info, args.batch_size)
     if "train" not in skip:
-        stats, _, _ = measure_train_step(config, method, batch, args.steps, args.repeats)
+        stats, _, _ = measure_train_step(setup.run.optim, method, batch, args.steps, args.repeats)
         # The targets' 37 GFLOP per image for the paper UNet; XLA's own count for any other size.
         gflop = GFLOP_PER_TRAIN_IMAGE if args.config == "paper" else stats.get("xla_gflop_per_image")
         tflops = stats["train_images_per_s"] * gflop / 1000 if gflop else None
@@ -155,10 +157,10 @@ def main(argv=None):
     shape = (args.sample_batch,) + tuple(info.shape)
     batches = math.ceil(args.num_images / args.sample_batch)
     if "ancestral" not in skip:
-        per_step, total = measure_ancestral(config, params, shape, args.ancestral_steps, batches)
+        per_step, total = measure_ancestral(setup.settings, params, shape, args.ancestral_steps, batches)
         result.update(ancestral_step_s=float(f"{per_step:.4g}"), ancestral_1000_steps_s_estimated=float(f"{total:.4g}"))
     if "ddim" not in skip:
-        result["ddim50_s"] = round(measure_ddim(config, params, shape, batches), 2)
+        result["ddim50_s"] = round(measure_ddim(setup.settings, params, shape, batches), 2)
     if "fid" not in skip:
         result["fid_features_s"] = round(measure_fid_features(args.inception_weights, args.num_images,
                                                               args.fid_batch), 2)

@@ -89,9 +89,9 @@ def main():
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args()
 
-    config, method = paper_unet("float32")
+    setup, method = paper_unet("float32")
     batch = random_batch(fake_cifar_info(), args.batch_size)
-    gm_stats, _, _ = measure_train_step(config, method, batch, args.steps, args.repeats)
+    gm_stats, _, _ = measure_train_step(setup.run.optim, method, batch, args.steps, args.repeats)
     torch_stats = measure_torch_train_step(args.batch_size, args.steps, args.repeats, args.threads)
     result = {
         "benchmark": "ddpm_unet_train_step_gm_vs_torch",

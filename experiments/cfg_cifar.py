@@ -11,21 +11,22 @@ eps = (1 + w) eps(x, y) - w eps(x, null): w = 0 is the conditional model, larger
     python -m experiments.cfg_cifar --workdir=runs/smoke --config=experiments/cfg_cifar.py:smoke
 """
 from experiments import ddpm_cifar
-from gm import diffusion
+from gm.config import variant
 from gm.train import run
 
 
 def get_config(arg=None):
     """Conditional CIFAR-10 with guidance; arg='smoke' is a tiny offline variant on the 8x8 digits."""
-    if arg not in (None, "", "smoke"):
-        raise ValueError(f"Unknown config variant {arg!r} for cfg_cifar; use 'smoke' or nothing.")
-    config = ddpm_cifar.get_config(arg)
+    config = ddpm_cifar.get_config()
     config.model.update(class_conditional=True)
     config.diffusion.update(label_dropout=0.1, guidance_weight=0.3, sampler="ddim", ddim_steps=50)
-    if arg == "smoke":
-        config.diffusion.update(ddim_steps=20, guidance_weight=1.0)
-    return config
+    return variant(config, arg, "cfg_cifar", smoke=smoke)
+
+
+def smoke(config):
+    ddpm_cifar.smoke(config)
+    config.diffusion.update(ddim_steps=20, guidance_weight=1.0)
 
 
 if __name__ == "__main__":
-    run.main(__file__, diffusion.make)
+    run.main(__file__)

@@ -12,7 +12,7 @@ num_steps resumes it), then measured:
   warm-up call, batch of config.timing_batch);
 * test bits/dim (exact or a bound, with its standard error) through the one likelihood harness;
   NADE models the binarized digits, so its number is of different data, and VQ-VAE has no image
-  likelihood (its prior's bits per code are in WORKDIR/vqvae);
+  likelihood (its prior's bits per code are in WORKDIR/vqvae/prior);
 * fid_digits / is_digits of config.eval.num_samples samples against the digits train split, with the
   digits classifier's features (`gm.metrics.domain`): comparable across these rows, not with Inception FID.
 
@@ -26,59 +26,45 @@ import os
 import time
 
 import jax
-import ml_collections
 import numpy as np
 from absl import logging
 
-from gm import autoregressive, diffusion, flow_matching, flows, gan, parallel, vae, vqvae
+from gm import families, parallel
+from gm.config import base_config, parse_run, variant
 from gm.metrics import sample_quality
 from gm.train import evaluators, loop, run
-from gm.train.evaluators import eval_config
 
-# family -> (label, experiment module, make(config, info) -> Method)
-FAMILIES = {
-    "nade": ("NADE (binarized)", "nade_mnist", autoregressive.make),
-    "pixelcnn": ("PixelCNN++", "pixelcnn_cifar", autoregressive.make),
-    "vae": ("VAE", "vae_mnist", vae.make),
-    "vqvae": ("VQ-VAE + prior", "vqvae_cifar", None),
-    "gan": ("GAN", "gan_cifar", gan.make),
-    "realnvp": ("RealNVP", "realnvp_cifar", flows.make),
-    "glow": ("Glow", "glow_cifar", flows.make),
-    "ddpm": ("DDPM", "ddpm_cifar", diffusion.make),
-    "flow_matching": ("flow matching", "flow_matching_cifar", flow_matching.make),
-}
+# Compared by default: every registered family (`gm.families`).
+FAMILIES = tuple(families.FAMILIES)
 
 
 def get_config(arg=None):
     """Every family for 2,000 steps on the digits; arg='smoke' runs each for a few steps, for the tests."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.data = dict(name="digits")
-    config.families = tuple(FAMILIES)
+    config = base_config()
+    config.families = FAMILIES
     config.num_steps = 2000
     config.timing_batch = 64
-    config.eval = eval_config(metrics=("bpd", "fid"), batch_size=120, features="digits", num_samples=1000,
-                              sample_batch_size=256)
+    config.eval.update(metrics=("bpd", "fid"), batch_size=120, features="digits", num_samples=1000,
+                       sample_batch_size=256)
     # Flow matching's likelihood from an accurate solver (a coarse one under-reports bits/dim); the VAE
     # with the discretized logistic likelihood of the 4-bit images, not its smoke config's binarized ones.
-    config.overrides = dict(flow_matching=dict(solver="dopri5"), vae=dict(likelihood="logistic"))
-    config.parallel = parallel.parallel_config()
-    if arg == "smoke":
-        config.num_steps = 4
-        config.timing_batch = 16
-        config.eval.update(num_examples=40, num_samples=64, sample_batch_size=64)
-        config.overrides.flow_matching.update(solver="euler")
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r} for compare; use 'smoke' or nothing.")
-    return config
+    config.overrides = dict(flow_matching=dict(flow_matching=dict(solver="dopri5")),
+                            vae=dict(model=dict(likelihood="logistic")))
+    return variant(config, arg, "compare", smoke=smoke)
+
+
+def smoke(config):
+    config.num_steps = 4
+    config.timing_batch = 16
+    config.eval.update(num_examples=40, num_samples=64, sample_batch_size=64)
+    config.overrides.flow_matching.flow_matching.update(solver="euler")
 
 
 def family_config(config, family):
-    """The family's smoke config with the comparison's steps, seed, evaluation and overrides."""
-    if family not in FAMILIES:
-        raise ValueError(f"Unknown family {family!r} in config.families; use any of {tuple(FAMILIES)}.")
-    module = importlib.import_module(f"experiments.{FAMILIES[family][1]}")
-    cfg = module.get_config("smoke")
+    """The family's smoke config (its experiment's) with the comparison's steps, seed, evaluation and
+    overrides (config.overrides.FAMILY.SECTION.FIELD)."""
+    entry = families.get(family)
+    cfg = importlib.import_module(f"experiments.{entry.experiment}").get_config("smoke")
     n = int(config.num_steps)
     if n <= 0:
         raise ValueError(f"config.num_steps must be positive, got {n}.")
@@ -86,14 +72,11 @@ def family_config(config, family):
     with cfg.unlocked():
         cfg.seed = config.seed
         cfg.parallel = config.parallel
-        cfg.train.update(steps)
-        if "prior_train" in cfg:
-            cfg.prior_train.update(steps)
-        cfg.eval.update({k: v for k, v in config.eval.items() if k in cfg.eval})
-        if family == "flow_matching":
-            cfg.flow_matching.update(config.overrides.get("flow_matching", {}))
-        if family == "vae":
-            cfg.model.update(config.overrides.get("vae", {}))
+        cfg.eval.update(config.eval)
+        for stage in entry.stages:
+            cfg[stage.train].update(steps)
+        for section, fields in config.overrides.get(family, {}).items():
+            cfg[section].update(fields)
     return cfg
 
 
@@ -101,25 +84,16 @@ def _num_params(tree):
     return int(sum(np.size(x) for x in jax.tree.leaves(tree)))
 
 
-def train_family(config, family, family_dir, dataset):
-    """Train (or load) one family -> (Method for sampling and log_prob, EMA params, parameters,
-    seconds spent training when this call trained it, else None)."""
+def train_family(config, family, family_dir):
+    """Train (or resume) one family -> (the last stage's restored run, parameters over every stage,
+    seconds this call spent)."""
     cfg = family_config(config, family)
     start = time.perf_counter()
-    if family == "vqvae":
-        vq_dir, prior_dir = os.path.join(family_dir, "vqvae"), os.path.join(family_dir, "prior")
-        vq_mod = importlib.import_module("experiments.vqvae_cifar")
-        vq_state = loop.train_and_evaluate(cfg, vq_dir, vqvae.make(cfg, dataset.info), dataset)
-        method = vqvae.make_prior(vq_mod.prior_config(cfg), dataset.info, cfg, vq_state.ema_params)
-        state = loop.train_and_evaluate(vq_mod.prior_config(cfg), prior_dir, method, dataset)
-        # Bits per code are not bits per image dimension: no row entry.
-        method = method._replace(log_prob=None)
-        num_params = _num_params(vq_state.params) + _num_params(state.params)
-    else:
-        method = FAMILIES[family][2](cfg, dataset.info)
-        state = loop.train_and_evaluate(cfg, family_dir, method, dataset)
-        num_params = _num_params(state.params)
-    return cfg, method, state.ema_params, num_params, time.perf_counter() - start
+    run.run(cfg, family_dir, "train")
+    seconds = time.perf_counter() - start
+    stages = families.get(family).stages
+    num_params = sum(_num_params(run.restore(cfg, family_dir, s.name).state.params) for s in stages)
+    return run.restore(cfg, family_dir), num_params, seconds
 
 
 def sampling_seconds_per_image(method, params, key, num):
@@ -136,17 +110,19 @@ def measure_family(config, family, workdir, dataset, extractor, reference):
     family_dir = os.path.join(workdir, family)
     record_path = os.path.join(family_dir, "compare_train.json")
     record = json.load(open(record_path)) if os.path.exists(record_path) else {}
-    cfg, method, params, num_params, seconds = train_family(config, family, family_dir, dataset)
+    restored, num_params, seconds = train_family(config, family, family_dir)
+    method, params = restored.method, restored.state.ema_params
     if record.get("num_steps") != config.num_steps:  # this call trained it (or trained it further)
         record = {"num_steps": config.num_steps, "train_seconds": seconds + record.get("train_seconds", 0.0)}
         if parallel.process_index() == 0:
             with open(record_path, "w") as f:
                 json.dump(record, f)
     _, _, sample_key, eval_key = loop.run_keys(config.seed)
-    row = {"family": family, "model": FAMILIES[family][0], "parameters": num_params,
+    row = {"family": family, "model": families.get(family).label, "parameters": num_params,
            "train_steps": config.num_steps, "train_seconds": record["train_seconds"]}
-    if method.log_prob is not None:
-        result = evaluators.likelihood_evaluator(cfg, method, dataset).fn(params, eval_key)
+    # Bits per image dimension only: a prior's bits per code (the VQ-VAE's) are not on this scale.
+    if method.log_prob is not None and method.log_prob_per is None:
+        result = evaluators.likelihood_evaluator(restored.setup.run.eval, method, dataset).fn(params, eval_key)
         row.update(test_bpd=result["bpd"], test_bpd_stderr=result["bpd_stderr"], bpd_kind=result["kind"])
     features, logits = sample_quality.sample_features(extractor, method.sample, params, sample_key,
                                                       config.eval.num_samples, config.eval.sample_batch_size,
@@ -180,11 +156,14 @@ def markdown_table(rows, extractor, reference, num_samples):
     return "\n".join(lines) + "\n"
 
 
-def compare(config, workdir, make_method_unused=None, mode="train"):
+def compare(config, workdir, mode="train"):
     """Train or load every family in config.families and write the table; returns the rows."""
     if mode != "train":
         raise ValueError("experiments.compare has only --mode=train (which also loads finished runs).")
-    dataset = run.prepare(config, workdir, mode)
+    run.start_processes(config)
+    for family in config.families:  # every family's config is checked before any of them trains
+        families.parse(family_config(config, family))
+    dataset = run.prepare(parse_run(config), workdir, mode)
     extractor = sample_quality.make_extractor(config.eval.features, dataset)
     reference = sample_quality.reference_for(extractor, dataset, config.eval.reference, config.eval.batch_size)
     rows = []
@@ -207,4 +186,4 @@ def compare(config, workdir, make_method_unused=None, mode="train"):
 
 
 if __name__ == "__main__":
-    run.main(__file__, None, runner=compare)
+    run.main(__file__, runner=compare)

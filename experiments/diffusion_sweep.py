@@ -18,6 +18,7 @@ each other, and the 50,000-sample protocol is for the final number (`--mode=eval
 WORKDIR/sweep/sweep.{md,csv,json} and sweep.png (the metric against network evaluations).
 """
 import csv
+import dataclasses
 import importlib
 import json
 import os
@@ -27,7 +28,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from gm import diffusion, parallel
+from gm import diffusion, families, parallel
 from gm.metrics import sample_quality
 from gm.train import run
 
@@ -110,22 +111,24 @@ def markdown(rows, metric, is_name, num_samples, reference):
     return "\n".join(lines) + "\n"
 
 
-def sweep(config, workdir, make_method_unused=None, mode="train"):
+def sweep(config, workdir, mode="train"):
     """Run every point of config.sweep on WORKDIR's newest checkpoint; returns the rows."""
     if mode != "train":
         raise ValueError("experiments.diffusion_sweep has only --mode=train (it reads the trained WORKDIR).")
     points = sweep_points(config)
-    dataset = run.prepare(config, workdir, mode)
-    state, step = run.restore_latest(config, workdir, diffusion.make(config, dataset.info), dataset)
-    e = config.eval
-    extractor = sample_quality.make_extractor(e.features, dataset, e.get("inception_weights"))
+    run.start_processes(config)
+    setup = families.parse(config)
+    dataset = run.prepare(setup.run, workdir, mode)
+    restored = run.restore(config, workdir, dataset=dataset)
+    state, step, settings = restored.state, restored.step, restored.setup.settings
+    e = setup.run.eval
+    extractor = sample_quality.make_extractor(e.features, dataset, e.inception_weights)
     reference = sample_quality.reference_for(extractor, dataset, e.reference, e.batch_size)
-    key = jax.random.fold_in(jax.random.key(config.seed), 2 * 10**9 + step)
+    key = jax.random.fold_in(jax.random.key(setup.run.seed), 2 * 10**9 + step)
     rows = []
     for label, overrides, steps, nfe in points:
-        cfg = ml_collections.ConfigDict(config.to_dict())
-        cfg.diffusion.update(overrides)
-        method = diffusion.make(cfg, dataset.info)
+        sampling = dataclasses.replace(settings.diffusion, **overrides)
+        method = diffusion.make(dataclasses.replace(settings, diffusion=sampling), dataset.info)
         start = time.perf_counter()
         features, logits = sample_quality.sample_features(extractor, method.sample, state.ema_params, key,
                                                           e.num_samples, e.sample_batch_size, dataset.info.num_bits)
@@ -152,4 +155,4 @@ def sweep(config, workdir, make_method_unused=None, mode="train"):
 
 
 if __name__ == "__main__":
-    run.main(__file__, None, runner=sweep)
+    run.main(__file__, runner=sweep)

@@ -16,20 +16,30 @@ is KL(p || q)).
   KL needs a density that is positive everywhere.
 - coupling: RealNVP for vectors, 8 affine couplings with ActNorm, maximum likelihood.
 - flow_matching: OT path, an MLP velocity, RK4 with 50 steps for samples; exact-trace likelihood.
+
+config.runs holds each model's own fields (--config.runs.coupling.model.hidden=64); the shared train,
+optim, eval and sample sections apply to all three. The flows are the flows family's registry entry
+('realnvp', whose config.model.name picks the flow), flow matching its own.
 """
 import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from gm import data as gm_data
-from gm import flow_matching, flows, parallel
+from gm import families, flows
+from gm.config import base_config, parse_run, variant
 from gm.train import loop, run
 from gm.train.logging import histogram_log_density, save_density, save_density_image, save_scatter, save_table
 
-MODELS = ("planar", "coupling", "flow_matching")
+# model -> (registry entry, its sections' fields)
+MODELS = {
+    "planar": ("realnvp", dict(model=dict(name="planar", num_layers=32))),
+    "coupling": ("realnvp", dict(model=dict(name="coupling", num_layers=8, hidden=128, num_blocks=1))),
+    "flow_matching": ("flow_matching", dict(model=dict(hidden=(256, 256, 256), activation="swish"),
+                                            flow_matching=dict(solver="rk4", num_steps=50, divergence="exact"))),
+}
 TOYS = ("eight_gaussians", "checkerboard")
 LIM = 4.0
 NUM_SAMPLES = 2000
@@ -38,64 +48,54 @@ HISTOGRAM_SAMPLES = 200_000
 
 def get_config(arg=None):
     """Both toys, the three models; arg='smoke' trains each for a few steps."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = base_config()
     config.toys = TOYS
-    config.models = MODELS
-    config.data = dict(name="eight_gaussians", data_dir="", manual_dir="", random_flip=False)
-    # One block per model; a run's config.model is its model's block.
-    config.model = dict(planar=dict(name="planar", num_layers=32),
-                        coupling=dict(name="coupling", num_layers=8, hidden=128, num_blocks=1),
-                        flow_matching=dict(hidden=(256, 256, 256), activation="swish"))
-    config.flow = dict(temperature=1.0)
-    config.flow_matching = dict(path="ot", sigma_min=1e-4, coupling="independent", solver="rk4", num_steps=50,
-                                divergence="exact")
-    config.optim = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=10.0, b1=0.9, b2=0.999, eps=1e-8,
-                        weight_decay=0.0, ema_decay=0.0)
-    config.train = dict(batch_size=512, num_steps=10_000, log_every=500, checkpoint_every=5_000,
-                        keep_checkpoints=1, sample_every=5_000, num_samples=NUM_SAMPLES, on_nonfinite="stop",
-                        steps_per_call=1)
-    config.eval = dict(batch_size=1000, num_examples=0)
-    config.sample = dict(num=NUM_SAMPLES, batch_size=NUM_SAMPLES)
+    config.models = tuple(MODELS)
+    config.runs = {name: fields for name, (_, fields) in MODELS.items()}
+    config.data.update(name="eight_gaussians")
+    config.optim.update(learning_rate=1e-3, grad_clip=10.0, ema_decay=0.0)
+    config.train.update(batch_size=512, num_steps=10_000, log_every=500, checkpoint_every=5_000,
+                        keep_checkpoints=1, sample_every=5_000, num_samples=NUM_SAMPLES)
+    config.eval.update(batch_size=1000)
+    config.sample.update(num=NUM_SAMPLES, batch_size=NUM_SAMPLES)
     config.plot_size = 256  # density pictures are plot_size^2 evaluations of log q
-    config.parallel = parallel.parallel_config()
-    if arg == "smoke":
-        config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
-        config.eval.update(num_examples=1000)
-        config.plot_size = 64
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r} for flows_toy; use 'smoke' or nothing.")
-    return config
+    return variant(config, arg, "flows_toy", smoke=smoke)
+
+
+def smoke(config):
+    config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
+    config.eval.update(num_examples=1000)
+    config.plot_size = 64
 
 
 def model_config(config, toy, model):
-    """The trainer's config for one run: the toy and the model's overrides."""
+    """The config of one run: the model's family at its defaults, the shared sections, the toy and the
+    model's own fields from config.runs."""
     if model not in MODELS:
-        raise ValueError(f"config.models names an unknown model {model!r}; use some of {MODELS}.")
+        raise ValueError(f"config.models names an unknown model {model!r}; use some of {tuple(MODELS)}.")
     if toy not in TOYS:
         raise ValueError(f"config.toys names {toy!r}; use some of {TOYS}.")
-    cfg = config.copy_and_resolve_references()
-    with cfg.unlocked():
-        cfg.data.name = toy
-        cfg.model = cfg.model[model]
+    cfg = families.default_config(MODELS[model][0])
+    cfg.seed = config.seed
+    for section in ("data", "train", "optim", "eval", "sample", "parallel"):
+        cfg[section].update(config[section])
+    cfg.data.name = toy
+    for section, fields in config.runs[model].items():
+        cfg[section].update(fields)
     return cfg
-
-
-def make_method(config, info, model):
-    return flow_matching.make(config, info) if model == "flow_matching" else flows.make(config, info)
 
 
 def _batched(fn, points, size=4096):
     return np.concatenate([np.asarray(fn(points[i:i + size])) for i in range(0, len(points), size)])
 
 
-def score(config, run_dir, dataset, method, model):
+def score(config, restored):
     """Test NLL (nats per point) or, for the planar flow, the reverse KL; and the pictures' inputs."""
-    state, step = run.restore_latest(config, run_dir, method, dataset)
-    params, key = state.ema_params, jax.random.fold_in(loop.run_keys(config.seed)[3], step)
+    method, step, dataset = restored.method, restored.step, restored.dataset
+    params, key = restored.state.ema_params, jax.random.fold_in(loop.run_keys(config.seed)[3], step)
     test = {k: jnp.asarray(v[:config.eval.num_examples or None]) for k, v in dataset.test.items()}
     if method.log_prob is None:
-        flow = flows.flow_from_config(config.model, dataset.info)
+        flow = flows.flow_from_config(restored.setup.settings.model, dataset.info)
         x, log_q = jax.jit(lambda p, k: flows.sample_and_log_prob(flow, p, k, HISTOGRAM_SAMPLES, (2,)))(params, key)
         kl = float(jnp.mean(log_q - gm_data.toy_log_density(dataset.info.name, x)))
         return dict(step=int(step), reverse_kl=kl), None, np.asarray(x)
@@ -115,33 +115,34 @@ def table(rows):
     return "\n".join(lines) + "\n"
 
 
-def run_toys(config, workdir, make_method_unused=None, mode="train"):
+def run_toys(config, workdir, mode="train"):
     """Train (unless mode='eval') and score every (toy, model); writes the table and the plots."""
-    del make_method_unused  # each model picks its own family
-    run.prepare(config, workdir, "eval" if mode == "sample" else mode)
+    run.start_processes(config)
+    runs = {(toy, model): model_config(config, toy, model) for toy in config.toys for model in config.models
+            if model != "planar" or toy in gm_data.EVERYWHERE_POSITIVE_TOYS}
+    for cfg in runs.values():  # every run's config is checked before any of them trains
+        families.parse(cfg)
+    run.prepare(parse_run(config), workdir, "eval" if mode == "sample" else mode)
     rows = []
     for toy in config.toys:
-        dataset = gm_data.load(toy)
-        test_points = dataset.test["x"][:config.eval.num_examples or None]
+        test_points = gm_data.load(toy).test["x"][:config.eval.num_examples or None]
         true_nll = -float(np.mean(gm_data.toy_log_density(toy, test_points)))
         save_density(os.path.join(workdir, f"{toy}_true_density.png"),
                      lambda pts: np.asarray(gm_data.toy_log_density(toy, pts)), LIM, config.plot_size)
         for model in config.models:
-            if model == "planar" and toy not in gm_data.EVERYWHERE_POSITIVE_TOYS:
-                print(f"{toy} planar: skipped (reverse KL needs a density positive everywhere)", flush=True)
+            if (toy, model) not in runs:
+                print(f"{toy} {model}: skipped (reverse KL needs a density positive everywhere)", flush=True)
                 continue
-            cfg = model_config(config, toy, model)
-            method = make_method(cfg, dataset.info, model)
-            run_dir = os.path.join(workdir, toy, model)
+            cfg, run_dir = runs[toy, model], os.path.join(workdir, toy, model)
             if mode == "train":
-                loop.train_and_evaluate(cfg, run_dir, method, dataset)
-            result, density_fn, histogram_points = score(cfg, run_dir, dataset, method, model)
+                run.run(cfg, run_dir, "train")
+            restored = run.restore(cfg, run_dir)
+            result, density_fn, histogram_points = score(config, restored)
             prefix = os.path.join(workdir, f"{toy}_{model}")
             if density_fn is not None:
                 save_density(prefix + "_density.png", density_fn, LIM, config.plot_size)
-                state, _ = run.restore_latest(cfg, run_dir, method, dataset)
-                points = np.asarray(jax.jit(method.sample, static_argnums=2)(state.ema_params, jax.random.key(1),
-                                                                             NUM_SAMPLES))
+                points = np.asarray(jax.jit(restored.method.sample, static_argnums=2)(
+                    restored.state.ema_params, jax.random.key(1), NUM_SAMPLES))
             else:
                 save_density_image(prefix + "_density.png",
                                    histogram_log_density(histogram_points, LIM, config.plot_size), config.plot_size)
@@ -154,4 +155,4 @@ def run_toys(config, workdir, make_method_unused=None, mode="train"):
 
 
 if __name__ == "__main__":
-    run.main(__file__, flows.make, runner=run_toys)
+    run.main(__file__, runner=run_toys)

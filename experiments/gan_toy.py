@@ -21,11 +21,11 @@ multiple of the device count: on 8 devices use --config.train.batch_size=520 or 
 import os
 
 import jax
-import ml_collections
 import numpy as np
 
 from gm import data as gm_data
-from gm import gan, parallel
+from gm import families
+from gm.config import parse_run, variant
 from gm.metrics.modes import mode_coverage
 from gm.train import loop, run
 from gm.train.logging import save_scatter, save_table
@@ -48,34 +48,26 @@ NUM_EVAL_SAMPLES = 2500
 
 def get_config(arg=None):
     """Both toys, every variant, one seed; arg='smoke' trains each for a few hundred steps."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
+    config = families.default_config("gan")
     config.seeds = (0,)
     config.toys = TOYS
     config.variants = tuple(VARIANTS)
-    config.data = dict(name="ring8", data_dir="", manual_dir="", random_flip=False)
-    config.model = dict(name="gan", arch="mlp", latent_dim=64, hidden=(128, 128), g_features=0, d_features=0,
-                        g_norm="none", d_norm="none", class_conditional=False)
-    config.gan = dict(loss="non_saturating", d_steps=1, gradient_penalty=0.0, clip=0.0, unrolled_steps=0)
-    config.optim = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=0.0, b1=0.5, b2=0.999, eps=1e-8,
-                        weight_decay=0.0, lr_decay=1.0, ema_decay=0.0, name="adam", eps_root=0.0)
-    config.optim_d = dict(learning_rate=1e-3, warmup_steps=0, grad_clip=0.0, b1=0.5, b2=0.999, eps=1e-8,
-                          weight_decay=0.0, lr_decay=1.0, name="adam", eps_root=0.0)
-    config.train = dict(batch_size=500, num_steps=10_000, log_every=500, checkpoint_every=5_000,
-                        keep_checkpoints=1, sample_every=5_000, num_samples=500, on_nonfinite="stop",
-                        steps_per_call=1)
-    config.eval = dict(batch_size=500, num_examples=0)
-    config.sample = dict(num=NUM_EVAL_SAMPLES, batch_size=NUM_EVAL_SAMPLES)
-    config.parallel = parallel.parallel_config()
-    if arg == "smoke":
-        config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r} for gan_toy; use 'smoke' or nothing.")
-    return config
+    config.data.update(name="ring8")
+    config.model.update(arch="mlp", latent_dim=64, hidden=(128, 128), g_norm="none", d_norm="none")
+    config.optim.update(learning_rate=1e-3, b1=0.5, ema_decay=0.0)
+    config.optim_d.update(learning_rate=1e-3, b1=0.5)
+    config.train.update(batch_size=500, num_steps=10_000, log_every=500, checkpoint_every=5_000,
+                        keep_checkpoints=1, sample_every=5_000, num_samples=500)
+    config.sample.update(num=NUM_EVAL_SAMPLES, batch_size=NUM_EVAL_SAMPLES)
+    return variant(config, arg, "gan_toy", smoke=smoke)
+
+
+def smoke(config):
+    config.train.update(num_steps=200, log_every=50, checkpoint_every=100, sample_every=100)
 
 
 def variant_config(config, toy, variant, seed):
-    """The trainer's config for one run: the toy, the variant's overrides, the seed."""
+    """The config of one run: the toy, the variant's overrides, the seed."""
     if variant not in VARIANTS:
         raise ValueError(f"config.variants names an unknown variant {variant!r}; use some of {tuple(VARIANTS)}.")
     if toy not in TOYS:
@@ -88,12 +80,13 @@ def variant_config(config, toy, variant, seed):
     return cfg
 
 
-def score(config, run_dir, dataset, method):
-    """Mode coverage of NUM_EVAL_SAMPLES samples from the newest checkpoint's (EMA) generator."""
-    state, step = run.restore_latest(config, run_dir, method, dataset)
-    key = jax.random.fold_in(loop.run_keys(config.seed)[2], 10**9 + step)
+def score(restored):
+    """Mode coverage of NUM_EVAL_SAMPLES samples from a trained run's newest (EMA) generator."""
+    method, state, step = restored.method, restored.state, restored.step
+    key = jax.random.fold_in(loop.run_keys(restored.setup.run.seed)[2], 10**9 + step)
     points = np.asarray(jax.jit(method.sample, static_argnums=2)(state.ema_params, key, NUM_EVAL_SAMPLES))
-    result = mode_coverage(points, gm_data.TOY_MODES[dataset.info.name], gm_data.TOY_STD)
+    name = restored.dataset.info.name
+    result = mode_coverage(points, gm_data.TOY_MODES[name], gm_data.TOY_STD)
     return dict(result, step=int(step)), points
 
 
@@ -105,29 +98,28 @@ def table(rows):
     return "\n".join(lines) + "\n"
 
 
-def run_toys(config, workdir, make_method=None, mode="train"):
+def run_toys(config, workdir, mode="train"):
     """Train (unless mode='eval') and score every (toy, variant, seed); writes the table and plots."""
-    run.prepare(config, workdir, "eval" if mode == "sample" else mode)
+    run.start_processes(config)
+    runs = {(toy, v, seed): variant_config(config, toy, v, seed)
+            for toy in config.toys for v in config.variants for seed in config.seeds}
+    for cfg in runs.values():  # every run's config is checked before any of them trains
+        families.parse(cfg)
+    run.prepare(parse_run(config), workdir, "eval" if mode == "sample" else mode)
     rows = []
-    for toy in config.toys:
-        dataset = gm_data.load(toy)
-        for variant in config.variants:
-            for seed in config.seeds:
-                cfg = variant_config(config, toy, variant, seed)
-                method = (make_method or gan.make)(cfg, dataset.info)
-                run_dir = os.path.join(workdir, toy, variant, f"seed_{seed}")
-                if mode == "train":
-                    loop.train_and_evaluate(cfg, run_dir, method, dataset)
-                result, points = score(cfg, run_dir, dataset, method)
-                modes = gm_data.TOY_MODES[toy]
-                save_scatter(os.path.join(workdir, f"{toy}_{variant}_seed{seed}.png"), points, modes,
-                             lim=1.3 * np.abs(modes).max())
-                rows.append(dict(result, toy=toy, variant=variant, seed=int(seed)))
-                print(f"{toy} {variant} seed {seed}: {result['modes_covered']}/{result['num_modes']} modes, "
-                      f"{100 * result['high_quality']:.1f}% high quality", flush=True)
+    for (toy, v, seed), cfg in runs.items():
+        run_dir = os.path.join(workdir, toy, v, f"seed_{seed}")
+        if mode == "train":
+            run.run(cfg, run_dir, "train")
+        result, points = score(run.restore(cfg, run_dir))
+        modes = gm_data.TOY_MODES[toy]
+        save_scatter(os.path.join(workdir, f"{toy}_{v}_seed{seed}.png"), points, modes, lim=1.3 * np.abs(modes).max())
+        rows.append(dict(result, toy=toy, variant=v, seed=int(seed)))
+        print(f"{toy} {v} seed {seed}: {result['modes_covered']}/{result['num_modes']} modes, "
+              f"{100 * result['high_quality']:.1f}% high quality", flush=True)
     save_table(workdir, "modes", rows, table(rows))
     return rows
 
 
 if __name__ == "__main__":
-    run.main(__file__, gan.make, runner=run_toys)
+    run.main(__file__, runner=run_toys)

@@ -18,6 +18,7 @@ from ml_collections import config_flags
 
 from gm import autoregressive as ar
 from gm import data as gm_data
+from gm import families
 from gm.metrics.likelihood import evaluate_log_prob
 from gm.train import loop, run
 
@@ -25,26 +26,28 @@ from gm.train import loop, run
 NUM_TRAIN_BINARIZATIONS = 10
 
 
-def binarize_mode(model):
+def binarize_mode(setup):
     """The binarization the experiment's model applies to its data, or None for integer levels."""
-    if model.get("name") == "nade":
-        return model.nade.get("binarize", "stochastic")
-    if model.get("likelihood") == "bernoulli":  # a VAE with a Bernoulli decoder
-        return model.get("binarize", "stochastic")
+    model = setup.settings.model
+    if getattr(model, "name", None) == "nade":
+        return model.nade.binarize
+    if getattr(model, "likelihood", None) == "bernoulli":  # a VAE with a Bernoulli decoder
+        return model.binarize
     return None
 
 
 def baseline(config):
     """Fit on the train split and evaluate on the test split; returns evaluate_log_prob's dict."""
-    dataset = run.load_dataset(config)
+    setup = families.parse(config)
+    dataset = run.load_dataset(setup.run)
     info = dataset.info
-    mode = binarize_mode(config.model)
+    mode = binarize_mode(setup)
     train = dataset.train["image"]
     if mode is None:
         table = ar.fit_independent_pixels(train, info.num_levels)
     else:
         copies = NUM_TRAIN_BINARIZATIONS if mode == "stochastic" else 1
-        keys = jax.random.split(jax.random.key(config.seed), copies)
+        keys = jax.random.split(jax.random.key(setup.run.seed), copies)
         binary = jnp.concatenate([ar.binarize(k, train, info.num_bits, mode) for k in keys])
         table = ar.fit_independent_pixels(binary, 2)
     table = jnp.asarray(table, jnp.float32)
@@ -53,9 +56,9 @@ def baseline(config):
         levels = batch["image"] if mode is None else ar.binarize(key, batch["image"], info.num_bits, mode)
         return ar.independent_pixels_log_prob(table, levels)
 
-    limit = config.eval.get("num_examples") or None
-    batches = gm_data.eval_batches(dataset, batch_size=config.eval.batch_size, split="test", limit=limit)
-    return evaluate_log_prob(log_prob, table, loop.run_keys(config.seed)[3], batches, info.num_dims,
+    e = setup.run.eval
+    batches = gm_data.eval_batches(dataset, batch_size=e.batch_size, split="test", limit=e.num_examples or None)
+    return evaluate_log_prob(log_prob, table, loop.run_keys(setup.run.seed)[3], batches, info.num_dims,
                              is_bound=False)
 
 
@@ -67,7 +70,7 @@ def main(argv):
     except run.USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    binarized = binarize_mode(config.model) is not None
+    binarized = binarize_mode(families.parse(config)) is not None
     print(f"independent pixels on {config.data.name}{' (binarized)' if binarized else ''}: test "
           f"{result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim ({result['nll_nats']:.2f} nats per "
           f"example, {result['num_examples']} examples)")

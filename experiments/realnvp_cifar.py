@@ -11,39 +11,25 @@ weight decay); it reports 3.49 bits/dim on the test split. ActNorm takes the pla
 normalisation. Data are uniformly dequantized, so bits/dim is the usual upper bound on the discrete
 negative log-likelihood (`gm.distributions`).
 """
-import ml_collections
-
-from gm import flows, parallel
+from gm import families
+from gm.config import offline_smoke, variant
 from gm.train import run
-from gm.train.evaluators import eval_config
 
 
 def get_config(arg=None):
     """CIFAR-10 RealNVP; arg='smoke' is a tiny offline variant on the 4-bit 8x8 digits."""
-    config = ml_collections.ConfigDict()
-    config.seed = 0
-    config.data = dict(name="cifar10", data_dir="", manual_dir="", random_flip=True)
-    config.model = dict(name="realnvp", num_scales=2, hidden=64, num_blocks=8, alpha=0.05)
-    config.flow = dict(temperature=1.0)
-    config.optim = dict(learning_rate=1e-3, warmup_steps=200, grad_clip=100.0, b1=0.9, b2=0.999, eps=1e-8,
-                        weight_decay=5e-5, ema_decay=0.999)
-    config.train = dict(batch_size=64, num_steps=500_000, log_every=100, checkpoint_every=10_000,
-                        keep_checkpoints=3, sample_every=20_000, num_samples=64, on_nonfinite="stop",
-                        steps_per_call=1)
-    config.eval = eval_config()
-    config.sample = dict(num=64, batch_size=64)
-    config.parallel = parallel.parallel_config()
-    if arg == "smoke":
-        config.data.update(name="digits", random_flip=False)  # digits are not mirror-symmetric
-        config.model.update(hidden=16, num_blocks=0)
-        config.optim.update(learning_rate=2e-3, warmup_steps=0, ema_decay=0.99)
-        config.train.update(batch_size=32, num_steps=200, log_every=25, checkpoint_every=100,
-                            sample_every=100, num_samples=16)
-        config.eval.update(batch_size=120)
-    elif arg:
-        raise ValueError(f"Unknown config variant {arg!r} for realnvp_cifar; use 'smoke' or nothing.")
-    return config
+    config = families.default_config("realnvp")  # config.model: the paper's CIFAR-10 flow
+    config.data.update(name="cifar10", random_flip=True)
+    config.optim.update(learning_rate=1e-3, warmup_steps=200, grad_clip=100.0, weight_decay=5e-5)
+    config.train.update(batch_size=64, num_steps=500_000)
+    return variant(config, arg, "realnvp_cifar", smoke=smoke)
+
+
+def smoke(config):
+    offline_smoke(config)
+    config.model.update(hidden=16, num_blocks=0)
+    config.optim.update(learning_rate=2e-3, warmup_steps=0)
 
 
 if __name__ == "__main__":
-    run.main(__file__, flows.make)
+    run.main(__file__)

@@ -15,7 +15,8 @@ one compiled loop on device: a `fori_loop` over pixels (PixelCNN++) or sub-pixel
 `scan` over dimensions carrying NADE's hidden pre-activation, and a key/value-cached `scan` for the
 transformer.
 """
-from typing import Callable, NamedTuple
+import dataclasses
+from typing import Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -23,10 +24,78 @@ import numpy as np
 
 from gm import checks
 from gm import distributions as dist
+from gm.config import interval, positive, setting
 from gm.distributions import BINARIZE, binarize  # noqa: F401  (re-exported: part of this family's API)
 from gm.method import Method
 
 MODELS = ("nade", "pixelcnn", "gated_pixelcnn", "pixelcnn_pp", "transformer")
+
+
+# ---------------------------------------------------------------------------------------------------
+# The config: one section per network, the one named by `name` is used.
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class NADEConfig:
+    """NADE (Larochelle & Murray 2011): hidden units; binarization of the data's levels ('stochastic': a
+    fresh Bernoulli(level / top) draw every step, 'threshold': level > top / 2)."""
+    num_hidden: int = setting(500, positive)
+    binarize: Literal[BINARIZE] = "stochastic"
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelCNNConfig:
+    """PixelCNN (van den Oord et al. 2016a: h = 128, so 2h = 256 features, 15 residual blocks) and gated
+    PixelCNN (2016b; its features pair channel k with k + F, so F is a multiple of the 3 colours)."""
+    features: int = setting(256, positive)
+    num_layers: int = setting(15, positive)
+    first_kernel: int = setting(7, positive)
+    kernel: int = setting(3, positive)
+    out_hidden: int = setting(1024, positive)
+
+
+@dataclasses.dataclass(frozen=True)
+class PixelCNNPPConfig:
+    """PixelCNN++ (Salimans et al. 2017), the reference code's CIFAR-10 defaults."""
+    nr_resnet: int = setting(5, positive)
+    nr_filters: int = setting(160, positive)
+    nr_logistic_mix: int = setting(10, positive)
+    dropout: float = setting(0.5, interval(0.0, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerConfig:
+    """A causal transformer over the sub-pixels as tokens; attention_block: queries attended at a time
+    (memory O(block T) per layer, the same numbers)."""
+    num_layers: int = setting(8, positive)
+    num_heads: int = setting(8, positive)
+    embed_dim: int = setting(256, positive)
+    mlp_ratio: int = setting(4, positive)
+    dropout: float = setting(0.1, interval(0.0, 1.0))
+    attention_block: int = setting(512, positive)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """config.model: `name` picks the network, whose sizes are its own sub-section (config.model.NAME)."""
+    name: Literal[MODELS] = "pixelcnn_pp"
+    class_conditional: bool = False
+    dtype: Literal[checks.DTYPES] = "float32"
+    nade: NADEConfig = NADEConfig()
+    pixelcnn: PixelCNNConfig = PixelCNNConfig()
+    gated_pixelcnn: PixelCNNConfig = PixelCNNConfig(features=120)
+    pixelcnn_pp: PixelCNNPPConfig = PixelCNNPPConfig()
+    transformer: TransformerConfig = TransformerConfig()
+
+    def check(self, name):
+        if self.name == "nade" and self.class_conditional:
+            raise ValueError(f"{name}.class_conditional is not supported for NADE; set it to False.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The autoregressive family's config section."""
+    model: ModelConfig = ModelConfig()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -185,40 +254,17 @@ def _nade_model(net, info):
     return Model(init, log_prob, sample)
 
 
-def model_from_config(model, info, field="config.model"):
-    """config.model -> Model. Reads model.name, the network's fields under model[name],
-    model.class_conditional and model.dtype; errors name the section as `field` (a VQ-VAE's prior is
-    config.prior)."""
-    name = model.name
-    if name not in MODELS:
-        raise ValueError(f"Unknown {field}.name {name!r}; use one of {MODELS}.")
-    try:
-        return _build(name, model, info, field)
-    except TypeError as e:  # a field the network's constructor does not take
-        raise ValueError(f"{field}.{name} does not fit the {name} network ({e}).") from None
-
-
-# The networks' size fields (under config.model.NAME); each must be a positive integer.
-_NETWORK_SIZES = ("num_hidden", "features", "kernel", "first_kernel", "num_layers", "out_hidden", "nr_filters",
-                  "nr_logistic_mix", "nr_resnet", "embed_dim", "mlp_ratio", "num_heads", "attention_block")
-
-
-def _build(name, model, info, field):
+def model_from_config(model: ModelConfig, info) -> Model:
+    """The Model of `model.name` with its sub-section's sizes, for data described by `info`."""
     from gm.nn.nade import NADE
     from gm.nn.pixelcnn import GatedPixelCNN, PixelCNN
 
-    fields = model[name].to_dict() if name in model else {}
-    checks.sizes(fields, f"{field}.{name}", positive=_NETWORK_SIZES)
-    if "dropout" in fields:
-        checks.number_in(fields["dropout"], f"{field}.{name}.dropout", 0.0, 1.0)
-    checks.dtype(model.get("dtype", "float32"), f"{field}.dtype")
-    num_classes = info.num_classes if model.get("class_conditional", False) else None
-    dtype = jnp.dtype(model.get("dtype", "float32"))
+    name = model.name
+    fields = dataclasses.asdict(getattr(model, name))
+    num_classes = info.num_classes if model.class_conditional else None
+    dtype = jnp.dtype(model.dtype)
     if name == "nade":
-        if num_classes:
-            raise ValueError(f"{field}.class_conditional is not supported for NADE; set it to False.")
-        fields.pop("binarize", None)
-        return _nade_model(NADE(info.num_dims, **fields), info)
+        return _nade_model(NADE(info.num_dims, fields["num_hidden"]), info)
     if name == "transformer":
         from gm.nn.transformer import CausalTransformer
 
@@ -237,23 +283,20 @@ def _build(name, model, info, field):
 # The Method.
 # ---------------------------------------------------------------------------------------------------
 
-def make(config, info):
+def make(settings: Settings, info) -> Method:
     """An autoregressive model of images of `info.shape` at `info.num_bits` -> Method.
 
-    Reads config.model.name, config.model[name] (the network's fields), config.model.class_conditional
-    and config.model.dtype. The loss is the negative log-likelihood in bits/dim (metrics also give
-    nats per example); `log_prob` is exact. For NADE the data are binarized first
-    (config.model.nade.binarize): stochastically with a fresh key in training, and with the key
-    `log_prob` is given when evaluating (fixed by the run's seed, so a test set is binarized once).
+    The loss is the negative log-likelihood in bits/dim (metrics also give nats per example); `log_prob`
+    is exact. For NADE the data are binarized first (config.model.nade.binarize): stochastically with a
+    fresh key in training, and with the key `log_prob` is given when evaluating (fixed by the run's seed,
+    so a test set is binarized once).
     """
     if info.num_bits is None:
         raise ValueError(f"Autoregressive models need image data; config.data.name={info.name!r} is not one.")
-    m = config.model
+    m = settings.model
     model = model_from_config(m, info)
-    conditional = bool(m.get("class_conditional", False))
-    mode = m.nade.get("binarize", "stochastic") if m.name == "nade" else None
-    if mode is not None and mode not in BINARIZE:
-        raise ValueError(f"config.model.nade.binarize must be one of {BINARIZE}, got {mode!r}.")
+    conditional = m.class_conditional
+    mode = m.nade.binarize if m.name == "nade" else None
     num_dims = info.num_dims
 
     def data(key, batch):

@@ -145,9 +145,9 @@ class Checkpointer:
 
     def __init__(self, directory, *, save_every=1, keep=None, async_save=True, read_only=False):
         if save_every <= 0:
-            raise ValueError(f"config.train.checkpoint_every must be positive, got {save_every}.")
+            raise ValueError(f"save_every must be positive, got {save_every}.")
         if keep is not None and keep <= 0:
-            raise ValueError(f"config.train.keep_checkpoints must be positive, got {keep}.")
+            raise ValueError(f"keep must be positive or None, got {keep}.")
         self.directory = os.path.abspath(os.fspath(directory))
         self.save_every = save_every
         self.read_only = read_only
@@ -186,6 +186,18 @@ class Checkpointer:
         meta = dict(meta or {}, **{CHECKSUMS: array_checksums(state)})
         args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta))
         return self._manager.save(int(step), args=args, force=force)
+
+    def newest_meta(self):
+        """The `meta` dict of the newest step (without checksums), or {} when there is none or it does
+        not read back."""
+        step = self.latest_step()
+        if step is None:
+            return {}
+        try:
+            meta = self._manager.restore(int(step), args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        except Exception:  # noqa: BLE001  (a corrupted step: the restore that follows names it)
+            return {}
+        return {k: v for k, v in dict(meta or {}).items() if k != CHECKSUMS}
 
     def _saved_arrays(self, step):
         metadata = self._manager.item_metadata(step)["state"]

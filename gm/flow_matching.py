@@ -19,8 +19,9 @@ with the instantaneous change of variables (`gm.ode.change_of_variables`): log p
 int_1^0 div v dt. Images live in [-1, 1) as 2 y - 1 of the uniformly dequantized y (`gm.distributions`),
 and their discrete log-likelihood is the usual dequantization bound.
 """
+import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Callable, Literal, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -28,7 +29,9 @@ import numpy as np
 
 from gm import distributions as dist
 from gm import ode
+from gm.config import interval, positive, positive_entries, setting
 from gm.method import Method
+from gm.nn.unet import UNetConfig, unet_from_config
 
 PATHS = ("ot", "vp")
 COUPLINGS = ("independent", "ot")
@@ -191,39 +194,51 @@ def log_likelihood(velocity_fn, x1, key=None, *, divergence="exact", probe="rade
 # The Method.
 # ---------------------------------------------------------------------------------------------------
 
-def _choice(settings, name, choices, default):
-    value = settings.get(name, default)
-    if value not in choices:
-        raise ValueError(f"config.flow_matching.{name} must be one of {choices}, got {value!r}.")
-    return value
+@dataclasses.dataclass(frozen=True)
+class VelocityConfig(UNetConfig):
+    """config.model: the UNet's fields for images (t fed as 1000 t); for other data (the 2-D toys) a
+    VelocityMLP of `hidden` widths and `activation`."""
+    hidden: Tuple[int, ...] = setting((256, 256, 256), positive_entries)
+    activation: Literal["swish", "relu", "tanh", "elu"] = "swish"
 
 
-def _positive(settings, name, default, kind=float, allow_zero=False):
-    value = settings.get(name, default)
-    number = isinstance(value, int if kind is int else (int, float)) and not isinstance(value, bool)
-    if not number or value < 0 or (value == 0 and not allow_zero):
-        what = "a non-negative" if allow_zero else "a positive"
-        raise ValueError(f"config.flow_matching.{name} must be {what} {kind.__name__}, got {value!r}.")
-    return kind(value)
+@dataclasses.dataclass(frozen=True)
+class FlowMatchingConfig:
+    """config.flow_matching: Lipman et al.'s CIFAR-10 settings by default.
+
+    path 'ot' | 'vp'; sigma_min in [0, 1) (the OT path's final noise); coupling 'independent' | 'ot'
+    (minibatch OT pairing of noise and data); solver 'euler' | 'heun' | 'rk4' | 'dopri5', num_steps
+    (fixed-step solvers), rtol, atol (dopri5); divergence 'auto' | 'exact' | 'hutchinson' ('auto': the
+    exact trace up to EXACT_TRACE_MAX_DIMS dimensions) with a 'rademacher' | 'gaussian' probe;
+    temperature scales the sampler's noise.
+    """
+    path: Literal[PATHS] = "ot"
+    sigma_min: float = setting(1e-4, interval(0.0, 1.0))
+    coupling: Literal[COUPLINGS] = "independent"
+    solver: Literal[ode.METHODS] = "dopri5"
+    num_steps: int = setting(100, positive)
+    rtol: float = setting(1e-5, interval(0.0, None, low_open=True))
+    atol: float = setting(1e-5, interval(0.0, None, low_open=True))
+    divergence: Literal[DIVERGENCES] = "auto"
+    probe: Literal[ode.PROBES] = "rademacher"
+    temperature: float = setting(1.0, interval(0.0, None))
+
+    def solver_options(self) -> dict:
+        """`gm.ode.solve`'s keywords: method, num_steps, rtol, atol."""
+        return dict(method=self.solver, num_steps=self.num_steps, rtol=self.rtol, atol=self.atol)
+
+    def divergence_for(self, num_dims: int) -> str:
+        """'exact' or 'hutchinson': 'auto' resolved for data of `num_dims` dimensions."""
+        if self.divergence != "auto":
+            return self.divergence
+        return "exact" if num_dims <= EXACT_TRACE_MAX_DIMS else "hutchinson"
 
 
-def settings_from_config(config, num_dims):
-    """config.flow_matching (missing fields take their defaults) -> a validated dict; see `make`."""
-    fm = config.get("flow_matching", None) or {}
-    s = dict(path=_choice(fm, "path", PATHS, "ot"),
-             coupling=_choice(fm, "coupling", COUPLINGS, "independent"),
-             divergence=_choice(fm, "divergence", DIVERGENCES, "auto"),
-             probe=_choice(fm, "probe", ode.PROBES, "rademacher"),
-             sigma_min=_positive(fm, "sigma_min", 1e-4, allow_zero=True),
-             temperature=_positive(fm, "temperature", 1.0, allow_zero=True),
-             solver=dict(method=_choice(fm, "solver", ode.METHODS, "euler"),
-                         num_steps=_positive(fm, "num_steps", 100, int),
-                         rtol=_positive(fm, "rtol", 1e-5), atol=_positive(fm, "atol", 1e-5)))
-    if s["sigma_min"] >= 1:
-        raise ValueError(f"config.flow_matching.sigma_min must lie in [0, 1), got {s['sigma_min']!r}.")
-    if s["divergence"] == "auto":
-        s["divergence"] = "exact" if num_dims <= EXACT_TRACE_MAX_DIMS else "hutchinson"
-    return s
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The flow-matching family's config sections."""
+    model: VelocityConfig = VelocityConfig()
+    flow_matching: FlowMatchingConfig = FlowMatchingConfig()
 
 
 class VelocityField(NamedTuple):
@@ -254,17 +269,15 @@ class VelocityField(NamedTuple):
         return velocity
 
 
-def velocity_field_from_config(config, info):
-    """The network of `make` for `info`'s data (see there) -> VelocityField."""
+def velocity_field(model: VelocityConfig, info) -> VelocityField:
+    """The velocity network for `info`'s data (see `VelocityConfig`)."""
     images = info.num_bits is not None
-    num_classes = info.num_classes if images and config.model.get("class_conditional", False) else None
+    num_classes = info.num_classes if images and model.class_conditional else None
     if images:
-        from gm.diffusion import unet_from_config
-        return VelocityField(unet_from_config(config.model, num_classes, image_shape=info.shape), True, num_classes)
+        return VelocityField(unet_from_config(model, num_classes, image_shape=info.shape), True, num_classes)
     from gm.nn.velocity import VelocityMLP
-    net = VelocityMLP(hidden=tuple(config.model.get("hidden", (256, 256, 256))), time_scale=TIME_SCALE,
-                      activation=config.model.get("activation", "swish"))
-    return VelocityField(net, False, None)
+    return VelocityField(VelocityMLP(hidden=model.hidden, time_scale=TIME_SCALE, activation=model.activation),
+                         False, None)
 
 
 def to_model_space(key, batch, info):
@@ -275,41 +288,31 @@ def to_model_space(key, batch, info):
     return batch["x"].astype(jnp.float32)
 
 
-def data_log_prob(field, params, key, batch, info, settings):
+def data_log_prob(field, params, key, batch, info, fm: FlowMatchingConfig):
     """log P of a batch under the ODE model -> (nats [B], nfe of the likelihood solve).
 
     Images: the dequantization lower bound on the discrete log P(x) at info.num_bits (one dequantization
-    draw; with Hutchinson, one probe per example). 2-D data: the continuous log-density. `settings` is
-    `settings_from_config`'s dict; its 'solver' sets the ODE solver.
+    draw; with Hutchinson, one probe per example). 2-D data: the continuous log-density. `fm` sets the
+    solver and the divergence.
     """
     data_key, probe_key = jax.random.split(key)
     log_density, nfe = log_likelihood(field.bind(params, batch.get("label")), to_model_space(data_key, batch, info),
-                                      probe_key, divergence=settings["divergence"], probe=settings["probe"],
-                                      **settings["solver"])
+                                      probe_key, divergence=fm.divergence_for(info.num_dims), probe=fm.probe,
+                                      **fm.solver_options())
     if field.images:
         log_density = dist.discrete_log_prob_from_continuous(log_density, info.num_dims, info.num_bits, scale=2.0)
     return log_density, nfe
 
 
-def make(config, info):
-    """Flow matching on `info`'s data -> Method.
+def make(settings: Settings, info) -> Method:
+    """Flow matching on `info`'s data -> Method (see `VelocityConfig` and `FlowMatchingConfig`).
 
-    Images (info.num_bits set) use the DDPM UNet of config.model (ch, ch_mult, num_res_blocks,
-    attn_resolutions, dropout, class_conditional, dtype) with t fed as 1000 t; other data (the 2-D toys)
-    a VelocityMLP with config.model.hidden (tuple of widths) and config.model.activation ('swish').
-    config.flow_matching, each field optional:
-      path 'ot' | 'vp' ('ot'); sigma_min in [0, 1) (1e-4, the OT path's final noise);
-      coupling 'independent' | 'ot' (minibatch OT pairing of noise and data);
-      solver 'euler' | 'heun' | 'rk4' | 'dopri5' ('euler'); num_steps (100, fixed-step solvers);
-      rtol, atol (1e-5, dopri5); divergence 'auto' | 'exact' | 'hutchinson' ('auto': exact trace up to
-      EXACT_TRACE_MAX_DIMS dimensions); probe 'rademacher' | 'gaussian'; temperature (1.0, scales the
-      sampler's noise).
     `log_prob` is in nats per example: for images the dequantization lower bound on log P(x) at
     info.num_bits (noisy but unbiased with Hutchinson), for 2-D data the continuous log-density.
     """
-    s = settings_from_config(config, info.num_dims)
-    path = path_from_name(s["path"], s["sigma_min"])
-    field = velocity_field_from_config(config, info)
+    fm = settings.flow_matching
+    path = path_from_name(fm.path, fm.sigma_min)
+    field = velocity_field(settings.model, info)
     images = field.images
 
     def init(key, batch):
@@ -318,19 +321,19 @@ def make(config, info):
     def loss(params, key, batch):
         data_key, loss_key, dropout_key = jax.random.split(key, 3)
         velocity = field.bind(params, batch.get("label"), train=True, dropout_key=dropout_key)
-        value = cfm_loss(velocity, path, loss_key, to_model_space(data_key, batch, info), s["coupling"])
+        value = cfm_loss(velocity, path, loss_key, to_model_space(data_key, batch, info), fm.coupling)
         return value, {"loss": value}
 
     def sample_fn(params, key, num):
         label_key, noise_key = jax.random.split(key)
         labels = jax.random.randint(label_key, (num,), 0, info.num_classes)
         x, _ = sample(field.bind(params, labels), noise_key, (num,) + tuple(info.shape),
-                      temperature=s["temperature"], **s["solver"])
+                      temperature=fm.temperature, **fm.solver_options())
         if images:
             return dist.dequantized_to_levels((x + 1.0) / 2.0, info.num_bits)  # model space is [-1, 1)
         return x
 
     def log_prob(params, key, batch):
-        return data_log_prob(field, params, key, batch, info, s)[0]
+        return data_log_prob(field, params, key, batch, info, fm)[0]
 
     return Method(init=init, loss=loss, sample=sample_fn, log_prob=log_prob, log_prob_is_bound=images)

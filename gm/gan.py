@@ -14,10 +14,12 @@ loss='wasserstein', clip=0.01, config.optim_d.name='rmsprop'; WGAN-GP (Gulrajani
 loss='wasserstein', gradient_penalty=10, a critic without batch norm.
 
 params = {'generator', 'discriminator'}; the optimizer state holds one optax state per player (the
-Method's `optimizer`); the EMA follows the generator (the discriminator's entry is the current one).
-Data are images in [-1, 1] (no dequantization: the discriminator sees the data's levels) or 2-D points.
+generator's from config.optim, the discriminator's from config.optim_d); the EMA follows the generator
+(the discriminator's entry is the current one). Data are images in [-1, 1] (no dequantization: the
+discriminator sees the data's levels) or 2-D points.
 """
-from typing import Callable, NamedTuple, Optional
+import dataclasses
+from typing import Callable, Literal, NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -25,12 +27,63 @@ import optax
 
 from gm import checks
 from gm import distributions as dist
-from gm import gan_losses, parallel
-from gm.method import Method
+from gm import gan_losses, optim, parallel
+from gm.config import OptimConfig, interval, nonnegative, positive, positive_entries, setting
+from gm.method import Method, Training
 from gm.nn import dcgan
-from gm.train import state as state_lib
 
 ARCHITECTURES = ("dcgan", "mlp")
+
+
+@dataclasses.dataclass(frozen=True)
+class GANModelConfig:
+    """config.model: the two networks. arch 'dcgan' (a generator from a 4x4 grid of 8 g_features
+    channels through stride-2 transposed convolutions to tanh, a discriminator of stride-2 convolutions
+    from d_features channels, each with g_norm / d_norm) or 'mlp' (ReLU layers of `hidden` each way);
+    z ~ N(0, I) of latent_dim dimensions; class_conditional adds the label to both players."""
+    arch: Literal[ARCHITECTURES] = "dcgan"
+    latent_dim: int = setting(100, positive)
+    g_features: int = setting(64, positive)
+    d_features: int = setting(64, positive)
+    g_norm: Literal[dcgan.NORMS] = "batch"
+    d_norm: Literal[dcgan.NORMS] = "batch"
+    hidden: Tuple[int, ...] = setting((128, 128), positive_entries)
+    class_conditional: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ObjectiveConfig:
+    """config.gan: the loss (`gm.gan_losses`: minimax | non_saturating | wasserstein | hinge); d_steps,
+    k discriminator updates per generator update; gradient_penalty, the weight of WGAN-GP's penalty (0:
+    none); clip, WGAN's weight clip (0: none); unrolled_steps, Metz et al.'s K (0: not unrolled)."""
+    loss: Literal[gan_losses.LOSSES] = "non_saturating"
+    d_steps: int = setting(1, positive)
+    gradient_penalty: float = setting(0.0, interval(0.0, None))
+    clip: float = setting(0.0, interval(0.0, None))
+    unrolled_steps: int = setting(0, nonnegative)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The GAN family's config sections: its networks, its objective and the discriminator's optimizer
+    (the generator's is config.optim; optim_d.ema_decay is unused, the EMA follows the generator)."""
+    model: GANModelConfig = GANModelConfig()
+    gan: ObjectiveConfig = ObjectiveConfig()
+    optim_d: OptimConfig = OptimConfig()
+
+    def check(self):
+        if self.gan.gradient_penalty and self.model.d_norm == "batch":
+            raise ValueError("config.model.d_norm='batch' couples the examples the gradient penalty treats "
+                             "separately; set it to 'layer' or 'none'.")
+        if self.gan.unrolled_steps and self.optim_d.name == "adam" and not self.optim_d.eps_root:
+            raise ValueError("config.gan.unrolled_steps differentiates through Adam, whose square root has no "
+                             "derivative at 0: set config.optim_d.eps_root > 0 (e.g. 1e-8).")
+
+
+def check_batch_size(settings: Settings, batch_size: int, field: str = "config.train.batch_size") -> None:
+    """The k discriminator updates split the batch in k slices."""
+    k = settings.gan.d_steps
+    checks.require(batch_size % k == 0, field, batch_size, f"a multiple of config.gan.d_steps={k}")
 
 
 class GAN(NamedTuple):
@@ -49,26 +102,19 @@ def _apply_discarding_batch_stats(net, params, *args):
     return out
 
 
-def gan_from_config(model, info):
-    """config.model -> (GAN, init(key, batch) -> params). Reads arch ('dcgan' | 'mlp'), latent_dim,
-    class_conditional, g_features, d_features, g_norm, d_norm (dcgan) and hidden (mlp)."""
-    if model.arch not in ARCHITECTURES:
-        raise ValueError(f"config.model.arch must be one of {ARCHITECTURES}, got {model.arch!r}.")
-    num_classes = info.num_classes if model.get("class_conditional", False) else None
+def gan_from_config(model: GANModelConfig, info):
+    """The two networks `model` describes for `info`'s data -> (GAN, init(key, batch) -> params)."""
+    num_classes = info.num_classes if model.class_conditional else None
     images = info.num_bits is not None
-    checks.sizes(model, "config.model", positive=("latent_dim",) + (
-        ("g_features", "d_features") if model.arch == "dcgan" else ("hidden",)))
     if model.arch == "dcgan":
-        for field in ("g_norm", "d_norm"):
-            checks.one_of(model[field], f"config.model.{field}", dcgan.NORMS)
         if not images:
             raise ValueError(f"config.model.arch='dcgan' needs images; use 'mlp' for {info.name!r}.")
         g = dcgan.DCGANGenerator(tuple(info.shape), model.g_features, model.g_norm, num_classes)
         d = dcgan.DCGANDiscriminator(model.d_features, model.d_norm, num_classes)
     else:
         out_dim = info.num_dims
-        g = dcgan.MLPGenerator(out_dim, tuple(model.hidden), num_classes)
-        d = dcgan.MLPDiscriminator(tuple(model.hidden), num_classes)
+        g = dcgan.MLPGenerator(out_dim, model.hidden, num_classes)
+        d = dcgan.MLPDiscriminator(model.hidden, num_classes)
     shape = tuple(info.shape)
 
     def generate(params, z, y):
@@ -105,13 +151,6 @@ def gan_from_config(model, info):
 # The two objectives.
 # ---------------------------------------------------------------------------------------------------
 
-class Objective(NamedTuple):
-    """What config.gan sets: the loss, the gradient-penalty weight (0: none) and the weight clip (0: none)."""
-    loss: str = "non_saturating"
-    gradient_penalty: float = 0.0
-    clip: float = 0.0
-
-
 def _latents(gan, key, num):
     z_key, y_key = jax.random.split(key)
     z = jax.random.normal(z_key, (num, gan.latent_dim))
@@ -119,7 +158,7 @@ def _latents(gan, key, num):
     return z, y
 
 
-def discriminator_objective(gan, objective, d_params, g_params, key, real, y=None):
+def discriminator_objective(gan, objective: ObjectiveConfig, d_params, g_params, key, real, y=None):
     """The discriminator's loss on a real slice [b, ...] against b fresh samples of G (with the real
     labels when class-conditional), plus the gradient penalty on interpolates when configured."""
     z_key, gp_key = jax.random.split(key)
@@ -133,7 +172,7 @@ def discriminator_objective(gan, objective, d_params, g_params, key, real, y=Non
     return loss
 
 
-def generator_objective(gan, objective, g_params, d_params, key, num):
+def generator_objective(gan, objective: ObjectiveConfig, g_params, d_params, key, num):
     """The generator's loss on `num` fresh samples (labels drawn uniformly when class-conditional)."""
     z, y = _latents(gan, key, num)
     return gan_losses.generator_loss(objective.loss, gan.discriminate(d_params, gan.generate(g_params, z, y), y))
@@ -173,34 +212,21 @@ def strided_slices(x, k):
     return jnp.swapaxes(x.reshape((x.shape[0] // k, k) + x.shape[1:]), 0, 1)
 
 
-def two_player_optimizer(g_optimizer, d_optimizer):
-    """An optax transformation whose state is {'generator': ..., 'discriminator': ...}; the GAN step
-    updates each player with its own optimizer, so `update` is never called on the pair."""
-    def init(params):
-        return {"generator": g_optimizer.init(params["generator"]),
-                "discriminator": d_optimizer.init(params["discriminator"])}
+def training(gan, objective: ObjectiveConfig, d_optimizer) -> Training:
+    """The k:1 step as the family's `Training`: k discriminator updates with `d_optimizer`, then one
+    generator update with the trainer's optimizer (config.optim); one optimizer state per player; the
+    EMA averages the generator only."""
+    d_steps, unrolled_steps = objective.d_steps, objective.unrolled_steps
 
-    def update(updates, state, params=None):
-        raise NotImplementedError("A GAN updates its players separately; see gm.gan.make_train_step.")
-
-    return optax.GradientTransformation(init, update)
-
-
-def make_train_step(gan, objective, g_optimizer, d_optimizer, d_steps=1, unrolled_steps=0):
-    """The k:1 step: (state, batch, key, *, optimizer, ema_decay, reduce_fn, device_key_fn) ->
-    (state, metrics), the signature of `gm.train.state.train_step`, so every strategy wraps it."""
-    def train_step(state, batch, key, *, optimizer=None, ema_decay=0.0, reduce_fn=lambda x: x,
-                   device_key_fn=lambda x: x):
-        del optimizer  # each player has its own; the pair only initialised the state
-        step_key = device_key_fn(jax.random.fold_in(key, state.step))
-        d_key, g_key, unroll_key = jax.random.split(step_key, 3)
+    def update(params, opt_state, extra, key, batch, *, optimizer, reduce_fn=lambda x: x):
+        d_key, g_key, unroll_key = jax.random.split(key, 3)
         real = gan.to_data(batch)
         if real.shape[0] % d_steps:
             raise ValueError(f"The batch of {real.shape[0]} per device must be a multiple of "
                              f"config.gan.d_steps={d_steps}; change config.train.batch_size.")
         reals = strided_slices(real, d_steps)
         ys = strided_slices(batch["label"], d_steps) if gan.num_classes else None
-        g_params, d_params = state.params["generator"], state.params["discriminator"]
+        g_params, d_params = params["generator"], params["discriminator"]
 
         def d_step(carry, inputs):
             d, s = carry
@@ -211,7 +237,7 @@ def make_train_step(gan, objective, g_optimizer, d_optimizer, d_steps=1, unrolle
             return discriminator_update(d_optimizer, objective, d, s, grads), loss
 
         (new_d, new_d_state), d_losses = parallel.scan(
-            d_step, (d_params, state.opt_state["discriminator"]), (jnp.arange(d_steps), reals, ys))
+            d_step, (d_params, opt_state["discriminator"]), (jnp.arange(d_steps), reals, ys))
 
         def g_loss_fn(g):
             d_for_g = new_d
@@ -222,56 +248,33 @@ def make_train_step(gan, objective, g_optimizer, d_optimizer, d_steps=1, unrolle
 
         g_loss, g_grads = jax.value_and_grad(g_loss_fn)(g_params)
         g_grads, g_loss = reduce_fn((g_grads, g_loss))
-        updates, new_g_state = g_optimizer.update(g_grads, state.opt_state["generator"], g_params)
-        new_g = optax.apply_updates(g_params, updates)
-
-        finite = (jnp.isfinite(g_loss) & jnp.all(jnp.isfinite(d_losses)) & state_lib.all_finite(g_grads)
-                  & state_lib.all_finite(new_d))
-        proposed = state.replace(
-            params={"generator": new_g, "discriminator": new_d},
-            opt_state={"generator": new_g_state, "discriminator": new_d_state},
-            ema_params={"generator": state_lib.ema_update(state.ema_params["generator"], new_g, ema_decay),
-                        "discriminator": new_d})
-        kept = jax.tree.map(lambda a, b: jnp.where(finite, a, b), proposed, state)
-        new_state = kept.replace(step=state.step + 1,
-                                 num_nonfinite=state.num_nonfinite + (~finite).astype(jnp.int32))
+        updates, new_g_state = optimizer.update(g_grads, opt_state["generator"], g_params)
+        new_params = {"generator": optax.apply_updates(g_params, updates), "discriminator": new_d}
+        new_opt_state = {"generator": new_g_state, "discriminator": new_d_state}
         metrics = {"loss": jnp.mean(d_losses), "d_loss": jnp.mean(d_losses), "g_loss": g_loss,
-                   "g_grad_norm": optax.global_norm(g_grads), "finite": finite.astype(jnp.float32)}
-        return new_state, metrics
+                   "g_grad_norm": optax.global_norm(g_grads)}
+        return new_params, new_opt_state, extra, metrics
 
-    return train_step
+    def init_opt_state(params, optimizer):
+        return {"generator": optimizer.init(params["generator"]),
+                "discriminator": d_optimizer.init(params["discriminator"])}
+
+    def average(ema_params, params, decay):
+        return {"generator": optim.ema_update(ema_params["generator"], params["generator"], decay),
+                "discriminator": params["discriminator"]}
+
+    return Training(update=update, init_opt_state=init_opt_state, average=average)
 
 
-def make(config, info):
-    """A GAN for `info`'s data -> Method with its own `train_step` and `optimizer`.
+def make(settings: Settings, info) -> Method:
+    """A GAN for `info`'s data (see `Settings`) -> Method with its own `training`.
 
-    Reads config.model (see `gan_from_config`), config.gan (loss, d_steps, gradient_penalty, clip,
-    unrolled_steps), config.optim (the generator's optimizer) and config.optim_d (the
-    discriminator's). `loss` reports both players' losses on one batch (for monitoring); there is no
-    `log_prob`. `sample` returns uint8 levels for images and float points for 2-D data.
+    `loss` reports both players' losses on one batch (for monitoring); there is no `log_prob`. `sample`
+    returns uint8 levels for images and float points for 2-D data.
     """
-    g = config.gan
-    objective = Objective(g.loss, float(g.get("gradient_penalty", 0.0)), float(g.get("clip", 0.0)))
-    if objective.loss not in gan_losses.LOSSES:
-        raise ValueError(f"config.gan.loss must be one of {gan_losses.LOSSES}, got {objective.loss!r}.")
-    checks.number_in(objective.gradient_penalty, "config.gan.gradient_penalty (0: none)", 0.0, None)
-    checks.number_in(objective.clip, "config.gan.clip (0: no clipping)", 0.0, None)
-    d_steps, unrolled_steps = int(g.get("d_steps", 1)), int(g.get("unrolled_steps", 0))
-    if d_steps < 1 or unrolled_steps < 0:
-        raise ValueError(f"config.gan.d_steps must be >= 1 and config.gan.unrolled_steps >= 0, got "
-                         f"{d_steps} and {unrolled_steps}.")
-    if objective.gradient_penalty and config.model.get("d_norm", "none") == "batch":
-        raise ValueError("config.model.d_norm='batch' couples the examples the gradient penalty treats "
-                         "separately; set it to 'layer' or 'none'.")
-    if unrolled_steps and config.optim_d.get("name", "adam") == "adam" and not config.optim_d.get("eps_root", 0.0):
-        raise ValueError("config.gan.unrolled_steps differentiates through Adam, whose square root has no "
-                         "derivative at 0: set config.optim_d.eps_root > 0 (e.g. 1e-8).")
-    if config.train.batch_size % d_steps:
-        raise ValueError(f"config.train.batch_size={config.train.batch_size} must be a multiple of "
-                         f"config.gan.d_steps={d_steps}.")
-    gan, init = gan_from_config(config.model, info)
-    g_optimizer = state_lib.optimizer_from_config(config.optim)
-    d_optimizer = state_lib.optimizer_from_config(config.optim_d, "config.optim_d")
+    objective = settings.gan
+    gan, init = gan_from_config(settings.model, info)
+    d_optimizer = optim.make_optimizer(settings.optim_d)
 
     def loss(params, key, batch):
         d_key, g_key = jax.random.split(key)
@@ -287,6 +290,4 @@ def make(config, info):
         z, y = _latents(gan, key, num)
         return gan.to_output(gan.generate(params["generator"], z, y))
 
-    return Method(init=init, loss=loss, sample=sample,
-                  train_step=make_train_step(gan, objective, g_optimizer, d_optimizer, d_steps, unrolled_steps),
-                  optimizer=two_player_optimizer(g_optimizer, d_optimizer))
+    return Method(init=init, loss=loss, sample=sample, training=training(gan, objective, d_optimizer))

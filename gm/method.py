@@ -9,9 +9,9 @@ of an optax `GradientTransformation`:
                                  (or float data-space arrays for 2-D toy data)
     log_prob(params, key, batch) -> float32 [B] log-likelihood in nats per example, or None
 
-`log_prob_is_bound` says whether `log_prob` is exact or a lower bound (an ELBO). Families with several
-players (GANs) supply their own `train_step`; everything else gets the trainer's generic one built
-from `loss`.
+`log_prob_is_bound` says whether `log_prob` is exact or a lower bound (an ELBO). By default the trainer
+takes one optimizer step on `loss` per train step; a family whose update is something else (several
+players, state no gradient trains) says how through ONE typed hook, `training` (see `Training`).
 
 Batches are dicts `{'image': uint8[B, H, W, C], 'label': int32[B]}` straight from `gm.data`; each family
 scales and dequantizes for itself, so one data pipeline serves all of them.
@@ -29,22 +29,48 @@ InitFn = Callable[[PRNGKey, Batch], Params]
 LossFn = Callable[[Params, PRNGKey, Batch], Tuple[jax.Array, Metrics]]
 SampleFn = Callable[[Params, PRNGKey, int], jax.Array]
 LogProbFn = Callable[[Params, PRNGKey, Batch], jax.Array]
+# (params, key, batch) -> {'data': uint8 [B, H, W, C] levels as the model sees them (binarized ones for a
+# Bernoulli decoder), 'reconstruction': the same shape, and optionally 'codes': int [B, ...] discrete latents}
+ReconstructFn = Callable[[Params, PRNGKey, Batch], Mapping[str, jax.Array]]
+# (params, opt_state, extra, key, batch, *, optimizer, reduce_fn) -> (params, opt_state, extra, metrics)
+UpdateFn = Callable[..., Tuple[Params, Any, Any, Metrics]]
+
+
+class Training(NamedTuple):
+    """How a family trains when its train step is not one optimizer step on `loss`.
+
+    update(params, opt_state, extra, key, batch, *, optimizer, reduce_fn) -> (params, opt_state, extra,
+      metrics): one train step. `key` is the step's (and the device's) key; `optimizer` is the optax
+      transformation config.optim describes; `reduce_fn` averages a pytree over devices (the identity
+      on one global batch) and must be applied to gradients and metrics before they are used. Metrics
+      are scalars and include 'loss'. `gm.optim.gradient_update` builds the usual kind.
+    init_opt_state(params, optimizer) -> the optimizer state (default `optimizer.init(params)`; a GAN
+      holds one per player).
+    init_extra(params) -> `TrainState.extra`: state that no gradient trains (a loss history, codebook
+      statistics), checkpointed with the parameters and never optimized or averaged (default {}).
+    average(ema_params, params, decay) -> the new EMA parameters (default: every leaf; a GAN averages
+      its generator only).
+
+    The trainer applies the non-finite guard for every family: an update whose metrics or new
+    parameters are not all finite is dropped (parameters, optimizer state, extra and EMA kept) and
+    counted, the same for every family.
+    """
+    update: UpdateFn
+    init_opt_state: Optional[Callable[[Params, Any], Any]] = None
+    init_extra: Optional[Callable[[Params], Any]] = None
+    average: Optional[Callable[[Params, Params, float], Params]] = None
 
 
 class Method(NamedTuple):
-    """The four pure functions of a model family (see the module docstring)."""
+    """The pure functions of a model family (see the module docstring)."""
     init: InitFn
     loss: LossFn
     sample: SampleFn
     log_prob: Optional[LogProbFn] = None
     log_prob_is_bound: bool = False
-    # For families with several players: replaces the generic `gm.train.state.train_step` and takes the
-    # same arguments, (state, batch, key, *, optimizer, ema_decay, reduce_fn, device_key_fn) ->
-    # (state, metrics), so every parallel strategy wraps it unchanged.
-    train_step: Optional[Callable[..., Any]] = None
-    # An optax transformation for the trainer to initialise the optimizer state with, instead of the
-    # one config.optim describes (a GAN's holds one optimizer state per player).
-    optimizer: Optional[Any] = None
-    # () -> the initial `TrainState.extra`: state the family's own `train_step` keeps besides its
-    # parameters (checkpointed with them, not optimized, not averaged).
-    init_extra: Optional[Callable[[], Any]] = None
+    # What log_prob's nats are spread over when it is not the data's dimensions, as (count, name): a prior
+    # over an 8x8 code grid is (64, 'code'), and evaluations report bits per code.
+    log_prob_per: Optional[Tuple[int, str]] = None
+    # Encoder-decoder families: the data and its reconstruction, for the 'recon' evaluation and grids.
+    reconstruct: Optional[ReconstructFn] = None
+    training: Optional[Training] = None

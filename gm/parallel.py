@@ -18,25 +18,11 @@ import os
 from typing import Any, Callable, NamedTuple
 
 import jax
-import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXIS = "batch"
 STRATEGIES = ("sharded", "pmap")
-
-
-def parallel_config(strategy="sharded"):
-    """config.parallel with every field an experiment can override on the command line.
-
-    strategy: one of STRATEGIES.
-    distributed: start multi-process JAX (`initialize_distributed`); GM_DISTRIBUTED=1 does the same.
-    coordinator_address, num_processes, process_id: for clusters JAX cannot detect by itself (several
-      processes on one machine, say): 'host:port' of process 0, the process count and this process's
-      index; '' and -1 leave them to JAX (JAX_COORDINATOR_ADDRESS, SLURM, TPU pods, ...).
-    """
-    return ml_collections.ConfigDict(dict(strategy=strategy, distributed=False, coordinator_address="",
-                                          num_processes=-1, process_id=-1))
 
 
 def initialize_distributed(enabled=False, coordinator_address="", num_processes=-1, process_id=-1):
@@ -73,7 +59,8 @@ def process_count():
 
 
 def check_batch_size(batch_size, field="config.train.batch_size"):
-    """Raise one clear sentence unless the global batch splits evenly over every device."""
+    """Raise one clear sentence unless the global batch splits evenly over every device; `field` names
+    the config field the batch size came from."""
     n = jax.device_count()
     if batch_size <= 0 or batch_size % n:
         raise ValueError(f"{field}={batch_size} must be a positive multiple of the {n} devices "

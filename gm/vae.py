@@ -18,19 +18,61 @@ Every value here is in nats per example unless its name says bits/dim. The build
 (`reparameterize`, `elbo_terms`, `log_importance_weights`, `iwae_bound`, `reconstruct`, `sample`) are
 pure functions of a `VAE` and its params, for use in notebooks; `make(config, info)` wraps them as the family's Method.
 """
+import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple, Tuple
 
 import jax
 import jax.numpy as jnp
 
 from gm import checks
 from gm import distributions as dist
+from gm.config import interval, nonnegative, positive, positive_entries, setting
 from gm.method import Method
 from gm.nn import convnets
 
 LIKELIHOODS = ("bernoulli", "logistic", "gaussian")
 KL_ESTIMATORS = ("analytic", "mc")
+
+
+@dataclasses.dataclass(frozen=True)
+class VAEConfig:
+    """config.model: the IWAE paper's MLP VAE for binarized MNIST by default.
+
+    latent_dim; arch 'mlp' (Dense layers of `hidden` with `activation`) or 'conv' (`channels` stride-2
+    stages, `num_res_blocks` residual blocks of `res_hidden`, then Dense layers of `hidden`);
+    likelihood 'bernoulli' (binarized data, `binarize`) | 'logistic' (a mixture of `num_mix`) |
+    'gaussian'; kl 'analytic' | 'mc'; beta weighs the KL in training (the beta-VAE); class_conditional;
+    sample_mean: sample grids show p(x | z)'s mean (the usual VAE picture) instead of a draw.
+    num_importance, importance_chunk: K of the IWAE bound that `log_prob` reports (1: the ELBO), drawn
+    that many at a time (so K = 5000 fits in memory).
+    """
+    latent_dim: int = setting(50, positive)
+    arch: Literal[convnets.ARCHITECTURES] = "mlp"
+    hidden: Tuple[int, ...] = setting((200, 200), positive_entries)
+    activation: Literal[tuple(convnets.ACTIVATIONS)] = "tanh"
+    channels: Tuple[int, ...] = setting((32, 64), positive_entries)
+    num_res_blocks: int = setting(1, nonnegative)
+    res_hidden: int = setting(32, positive)
+    likelihood: Literal[LIKELIHOODS] = "bernoulli"
+    binarize: Literal[dist.BINARIZE] = "stochastic"
+    num_mix: int = setting(5, positive)
+    kl: Literal[KL_ESTIMATORS] = "analytic"
+    beta: float = setting(1.0, interval(0.0, None))
+    class_conditional: bool = False
+    sample_mean: bool = True
+    num_importance: int = setting(5000, positive)
+    importance_chunk: int = setting(250, positive)
+
+    def check(self, name):
+        if self.arch == "conv":
+            checks.require(len(self.channels) > 0, f"{name}.channels", self.channels, "a non-empty tuple")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The VAE family's config section."""
+    model: VAEConfig = VAEConfig()
 
 
 class VAE(NamedTuple):
@@ -195,30 +237,16 @@ def sample(vae, params, key, num, y=None, mean=False):
 _NETWORK_FIELDS = ("arch", "hidden", "channels", "num_res_blocks", "res_hidden", "activation")
 
 
-def vae_from_config(model, info):
-    """config.model -> (VAE, init(key, levels, y) -> params). Reads latent_dim, likelihood, num_mix,
-    binarize, class_conditional and the network fields arch, hidden, channels, num_res_blocks,
-    res_hidden, activation."""
+def vae_from_config(model: VAEConfig, info):
+    """The VAE `model` describes for images of `info` -> (VAE, init(key, levels, y) -> params)."""
     likelihood = model.likelihood
     num_channels = info.shape[-1]
-    out_features = likelihood_num_params(likelihood, num_channels, model.get("num_mix", 1))
-    mode = model.get("binarize", "stochastic")
-    if likelihood == "bernoulli" and mode not in dist.BINARIZE:
-        raise ValueError(f"config.model.binarize must be one of {dist.BINARIZE}, got {mode!r}.")
-    if model.arch not in convnets.ARCHITECTURES:
-        raise ValueError(f"config.model.arch must be one of {convnets.ARCHITECTURES}, got {model.arch!r}.")
+    out_features = likelihood_num_params(likelihood, num_channels, model.num_mix)
+    mode = model.binarize
     if model.arch == "conv":
         convnets.check_downsampling(info.shape, len(model.channels))
-    convnets.activation(model.activation)
-    if model.latent_dim <= 0:
-        raise ValueError(f"config.model.latent_dim must be positive, got {model.latent_dim}.")
-    checks.sizes(model, "config.model", positive=("hidden", "res_hidden", "num_mix") + (
-        ("channels",) if model.arch == "conv" else ()), nonnegative=("num_res_blocks",))
-    if model.arch == "conv":
-        checks.require(len(model.channels) > 0, "config.model.channels", model.channels, "a non-empty tuple")
-    num_classes = info.num_classes if model.get("class_conditional", False) else None
-    spec = convnets.NetSpec(**{f: (tuple(model[f]) if f in ("hidden", "channels") else model[f])
-                               for f in _NETWORK_FIELDS})
+    num_classes = info.num_classes if model.class_conditional else None
+    spec = convnets.NetSpec(**{f: getattr(model, f) for f in _NETWORK_FIELDS})
     enc = convnets.GaussianEncoder(model.latent_dim, spec, num_classes)
     dec = convnets.LatentDecoder(tuple(info.shape), out_features, spec, num_classes)
     num_bits = info.num_bits
@@ -248,30 +276,22 @@ def vae_from_config(model, info):
     return vae, init
 
 
-def make(config, info):
-    """A VAE of images of `info.shape` at `info.num_bits` -> Method.
+def make(settings: Settings, info) -> Method:
+    """A VAE of images of `info.shape` at `info.num_bits` (see `VAEConfig`) -> Method.
 
-    Reads config.model (see `vae_from_config`, plus beta, kl, sample_mean) and config.eval
-    (num_importance, importance_chunk). The loss is the negative beta-ELBO in bits/dim; metrics give the
-    ELBO (beta = 1) in bits/dim, E_q log p(x|z) and the KL in nats. `log_prob` is the IWAE bound with
-    K = config.eval.num_importance (K = 1: the ELBO with the Monte Carlo KL), labelled a bound.
-    Bernoulli data are binarized with a fresh key each step and with `log_prob`'s key in evaluation.
+    The loss is the negative beta-ELBO in bits/dim; metrics give the ELBO (beta = 1) in bits/dim,
+    E_q log p(x|z) and the KL in nats. `log_prob` is the IWAE bound with K = num_importance (K = 1: the
+    ELBO with the Monte Carlo KL), labelled a bound. Bernoulli data are binarized with a fresh key each
+    step and with `log_prob`'s key in evaluation. `reconstruct` shows the data as the model sees them
+    and the decoder's mean at their encodings.
     """
     if info.num_bits is None:
         raise ValueError(f"The VAE models images; config.data.name={info.name!r} is not an image dataset.")
-    m = config.model
+    m = settings.model
     vae, init_params = vae_from_config(m, info)
-    beta, kl = float(m.get("beta", 1.0)), m.get("kl", "analytic")
-    if kl not in KL_ESTIMATORS:
-        raise ValueError(f"config.model.kl must be one of {KL_ESTIMATORS}, got {kl!r}.")
-    if beta < 0:
-        raise ValueError(f"config.model.beta must be >= 0, got {beta}.")
-    num_importance = int(config.eval.get("num_importance", 1))
-    chunk = int(config.eval.get("importance_chunk", 0)) or None
-    if num_importance < 1:
-        raise ValueError(f"config.eval.num_importance must be >= 1, got {num_importance}.")
-    conditional = bool(m.get("class_conditional", False))
-    num_dims, sample_mean = info.num_dims, bool(m.get("sample_mean", False))
+    beta, kl, num_importance, chunk = m.beta, m.kl, m.num_importance, m.importance_chunk
+    conditional = m.class_conditional
+    num_dims, sample_mean = info.num_dims, m.sample_mean
 
     def labels(batch):
         return batch["label"] if conditional else None
@@ -298,4 +318,12 @@ def make(config, info):
         data = vae.observe(key, batch["image"])
         return iwae_bound(vae, params, jax.random.fold_in(key, 1), data, labels(batch), num_importance, chunk)
 
-    return Method(init=init, loss=loss, sample=sample_fn, log_prob=log_prob, log_prob_is_bound=True)
+    def reconstruct_fn(params, key, batch):
+        # The same binarization as `log_prob` under the same key; 0/1 shown as the top level.
+        data = vae.observe(key, batch["image"])
+        shown = data * (dist.num_levels(info.num_bits) - 1) if m.likelihood == "bernoulli" else data
+        return {"data": shown.astype(jnp.uint8),
+                "reconstruction": reconstruct(vae, params, data, labels(batch)).astype(jnp.uint8)}
+
+    return Method(init=init, loss=loss, sample=sample_fn, log_prob=log_prob, log_prob_is_bound=True,
+                  reconstruct=reconstruct_fn)

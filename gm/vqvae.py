@@ -18,34 +18,71 @@ config.model.restart_threshold / K are restarted at encoder outputs of the curre
 Dhariwal et al. 2020). Under `pmap` the restart candidates are averaged over devices like every metric;
 the default `sharded` strategy sees the global batch.
 
-The quantizer's state lives in params['quantizer'] = {'codebook' [K, D], 'usage' [K], 'embed_sum'
-[K, D]}: the loss never differentiates 'usage' or 'embed_sum', and the family's own `train_step`
-overwrites them (and, in 'ema' mode, the codebook) after the optimizer's update. During stage 1 the
-prior is uniform, so `sample` decodes uniformly drawn codes.
+The codebook [K, D] is params['codebook'], what encoding and decoding read; the statistics no gradient
+trains, 'usage' N [K] and 'embed_sum' m [K, D], are `TrainState.extra`. The family's `Training` updates
+them (and, in 'ema' mode, the codebook, which then gets no gradient) after the optimizer's step. The
+parameter EMA averages the encoder and decoder and takes the codebook as it is: the codebook is already
+an average of encoder outputs, and averaging it again would mix a restarted code's old and new
+entries. During stage 1 the prior is uniform, so `sample` decodes uniformly drawn codes.
 
 Stage 2 (`make_prior`): any model of `gm.autoregressive` (the causal transformer by default, or a
 PixelCNN) learns p(codes) on the code grids of the trained, frozen VQ-VAE, one token per grid cell in
 raster order; `sample` runs prior -> codes -> decoder in one compiled call.
 """
+import dataclasses
 import math
-from typing import Callable, NamedTuple
+from typing import Callable, Literal, NamedTuple, Tuple
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
-from tqdm import tqdm
 
-from gm import autoregressive, checks, parallel
+from gm import autoregressive, optim
 from gm import distributions as dist
+from gm.config import OptimConfig, TrainConfig, interval, nonnegative, positive, positive_entries, setting
 from gm.data import DatasetInfo
-from gm.method import Method
+from gm.method import Method, Training
 from gm.nn import convnets
-from gm.train import state as state_lib
 
 CODEBOOK_MODES = ("loss", "ema")
-# Per-step statistics the loss hands to `train_step` through its metrics; never logged.
-_STATS = ("vq_counts", "vq_sums", "vq_candidates")
+STATISTICS = ("usage", "embed_sum")  # the quantizer's entries that live in TrainState.extra
+
+
+@dataclasses.dataclass(frozen=True)
+class VQVAEConfig:
+    """config.model: the paper's CIFAR-10 VQ-VAE by default (two stride-2 4x4 convolutions and two
+    residual blocks of 256 channels each way, an 8x8 grid of K = 512 codes of dimension 64).
+
+    commitment: beta; codebook 'ema' (entries follow moving averages with codebook_decay, the paper's
+    appendix A.1) or 'loss' (trained by the codebook term; codebook_decay then drives only the usage
+    average); restart_threshold: codes whose usage falls below it / K restart at encoder outputs (0: never).
+    """
+    num_codes: int = setting(512, positive)
+    code_dim: int = setting(64, positive)
+    channels: Tuple[int, ...] = setting((256, 256), positive_entries)
+    num_res_blocks: int = setting(2, nonnegative)
+    res_hidden: int = setting(256, positive)
+    commitment: float = setting(0.25, interval(0.0, None))
+    codebook: Literal[CODEBOOK_MODES] = "ema"
+    codebook_decay: float = setting(0.99, interval(0.0, 1.0))
+    restart_threshold: float = setting(0.03, interval(0.0, 1.0))
+
+    def check(self, name):
+        if self.num_codes < 2:
+            raise ValueError(f"{name}.num_codes must be >= 2, got {self.num_codes}.")
+        if not self.channels:
+            raise ValueError(f"{name}.channels must be a non-empty tuple, got {self.channels!r}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The VQ-VAE family's sections: stage 1's networks (config.model; it trains with config.train and
+    config.optim), and stage 2's prior over codes (config.prior, an autoregressive model, trained with
+    config.prior_train and config.prior_optim)."""
+    model: VQVAEConfig = VQVAEConfig()
+    prior: autoregressive.ModelConfig = autoregressive.ModelConfig(name="transformer")
+    prior_train: TrainConfig = TrainConfig()
+    prior_optim: OptimConfig = OptimConfig()
 
 
 class VQVAE(NamedTuple):
@@ -125,7 +162,7 @@ def restart_dead_codes(quantizer, candidates, threshold):
 
 def quantize(vq, params, z_e):
     """(z_q [B, h, w, D] with the straight-through gradient, codes int32 [B, h, w])."""
-    codebook = params["quantizer"]["codebook"]
+    codebook = params["codebook"]
     codes = nearest_codes(z_e, codebook)
     return straight_through(z_e, codebook[codes]), codes
 
@@ -133,12 +170,12 @@ def quantize(vq, params, z_e):
 def encode_to_codes(vq, params, levels, num_bits):
     """Integer image levels [B, H, W, C] -> codes int32 [B, h, w]."""
     z_e = vq.encode(params, dist.levels_to_symmetric(levels, num_bits))
-    return nearest_codes(z_e, params["quantizer"]["codebook"])
+    return nearest_codes(z_e, params["codebook"])
 
 
 def decode_codes(vq, params, codes, num_bits):
     """codes int32 [B, h, w] -> integer image levels [B, H, W, C] (the reconstruction, rounded)."""
-    x = vq.decode(params, params["quantizer"]["codebook"][codes])
+    x = vq.decode(params, params["codebook"][codes])
     return dist.symmetric_to_levels(jnp.clip(x, -1.0, 1.0), num_bits).astype(jnp.int32)
 
 
@@ -151,15 +188,9 @@ def reconstruct(vq, params, levels, num_bits):
 # Stage 1: the VQ-VAE.
 # ---------------------------------------------------------------------------------------------------
 
-def vqvae_from_config(model, info):
-    """config.model -> (VQVAE, init(key, levels) -> params). Reads num_codes, code_dim, channels,
-    num_res_blocks, res_hidden."""
-    if model.num_codes < 2 or model.code_dim < 1:
-        raise ValueError(f"config.model.num_codes must be >= 2 and config.model.code_dim >= 1, got "
-                         f"{model.num_codes} and {model.code_dim}.")
-    channels = tuple(model.channels)
-    checks.sizes(model, "config.model", positive=("channels", "res_hidden"), nonnegative=("num_res_blocks",))
-    checks.require(len(channels) > 0, "config.model.channels", channels, "a non-empty tuple")
+def vqvae_from_config(model: VQVAEConfig, info):
+    """The VQ-VAE `model` describes for images of `info` -> (VQVAE, init(key, levels) -> params)."""
+    channels = model.channels
     convnets.check_downsampling(info.shape, len(channels))
     enc = convnets.ConvEncoder(channels, model.num_res_blocks, model.res_hidden, model.code_dim)
     dec = convnets.ConvDecoder(channels, model.num_res_blocks, model.res_hidden, info.shape[-1])
@@ -175,7 +206,7 @@ def vqvae_from_config(model, info):
         z = jnp.zeros((levels.shape[0],) + grid + (model.code_dim,))
         return {"encoder": enc.init({"params": e_key}, x)["params"],
                 "decoder": dec.init({"params": d_key}, z)["params"],
-                "quantizer": init_quantizer(q_key, model.num_codes, model.code_dim)}
+                "codebook": init_quantizer(q_key, model.num_codes, model.code_dim)["codebook"]}
 
     return vq, init
 
@@ -185,12 +216,13 @@ def vq_losses(vq, params, key, levels, num_bits, commitment=0.25, codebook_loss=
 
     Returns (loss, metrics, stats): metrics are scalars (recon_mse in [-1, 1] units, commitment,
     codebook, perplexity and the share of codes used in this batch); stats are the per-batch
-    statistics `train_step` needs (usage counts [K], sums [K, D], restart candidates [K, D]).
+    statistics the quantizer's update needs: 'counts' [K] (usage), 'sums' [K, D], 'candidates' [K, D]
+    (restart candidates).
     """
     x = dist.levels_to_symmetric(levels, num_bits)
     z_e = vq.encode(params, x)
     z_q, codes = quantize(vq, params, z_e)
-    codebook = params["quantizer"]["codebook"]
+    codebook = params["codebook"]
     chosen = codebook[codes]
     recon_mse = jnp.mean((vq.decode(params, z_q) - x) ** 2)
     commit = jnp.mean((z_e - jax.lax.stop_gradient(chosen)) ** 2)
@@ -202,72 +234,74 @@ def vq_losses(vq, params, key, levels, num_bits, commitment=0.25, codebook_loss=
     candidates = flat[jax.random.randint(key, (vq.num_codes,), 0, flat.shape[0])]
     metrics = {"recon_mse": recon_mse, "commitment": commit, "codebook": jnp.asarray(codebook_term),
                "perplexity": perplexity(counts), "codes_used": jnp.mean(counts > 0)}
-    return loss, metrics, {"vq_counts": counts, "vq_sums": sums, "vq_candidates": candidates}
+    return loss, metrics, {"counts": counts, "sums": sums, "candidates": candidates}
 
 
 def update_quantizer(quantizer, stats, mode, decay, restart_threshold):
-    """The quantizer after one step's statistics: EMA (mode 'ema') or usage only, then restarts."""
+    """The quantizer {'codebook', 'usage', 'embed_sum'} after one step's statistics (`vq_losses`): EMA
+    (mode 'ema') or usage only, then restarts."""
     if mode == "ema":
-        quantizer = ema_codebook_update(quantizer, stats["vq_counts"], stats["vq_sums"], decay)
+        quantizer = ema_codebook_update(quantizer, stats["counts"], stats["sums"], decay)
     else:
-        quantizer = usage_update(quantizer, stats["vq_counts"], decay)
+        quantizer = usage_update(quantizer, stats["counts"], decay)
     if restart_threshold > 0:
-        quantizer = restart_dead_codes(quantizer, stats["vq_candidates"], restart_threshold)
+        quantizer = restart_dead_codes(quantizer, stats["candidates"], restart_threshold)
     return quantizer
 
 
-def make(config, info):
-    """Stage 1: a VQ-VAE of images of `info.shape` -> Method with its own `train_step`.
+def vq_training(vq, model: VQVAEConfig, num_bits) -> Training:
+    """Stage 1's training: one optimizer step on the loss, then the quantizer's update from the step's
+    statistics (averaged over devices like the gradients): the statistics live in `TrainState.extra`,
+    the codebook in the parameters; the EMA of the parameters leaves the codebook as it is."""
+    def loss_fn(params, extra, key, batch):
+        return vq_losses(vq, params, key, batch["image"], num_bits, model.commitment,
+                         codebook_loss=(model.codebook == "loss"))
 
-    Reads config.model: num_codes (K), code_dim (D), channels, num_res_blocks, res_hidden, commitment
-    (beta), codebook ('loss' | 'ema'), codebook_decay (the EMA's g, also the usage EMA's),
-    restart_threshold (0 disables restarts). `sample` decodes uniformly drawn codes (stage 1's prior);
-    there is no `log_prob`.
+    def after(params, extra, stats):
+        quantizer = update_quantizer({"codebook": params["codebook"], **extra}, stats, model.codebook,
+                                     model.codebook_decay, model.restart_threshold)
+        return {**params, "codebook": quantizer["codebook"]}, {k: quantizer[k] for k in STATISTICS}
+
+    def init_extra(params):
+        usage = jnp.full((vq.num_codes,), 1.0 / vq.num_codes)
+        return {"usage": usage, "embed_sum": params["codebook"] * usage[:, None]}
+
+    def average(ema_params, params, decay):
+        return {**optim.ema_update(ema_params, params, decay), "codebook": params["codebook"]}
+
+    return Training(update=optim.gradient_update(loss_fn, after), init_extra=init_extra, average=average)
+
+
+def make(settings: Settings, info) -> Method:
+    """Stage 1: a VQ-VAE of images of `info.shape` (see `VQVAEConfig`) -> Method with its own training.
+
+    `sample` decodes uniformly drawn codes (stage 1's prior); there is no `log_prob`; `reconstruct`
+    gives the reconstruction through the code grid and the codes.
     """
     if info.num_bits is None:
         raise ValueError(f"The VQ-VAE models images; config.data.name={info.name!r} is not an image dataset.")
-    m = config.model
-    mode = m.get("codebook", "ema")
-    if mode not in CODEBOOK_MODES:
-        raise ValueError(f"config.model.codebook must be one of {CODEBOOK_MODES}, got {mode!r}.")
-    decay, threshold = float(m.get("codebook_decay", 0.99)), float(m.get("restart_threshold", 0.0))
-    if not 0.0 <= decay < 1.0:
-        raise ValueError(f"config.model.codebook_decay must be in [0, 1), got {decay}.")
-    checks.number_in(threshold, "config.model.restart_threshold (0: no restarts)", 0.0, 1.0)
+    m = settings.model
     vq, init_params = vqvae_from_config(m, info)
-    commitment = checks.number_in(m.get("commitment", 0.25), "config.model.commitment", 0.0, None)
 
     def init(key, batch):
         return init_params(key, batch["image"])
 
-    def loss_with_stats(params, key, batch):
-        loss, metrics, stats = vq_losses(vq, params, key, batch["image"], info.num_bits, commitment,
-                                         codebook_loss=(mode == "loss"))
-        return loss, {**metrics, **stats}
-
     def loss(params, key, batch):
-        value, metrics = loss_with_stats(params, key, batch)
-        return value, {k: v for k, v in metrics.items() if k not in _STATS}
-
-    def train_step(state, batch, key, *, optimizer, ema_decay, **strategy):
-        new, metrics = state_lib.train_step(state, batch, key, loss_fn=loss_with_stats, optimizer=optimizer,
-                                            ema_decay=ema_decay, **strategy)
-        stats = {k: metrics.pop(k) for k in _STATS}
-        finite = metrics["finite"] > 0
-        quantizer = update_quantizer(new.params["quantizer"], stats, mode, decay, threshold)
-        quantizer = jax.tree.map(lambda a, b: jnp.where(finite, a, b), quantizer, new.params["quantizer"])
-        ema = jax.tree.map(lambda a, b: jnp.where(finite, a, b),
-                           state_lib.ema_update(state.ema_params["quantizer"], quantizer, ema_decay),
-                           new.ema_params["quantizer"])
-        new = new.replace(params={**new.params, "quantizer": quantizer},
-                          ema_params={**new.ema_params, "quantizer": ema})
-        return new, metrics
+        value, metrics, _ = vq_losses(vq, params, key, batch["image"], info.num_bits, m.commitment,
+                                      codebook_loss=(m.codebook == "loss"))
+        return value, metrics
 
     def sample(params, key, num):
         codes = jax.random.randint(key, (num,) + vq.grid, 0, vq.num_codes)
         return decode_codes(vq, params, codes, info.num_bits).astype(jnp.uint8)
 
-    return Method(init=init, loss=loss, sample=sample, train_step=train_step)
+    def reconstruct_fn(params, key, batch):
+        codes = encode_to_codes(vq, params, batch["image"], info.num_bits)
+        return {"data": batch["image"], "codes": codes,
+                "reconstruction": decode_codes(vq, params, codes, info.num_bits).astype(jnp.uint8)}
+
+    return Method(init=init, loss=loss, sample=sample, reconstruct=reconstruct_fn,
+                  training=vq_training(vq, m, info.num_bits))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -281,20 +315,20 @@ def code_info(vq, info):
                        info.num_test)
 
 
-def make_prior(config, info, vq_config, vq_params):
+def make_prior(settings: Settings, info, vq_params) -> Method:
     """Stage 2: an autoregressive prior over the codes of a trained VQ-VAE -> Method on the images.
 
-    `vq_config` is stage 1's config (its model fields build the VQ-VAE), `vq_params` its trained (EMA)
-    params, frozen. config.prior is an autoregressive config.model (name, class_conditional, dtype and
-    the network's fields); the loss is the prior's negative log-likelihood in bits per code, the images
-    of each batch encoded on the fly. `sample` draws codes from the prior and decodes them to uint8
-    levels at the data's bit depth, in one compiled call. `log_prob` is the prior's exact log p(codes)
-    in nats per example (not a likelihood of the pixels).
+    settings.model builds the VQ-VAE whose trained (EMA) params `vq_params` are frozen here;
+    settings.prior is an autoregressive model config (`gm.autoregressive.ModelConfig`). The loss is the
+    prior's negative log-likelihood in bits per code, the images of each batch encoded on the fly.
+    `sample` draws codes from the prior and decodes them to uint8 levels at the data's bit depth, in
+    one compiled call. `log_prob` is the prior's exact log p(codes) in nats per example (not a
+    likelihood of the pixels), spread over the grid's codes (`log_prob_per`).
     """
-    vq, _ = vqvae_from_config(vq_config.model, info)
+    vq, _ = vqvae_from_config(settings.model, info)
     codes_info = code_info(vq, info)
-    prior = autoregressive.model_from_config(config.prior, codes_info, field="config.prior")
-    conditional = bool(config.prior.get("class_conditional", False))
+    prior = autoregressive.model_from_config(settings.prior, codes_info)
+    conditional = settings.prior.class_conditional
     num_code_dims = codes_info.num_dims
 
     def codes_of(batch):
@@ -322,46 +356,5 @@ def make_prior(config, info, vq_config, vq_params):
         codes = jnp.minimum(codes, vq.num_codes - 1)  # levels past K are never seen in training
         return decode_codes(vq, vq_params, codes, info.num_bits).astype(jnp.uint8)
 
-    return Method(init=init, loss=loss, sample=sample, log_prob=log_prob, log_prob_is_bound=False)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Evaluation of stage 1.
-# ---------------------------------------------------------------------------------------------------
-
-def reconstruction_errors(vq, params, levels, num_bits):
-    """Per example: 'mse' [B] of the decoder's output in [-1, 1] units, 'level_mse' [B] of the rounded
-    reconstruction in levels, and the 'codes' [B, h, w]."""
-    x = dist.levels_to_symmetric(levels, num_bits)
-    codes = encode_to_codes(vq, params, levels, num_bits)
-    out = vq.decode(params, params["quantizer"]["codebook"][codes])
-    rounded = dist.symmetric_to_levels(jnp.clip(out, -1.0, 1.0), num_bits)
-    per_example = lambda e: jnp.mean(e.reshape(e.shape[0], -1), axis=-1)
-    return {"mse": per_example((out - x) ** 2),
-            "level_mse": per_example((rounded - levels.astype(jnp.float32)) ** 2), "codes": codes}
-
-
-def evaluate_reconstruction(vq, params, batches, num_bits, num_batches=None):
-    """Reconstruction error and codebook use over `batches` from `gm.data.eval_batches`.
-
-    Returns recon_mse (in [-1, 1] units, what the loss sees), psnr_db (of the rounded reconstruction,
-    peak = the top level), perplexity and codes_used (the share of the K codes used at least once),
-    both over the whole split's code histogram, and num_examples.
-    """
-    compiled = parallel.jit_per_example(lambda p, _, batch: reconstruction_errors(vq, p, batch["image"], num_bits))
-    mse, level_mse, counts = [], [], np.zeros(vq.num_codes, np.int64)
-    for batch in tqdm(batches, total=num_batches, desc="eval", mininterval=2.0,
-                      disable=parallel.process_index() != 0):
-        sharded = parallel.shard_batch({"image": batch["image"], "mask": batch["mask"]})
-        out, mask = parallel.to_host((compiled(params, jax.random.key(0), sharded), sharded["mask"]))
-        mask = np.asarray(mask)
-        mse.append(np.asarray(out["mse"], np.float64)[mask])
-        level_mse.append(np.asarray(out["level_mse"], np.float64)[mask])
-        counts += np.bincount(np.asarray(out["codes"])[mask].reshape(-1), minlength=vq.num_codes)
-    mse, level_mse = np.concatenate(mse), np.concatenate(level_mse)
-    top = dist.num_levels(num_bits) - 1
-    usage = counts / counts.sum()
-    return {"recon_mse": float(mse.mean()), "recon_mse_stderr": float(mse.std(ddof=1) / np.sqrt(mse.size)),
-            "psnr_db": float(10 * np.log10(top ** 2 / max(level_mse.mean(), 1e-12))),
-            "perplexity": float(perplexity(jnp.asarray(usage))), "codes_used": float(np.mean(counts > 0)),
-            "num_examples": int(mse.size)}
+    return Method(init=init, loss=loss, sample=sample, log_prob=log_prob, log_prob_is_bound=False,
+                  log_prob_per=(num_code_dims, "code"))

@@ -11,8 +11,10 @@ import pytest
 
 from experiments import nade_mnist, pixelcnn_cifar
 from gm import autoregressive as ar
+from gm import config as config_lib
 from gm import data as gm_data
 from gm import distributions as dist
+from gm import families
 from gm.metrics.likelihood import evaluate_log_prob
 from gm.nn.causal import causal_kernel_mask
 from gm.nn.nade import NADE
@@ -130,6 +132,11 @@ def _model_config(name, **fields):
                                       name: fields})
 
 
+def _make(config, info):
+    """The Method of the family's sections in `config`, checked as a run checks them."""
+    return ar.make(config_lib.parse_sections(ar.Settings, config), info)
+
+
 @pytest.mark.parametrize("name, shape, fields", [
     ("pixelcnn", (2, 2, 1), dict(features=8, num_layers=1, out_hidden=8, first_kernel=3)),
     ("gated_pixelcnn", (1, 2, 3), dict(features=6, num_layers=1, out_hidden=12, first_kernel=3)),
@@ -141,7 +148,7 @@ def test_sampler_draws_the_modelled_distribution(name, shape, fields):
     if name == "nade":
         config.model.nade.binarize = "threshold"
     info = _tiny_info(shape, 1)
-    method = ar.make(config, info)
+    method = _make(config, info)
     batch = {"image": jnp.zeros((1,) + shape, jnp.uint8), "label": jnp.zeros(1, jnp.int32)}
     params = state_lib.run_once(method.init, jax.random.key(3), batch)
     # Random init is close to uniform: sharpen it so a wrong order or a wrong position would show.
@@ -181,7 +188,7 @@ def test_loss_falls_on_digits_and_bpd_is_the_shared_convention(experiment, name)
     dataset = gm_data.load("digits")
     config = experiment.get_config("smoke")
     config.model.name = name
-    method = ar.make(config, dataset.info)
+    method = families.make(config, dataset.info)
     batch = lambda step: gm_data.train_batch(dataset, step=step, batch_size=32, seed=0)
     params = state_lib.run_once(method.init, jax.random.key(0), batch(0))
     optimizer = optax.adam(3e-3)
@@ -215,11 +222,11 @@ def test_unknown_model_and_bad_fields_are_one_sentence():
     config = pixelcnn_cifar.get_config("smoke")
     config.model.name = "wavenet"
     with pytest.raises(ValueError, match="config.model.name"):
-        ar.make(config, info)
+        families.make(config, info)
     config = ml_collections.ConfigDict({"model": _model_config("pixelcnn", features=8, depth=3)})
-    with pytest.raises(ValueError, match="config.model.pixelcnn"):
-        ar.make(config, info)
+    with pytest.raises(ValueError, match="config.model.pixelcnn has no field 'depth'"):
+        _make(config, info)
     config = ml_collections.ConfigDict({"model": _model_config("gated_pixelcnn", features=7)})
     with pytest.raises(ValueError, match="features"):
-        jax.eval_shape(ar.make(config, _tiny_info((4, 4, 3), 8)).init, jax.random.key(0),
+        jax.eval_shape(_make(config, _tiny_info((4, 4, 3), 8)).init, jax.random.key(0),
                        {"image": jnp.zeros((1, 4, 4, 3), jnp.uint8), "label": jnp.zeros(1, jnp.int32)})

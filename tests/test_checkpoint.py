@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments import ddpm_cifar
+from gm import config as config_lib
 from gm import data as gm_data
 from gm import parallel
 from gm.checkpoint import (CheckpointMismatchError, Checkpointer, CorruptCheckpointError, NoGoodCheckpointError,
@@ -173,11 +174,12 @@ def _linear_method():
 
 
 def _config(num_steps):
+    """The typed base sections for the linear method: every checkpoint kept."""
     config = ml_collections.ConfigDict(ddpm_cifar.get_config("smoke").to_dict())
     config.optim.update(learning_rate=1e-2, warmup_steps=0)
     config.train.update(num_steps=num_steps, log_every=1, checkpoint_every=2, sample_every=1000, num_samples=8,
-                        keep_checkpoints=None)
-    return config
+                        keep_checkpoints=100)
+    return config_lib.parse_run(config)
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +211,40 @@ def test_restoring_into_a_model_of_another_shape_is_one_sentence(tmp_path, digit
         loop.train_and_evaluate(_config(4), str(tmp_path), wider, digits)
     assert "\n" not in str(error.value)
     assert Checkpointer(tmp_path / "checkpoints", read_only=True).all_steps() == [2]
+
+
+def _rewrite_as_layout_1(workdir, params=None):
+    """Rewrite the newest checkpoint in WORKDIR as gm wrote it before layout 2: no 'layout' in its meta,
+    and `params` (if given) in place of its parameters."""
+    ckpt = Checkpointer(workdir / "checkpoints")
+    step = ckpt.latest_step()
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=parallel.replicated_sharding()),
+                          getattr(ckpt._manager.item_metadata(step)["state"], "tree", None))
+    state, meta = ckpt.restore(target, step)
+    if params is not None:
+        state = dict(state, params=params, ema_params=params)
+    meta.pop("layout")
+    ckpt.close()
+    import shutil
+    shutil.rmtree(workdir / "checkpoints")
+    ckpt = Checkpointer(workdir / "checkpoints")
+    ckpt.save(step, parallel.replicate(state), meta, force=True)
+    ckpt.close()
+
+
+def test_a_checkpoint_of_the_layout_before_resumes_or_says_it_cannot(tmp_path, digits):
+    straight = loop.train_and_evaluate(_config(4), str(tmp_path / "straight"), _linear_method(), digits)
+    workdir = tmp_path / "old"
+    loop.train_and_evaluate(_config(2), str(workdir), _linear_method(), digits)
+    _rewrite_as_layout_1(workdir)  # the same arrays: a family whose layout did not change
+    tree_equal(loop.train_and_evaluate(_config(4), str(workdir), _linear_method(), digits), straight)
+    # A family whose arrays moved (the VQ-VAE's statistics left its parameters): one sentence saying so.
+    old = {"w": np.zeros(64, np.float32), "b": np.zeros((), np.float32), "usage": np.zeros(4, np.float32)}
+    _rewrite_as_layout_1(workdir, old)
+    with pytest.raises(ValueError, match=r"written by an older gm whose layout \(1\) kept a family's non-gradient "
+                                         r"state among the parameters .*train again in a new --workdir") as error:
+        loop.train_and_evaluate(_config(6), str(workdir), _linear_method(), digits)
+    assert "\n" not in str(error.value)
 
 
 def test_eval_mode_reads_the_newest_intact_step_and_leaves_the_folder_alone(tmp_path, digits):

@@ -120,21 +120,22 @@ def test_vlb_is_a_valid_bound_for_a_random_model():
 
 
 def test_ddpm_method_learns_digits_and_samples_uint8_levels():
-    import functools
     import optax
     from experiments import ddpm_cifar
     from gm import data as gm_data
+    from gm import families
     from gm.train import state as state_lib
 
     config = ddpm_cifar.get_config("smoke")
     config.model.update(ch=16, ch_mult=(1,), attn_resolutions=(8,))  # one level: compiles in seconds
     config.diffusion.update(num_timesteps=50)
     digits = gm_data.load("digits")
-    method = diffusion.make(config, digits.info)
+    method = families.make(config, digits.info)
     batches = [gm_data.train_batch(digits, step=s, batch_size=64, seed=0) for s in range(120)]
     opt = optax.adam(3e-3)
-    state = state_lib.init_state(jax.jit(method.init)(jax.random.key(0), batches[0]), opt)
-    step = jax.jit(functools.partial(state_lib.train_step, loss_fn=method.loss, optimizer=opt, ema_decay=0.9))
+    state = state_lib.init_state(jax.jit(method.init)(jax.random.key(0), batches[0]), state_lib.training_of(method),
+                                 opt)
+    step = jax.jit(state_lib.step_function(method, opt, 0.9))
     losses = []
     for b in batches:
         state, metrics = step(state, b, jax.random.key(1))

@@ -276,28 +276,29 @@ def _tiny_config(**diffusion_fields):
 ])
 def test_bad_diffusion_fields_are_one_sentence(fields, message):
     from gm import data as gm_data
+    from gm import families
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        diffusion.make(_tiny_config(**fields), gm_data.load("digits").info)
+        families.make(_tiny_config(**fields), gm_data.load("digits").info)
 
 
 def test_importance_sampled_hybrid_training_keeps_a_loss_history_and_guided_samples():
-    import functools
     import optax
     from gm import data as gm_data
+    from gm import families
     from gm.train import state as state_lib
 
     config = _tiny_config(var_type="learned_range", loss="hybrid", timestep_sampling="importance",
                           importance_history=2, label_dropout=0.2, guidance_weight=1.5, sample_steps=10)
     config.model.class_conditional = True
     digits = gm_data.load("digits")
-    method = diffusion.make(config, digits.info)
+    method = families.make(config, digits.info)
     opt = optax.adam(1e-3)
     batch = gm_data.train_batch(digits, step=0, batch_size=64, seed=0)
     params = jax.jit(method.init)(jax.random.key(0), batch)
     assert params["conv_out"]["kernel"].shape[-1] == 2  # eps and v
     assert params["class_embed"]["embedding"].shape[0] == 11  # ten digits and the null class
-    state = state_lib.init_state(params, opt, method.init_extra())
-    step = jax.jit(functools.partial(method.train_step, optimizer=opt, ema_decay=0.9))
+    state = state_lib.init_state(params, state_lib.training_of(method), opt)
+    step = jax.jit(state_lib.step_function(method, opt, 0.9))
     for i in range(6):
         state, metrics = step(state, gm_data.train_batch(digits, step=i, batch_size=64, seed=0), jax.random.key(1))
         assert {"loss", "mse", "vb", "grad_norm", "finite"} <= set(metrics) and np.isfinite(float(metrics["vb"]))
@@ -311,9 +312,10 @@ def test_importance_sampled_hybrid_training_keeps_a_loss_history_and_guided_samp
 
 def test_guidance_weight_on_a_model_without_a_null_class_is_refused_at_sampling():
     from gm import data as gm_data
+    from gm import families
     config = _tiny_config()
     config.model.class_conditional = True
-    diff = diffusion.build(config, gm_data.load("digits").info)
-    sampling = diffusion.sampling_from_config(config.diffusion)
+    settings = families.parse(config).settings
+    diff = diffusion.build(settings, gm_data.load("digits").info)
     with pytest.raises(ValueError, match="config.diffusion.label_dropout > 0"):
-        diffusion.sample(diff, sampling, {}, jax.random.key(0), 2, guidance_weight=2.0)
+        diffusion.sample(diff, settings.diffusion, {}, jax.random.key(0), 2, guidance_weight=2.0)

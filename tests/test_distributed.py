@@ -12,8 +12,6 @@ import pytest
 
 from conftest import CHILD_ENV
 from experiments import ddpm_cifar
-from gm import data as gm_data
-from gm import diffusion
 from gm.checkpoint import Checkpointer
 from gm.train import run as run_lib
 
@@ -63,8 +61,8 @@ def _run_two_processes(workdir, *args, timeout=420):
 def _final_state(workdir):
     config = ddpm_cifar.get_config("smoke")
     config.model.update(ch=16, ch_mult=(1,), attn_resolutions=(8,))
-    dataset = gm_data.load("digits")
-    return run_lib.restore_latest(config, str(workdir), diffusion.make(config, dataset.info), dataset)
+    restored = run_lib.restore(config, str(workdir))
+    return restored.state, restored.step
 
 
 @pytest.fixture(scope="module")

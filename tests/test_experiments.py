@@ -15,8 +15,6 @@ import pytest
 
 from conftest import CHILD_ENV
 from experiments import ddpm_cifar
-from gm import data as gm_data
-from gm import diffusion
 from gm.train import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -38,8 +36,8 @@ def _run(workdir, *args, timeout=300):
 def _final_state(workdir, num_steps):
     config = ddpm_cifar.get_config("smoke")
     config.train.num_steps = num_steps
-    dataset = gm_data.load("digits")
-    return run_lib.restore_latest(config, str(workdir), diffusion.make(config, dataset.info), dataset)
+    restored = run_lib.restore(config, str(workdir))
+    return restored.state, restored.step
 
 
 @pytest.fixture(scope="module")
@@ -278,8 +276,8 @@ def test_improved_ddpm_with_importance_sampling_resumes_its_loss_history_and_eva
     assert result["kind"] == "bound" and 0 < result["bpd"] < 40 and "bits/dim" in proc.stdout
     config = improved_ddpm_cifar.get_config("smoke")
     config.diffusion.timestep_sampling = "importance"
-    dataset = gm_data.load("digits")
-    state, step = run_lib.restore_latest(config, str(tmp_path), diffusion.make(config, dataset.info), dataset)
+    restored = run_lib.restore(config, str(tmp_path))
+    state, step = restored.state, restored.step
     count = np.asarray(state.extra["loss_history"]["count"])
     # 4 steps of 32 examples push at most 128 values: more means the history survived the restart.
     assert step == 6 and count.sum() > 4 * 32 and count.max() <= 10
@@ -304,14 +302,16 @@ def test_vae_experiment_trains_resumes_and_reports_elbo_and_iwae(tmp_path):
     assert os.path.exists(tmp_path / "samples" / "step_00000006.png")
     assert os.path.exists(tmp_path / "samples" / "reconstructions_step_00000006.png")
     proc = _ar_run("vae_mnist", tmp_path, *steps(6), "--mode=eval", "--config.eval.num_examples=40",
-                   "--config.eval.batch_size=40", "--config.eval.num_importance=50",
-                   "--config.eval.importance_chunk=20")
+                   "--config.eval.batch_size=40", "--config.model.num_importance=50",
+                   "--config.model.importance_chunk=20")
     elbo = json.load(open(tmp_path / "eval_step_6_elbo.json"))
     iwae = json.load(open(tmp_path / "eval_step_6_iwae50.json"))
     assert elbo["kind"] == iwae["kind"] == "bound" and elbo["num_examples"] == 40
     # Same binarized test set and model (6 steps in), a tighter bound.
     assert 0 < iwae["bpd"] < elbo["bpd"] < 3.0
     assert "elbo bound" in proc.stdout and "iwae50 bound" in proc.stdout
+    recon = json.load(open(tmp_path / "eval_step_6_iwae50_recon.json"))
+    assert 0 < recon["recon_mse"] < 4 and recon["num_examples"] == 40 and "PSNR" in proc.stdout
 
 
 def test_vqvae_experiment_runs_both_stages_then_evaluates_and_samples(tmp_path):
@@ -325,15 +325,16 @@ def test_vqvae_experiment_runs_both_stages_then_evaluates_and_samples(tmp_path):
     assert os.path.exists(tmp_path / "prior" / "samples" / "step_00000004.png")
     # Stage 2 resumes on its own, from the same stage 1.
     more = _ar_run("vqvae_cifar", tmp_path, *steps[:1], "--config.prior_train.num_steps=6", *steps[2:],
-                   "--config.stage=prior")
+                   "--stage=prior")
     assert "Restored step 6" not in more.stderr and "Restored step 4" in more.stderr
     proc = _ar_run("vqvae_cifar", tmp_path, "--mode=eval", "--config.eval.num_examples=40",
                    "--config.eval.batch_size=40", "--config.prior_train.num_steps=6")
-    stage1 = json.load(open(tmp_path / "vqvae" / "eval_step_4.json"))
-    assert 0 < stage1["recon_mse"] < 2 and 1 <= stage1["perplexity"] <= 16 and stage1["num_examples"] == 40
-    prior = json.load(open(tmp_path / "prior" / "eval_step_6_bits_per_code.json"))
-    assert prior["kind"] == "exact" and 0 < prior["bpd"] < 6
-    assert "codebook perplexity" in proc.stdout and "bits_per_code" in proc.stdout
+    stage1 = json.load(open(tmp_path / "vqvae" / "eval_step_4_recon.json"))
+    assert 0 < stage1["recon_mse"] < 2 and 1 <= stage1["code_perplexity"] <= 16 and stage1["num_examples"] == 40
+    assert 1 <= stage1["codes_used"] <= 16
+    prior = json.load(open(tmp_path / "prior" / "eval_step_6.json"))
+    assert prior["kind"] == "exact" and prior["per"] == "code" and 0 < prior["bpd"] < 6
+    assert "code perplexity" in proc.stdout and "bits/code" in proc.stdout
     _ar_run("vqvae_cifar", tmp_path, "--mode=sample", "--config.sample.num=8", "--config.sample.batch_size=8",
             "--config.prior_train.num_steps=6")
     out = np.load(tmp_path / "prior" / "samples" / "samples_step_6_n8.npz")
@@ -341,7 +342,7 @@ def test_vqvae_experiment_runs_both_stages_then_evaluates_and_samples(tmp_path):
 
 
 def test_vqvae_prior_before_stage_one_is_one_sentence(tmp_path):
-    proc = _ar_run("vqvae_cifar", tmp_path, "--config.stage=prior", check=False)
+    proc = _ar_run("vqvae_cifar", tmp_path, "--stage=prior", check=False)
     assert proc.returncode == 1
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: ") and "vqvae" in last and "Traceback" not in proc.stderr
@@ -426,9 +427,9 @@ def test_flow_experiment_trains_resumes_and_evaluates(tmp_path, name):
 def test_flows_toy_writes_the_table_and_the_density_plots(tmp_path):
     proc = _ar_run("flows_toy", tmp_path, "--config.train.batch_size=64", "--config.train.num_steps=4",
                    "--config.train.log_every=2", "--config.train.checkpoint_every=4",
-                   "--config.train.sample_every=4", "--config.flow_matching.num_steps=4",
-                   "--config.model.coupling.num_layers=2", "--config.model.planar.num_layers=2",
-                   "--config.model.flow_matching.hidden=(16,)", "--config.eval.num_examples=200",
+                   "--config.train.sample_every=4", "--config.runs.flow_matching.flow_matching.num_steps=4",
+                   "--config.runs.coupling.model.num_layers=2", "--config.runs.planar.model.num_layers=2",
+                   "--config.runs.flow_matching.model.hidden=(16,)", "--config.eval.num_examples=200",
                    "--config.plot_size=16")
     rows = json.load(open(tmp_path / "table.json"))
     assert [(r["toy"], r["model"]) for r in rows] == [

@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from gm import config as config_lib
 from gm import flow_matching as fm
 from gm.data import DatasetInfo
 
@@ -97,6 +98,11 @@ def test_sampler_and_likelihood_of_a_linear_field_in_closed_form():
     np.testing.assert_allclose(log_p, want, rtol=1e-4)
 
 
+def _make(config, info):
+    """The flow-matching Method of `config`'s sections, checked as a run checks them."""
+    return fm.make(config_lib.parse_sections(fm.Settings, config), info)
+
+
 def toy_config(**flow_matching):
     config = ml_collections.ConfigDict()
     config.model = dict(hidden=(64, 64))
@@ -114,7 +120,7 @@ def ring_batch(rng, n=128):
 
 
 def test_toy_method_learns_samples_and_has_a_density():
-    method = fm.make(toy_config(coupling="ot"), TOY_INFO)
+    method = _make(toy_config(coupling="ot"), TOY_INFO)
     rng = np.random.default_rng(0)
     params = quick_jit(method.init)(jax.random.key(0), ring_batch(rng))
     opt = optax.adam(1e-2)
@@ -155,7 +161,7 @@ def image_config(dropout=0.0):
 
 def test_image_method_runs_under_jit_with_the_right_shapes():
     info = DatasetInfo("digits", (8, 8, 1), 4, 10, 100, 10)
-    method = fm.make(image_config(), info)
+    method = _make(image_config(), info)
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(16, size=(4, 8, 8, 1)).astype(np.uint8),
              "label": rng.integers(10, size=4).astype(np.int32)}
@@ -167,7 +173,7 @@ def test_image_method_runs_under_jit_with_the_right_shapes():
     loss, metrics = quick_jit(method.loss)(params, jax.random.key(1), batch)
     assert loss.shape == () and np.isfinite(float(loss)) and "loss" in metrics
     # Dropout's key reaches the network in training (traced only: compiling dropout's masks is slow).
-    traced_loss, _ = jax.eval_shape(fm.make(image_config(dropout=0.1), info).loss, params, jax.random.key(1), batch)
+    traced_loss, _ = jax.eval_shape(_make(image_config(dropout=0.1), info).loss, params, jax.random.key(1), batch)
     assert traced_loss.shape == ()
     samples = quick_jit(method.sample, static_argnums=2)(params, jax.random.key(2), 3)
     assert samples.shape == (3, 8, 8, 1) and samples.dtype == jnp.uint8 and int(samples.max()) <= 15
@@ -182,4 +188,4 @@ def test_image_method_runs_under_jit_with_the_right_shapes():
     ("temperature", -1.0), ("probe", "uniform")])
 def test_bad_config_values_raise_one_clear_error(field, value):
     with pytest.raises(ValueError, match=f"config.flow_matching.{field}"):
-        fm.make(toy_config(**{field: value}), TOY_INFO)
+        _make(toy_config(**{field: value}), TOY_INFO)

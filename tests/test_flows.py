@@ -6,8 +6,10 @@ import ml_collections
 import numpy as np
 import pytest
 
+from gm import config as config_lib
 from gm import data as gm_data
-from gm import flows
+from gm import flows, optim
+from gm.config import OptimConfig
 from gm.flows import bijectors, layers, models
 from gm.train import state as state_lib
 
@@ -159,11 +161,17 @@ def _config(name, **model):
     return ml_collections.ConfigDict(dict(model=fields, flow=dict(temperature=1.0)))
 
 
+def _make(config, info):
+    """The flow family's Method of `config`'s sections, checked as a run checks them."""
+    return flows.make(config_lib.parse_sections(flows.Settings, config), info)
+
+
 def _train(method, dataset, steps, batch_size=64, learning_rate=3e-3):
     batch = gm_data.train_batch(dataset, step=0, batch_size=batch_size, seed=0)
-    optimizer = state_lib.make_optimizer(learning_rate)
-    state = state_lib.init_state(state_lib.run_once(method.init, jax.random.key(0), batch), optimizer)
-    step = jax.jit(functools.partial(state_lib.train_step, loss_fn=method.loss, optimizer=optimizer, ema_decay=0.0))
+    optimizer = optim.make_optimizer(OptimConfig(learning_rate=learning_rate))
+    state = state_lib.init_state(state_lib.run_once(method.init, jax.random.key(0), batch),
+                                 state_lib.training_of(method), optimizer)
+    step = jax.jit(state_lib.step_function(method, optimizer, 0.0))
     losses = []
     for i in range(steps):
         batch = gm_data.train_batch(dataset, step=i, batch_size=batch_size, seed=0)
@@ -174,7 +182,7 @@ def _train(method, dataset, steps, batch_size=64, learning_rate=3e-3):
 
 def test_realnvp_on_digits_learns_samples_levels_and_bounds_log_prob():
     digits = gm_data.load("digits")
-    method = flows.make(_config("realnvp"), digits.info)
+    method = _make(_config("realnvp"), digits.info)
     state, losses = _train(method, digits, 150)
     assert np.mean(losses[-20:]) < losses[0] - 0.5  # bits/dim
     x = method.sample(state.params, jax.random.key(2), 6)
@@ -188,14 +196,14 @@ def test_realnvp_on_digits_learns_samples_levels_and_bounds_log_prob():
 
 def test_planar_flow_fits_the_eight_gaussians_by_reverse_kl():
     toy = gm_data.load("eight_gaussians")
-    method = flows.make(_config("planar", num_layers=8), toy.info)
+    method = _make(_config("planar", num_layers=8), toy.info)
     assert method.log_prob is None
     _, losses = _train(method, toy, 300, batch_size=128, learning_rate=1e-2)
     assert np.mean(losses[-30:]) < np.mean(losses[:10]) - 0.5  # nats
 
 
 @pytest.mark.parametrize("overrides, dataset, match", [
-    (dict(name="maf"), "digits", "config.model.name must be one of"),
+    (dict(name="maf"), "digits", "Unknown config.model.name 'maf'; use one of"),
     (dict(name="coupling"), "digits", "does not fit 'digits'"),
     (dict(name="glow"), "eight_gaussians", "does not fit 'eight_gaussians'"),
     (dict(name="realnvp", num_scales=5), "digits", "config.model.num_scales"),
@@ -205,14 +213,14 @@ def test_planar_flow_fits_the_eight_gaussians_by_reverse_kl():
 def test_bad_configs_are_one_sentence(overrides, dataset, match):
     info = gm_data.load(dataset).info
     with pytest.raises(ValueError, match=match):
-        flows.make(_config(**overrides), info)
+        _make(_config(**overrides), info)
 
 
 def test_temperature_must_be_positive():
     config = _config("realnvp")
     config.flow.temperature = 0.0
     with pytest.raises(ValueError, match="config.flow.temperature"):
-        flows.make(config, gm_data.load("digits").info)
+        _make(config, gm_data.load("digits").info)
 
 
 def test_paper_glow_has_the_papers_44m_parameters():

@@ -5,13 +5,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 import pytest
 
 from gm import data as gm_data
-from gm import gan, gan_losses, parallel
+from gm import families, gan, gan_losses, optim, parallel
 from gm.metrics.modes import mode_coverage
 from gm.nn import dcgan
 from gm.train import state as state_lib
@@ -20,14 +19,29 @@ LOG2 = np.log(2.0)
 
 
 def _config(arch="mlp", **gan_fields):
-    return ml_collections.ConfigDict(dict(
-        model=dict(arch=arch, latent_dim=8, hidden=(16, 16), g_features=8, d_features=8, g_norm="batch",
-                   d_norm="none", class_conditional=False),
-        gan=dict(dict(loss="non_saturating", d_steps=1, gradient_penalty=0.0, clip=0.0, unrolled_steps=0),
-                 **gan_fields),
-        optim=dict(learning_rate=1e-2, warmup_steps=0, b1=0.5),
-        optim_d=dict(learning_rate=1e-2, warmup_steps=0, b1=0.5, eps_root=1e-8),
-        train=dict(batch_size=16)))
+    config = families.default_config("gan")
+    config.model.update(arch=arch, latent_dim=8, hidden=(16, 16), g_features=8, d_features=8, g_norm="batch",
+                        d_norm="none")
+    config.gan.update(gan_fields)
+    config.optim.update(learning_rate=1e-2, b1=0.5)
+    config.optim_d.update(learning_rate=1e-2, b1=0.5, eps_root=1e-8)
+    config.train.batch_size = 16
+    return config
+
+
+class Setup:
+    """A GAN's typed config, Method, optimizers, a batch and its initial state."""
+
+    def __init__(self, data, **gan_fields):
+        setup = families.parse(_config(**gan_fields))
+        self.settings, self.method = setup.settings, gan.make(setup.settings, data.info)
+        self.g_opt, self.d_opt = optim.make_optimizer(setup.run.optim), optim.make_optimizer(setup.settings.optim_d)
+        self.batch = gm_data.train_batch(data, step=0, batch_size=16, seed=0)
+        self.state = state_lib.init_state(self.method.init(jax.random.key(0), self.batch),
+                                          state_lib.training_of(self.method), self.g_opt)
+
+    def step(self, ema_decay=0.0):
+        return state_lib.step_function(self.method, self.g_opt, ema_decay)
 
 
 @pytest.mark.parametrize("loss, d_expected, g_expected", [
@@ -88,31 +102,21 @@ def ring():
     return gm_data.load("ring8")
 
 
-def _setup(ring, **gan_fields):
-    config = _config(**gan_fields)
-    method = gan.make(config, ring.info)
-    batch = gm_data.train_batch(ring, step=0, batch_size=16, seed=0)
-    state = state_lib.init_state(method.init(jax.random.key(0), batch), method.optimizer)
-    return config, method, batch, state
-
-
 def _count(opt_state):
     return int(optax.tree_utils.tree_get(opt_state, "count"))
 
 
 def test_one_step_is_k_discriminator_updates_then_one_generator_update(ring):
     k = 4
-    config, method, batch, state = _setup(ring, d_steps=k)
-    key = jax.random.key(7)
-    new, metrics = jax.jit(functools.partial(method.train_step, ema_decay=0.5))(state, batch, key)
+    s = Setup(ring, d_steps=k)
+    batch, state, key = s.batch, s.state, jax.random.key(7)
+    new, metrics = jax.jit(s.step(ema_decay=0.5))(state, batch, key)
     assert _count(new.opt_state["discriminator"]) == k and _count(new.opt_state["generator"]) == 1
     assert float(metrics["finite"]) == 1.0 and int(new.step) == 1
 
     # The same by hand: k sequential updates on the strided slices, then the generator's.
-    g_model, _ = gan.gan_from_config(config.model, ring.info)
-    objective = gan.Objective("non_saturating")
-    d_opt = state_lib.optimizer_from_config(config.optim_d)
-    g_opt = state_lib.optimizer_from_config(config.optim)
+    g_model, _ = gan.gan_from_config(s.settings.model, ring.info)
+    objective, d_opt, g_opt = s.settings.gan, s.d_opt, s.g_opt
     d_key, g_key, _ = jax.random.split(jax.random.fold_in(key, 0), 3)
     reals = gan.strided_slices(batch["x"], k)
     for i in range(k):
@@ -138,33 +142,17 @@ def test_one_step_is_k_discriminator_updates_then_one_generator_update(ring):
                  jax.tree.map(lambda a, b: 0.5 * a + 0.5 * b, state.params["generator"], g))
 
 
-@pytest.mark.parametrize("strategy", ["sharded", "pmap"])
-def test_the_step_runs_under_both_strategies(ring, strategy):
-    _, method, batch, state = _setup(ring, d_steps=2)
-    batch = gm_data.train_batch(ring, step=0, batch_size=32, seed=0)
-    single, _ = jax.jit(functools.partial(method.train_step, ema_decay=0.0))(state, batch, jax.random.key(1))
-    s = parallel.make_strategy(strategy)
-    step = s.compile_step(functools.partial(method.train_step, optimizer=method.optimizer, ema_decay=0.0))
-    # The compiled step donates its state: hand it a copy.
-    device_state, metrics = step(s.put_state(jax.tree.map(jnp.copy, state)), s.put_batch(batch), jax.random.key(1))
-    new = jax.device_get(s.get_state(device_state))
-    assert parallel.host_scalars(metrics)["finite"] == 1.0
-    assert _count(new.opt_state["discriminator"]) == 2 and _count(new.opt_state["generator"]) == 1
-    if strategy == "sharded":  # one global batch: the single-device step exactly
-        jax.tree.map(functools.partial(np.testing.assert_allclose, rtol=1e-4, atol=1e-6), new.params, single.params)
-
-
 def test_weight_clipping_bounds_the_critic(ring):
-    _, method, batch, state = _setup(ring, loss="wasserstein", clip=0.01, d_steps=2)
-    new, _ = jax.jit(functools.partial(method.train_step, ema_decay=0.0))(state, batch, jax.random.key(0))
+    s = Setup(ring, loss="wasserstein", clip=0.01, d_steps=2)
+    new, _ = jax.jit(s.step())(s.state, s.batch, jax.random.key(0))
     assert max(float(jnp.abs(p).max()) for p in jax.tree.leaves(new.params["discriminator"])) <= 0.01 + 1e-7
 
 
 def test_unrolled_loss_equals_a_hand_unrolled_computation(ring):
-    config, method, batch, state = _setup(ring, d_steps=2)
-    g_model, _ = gan.gan_from_config(config.model, ring.info)
-    objective = gan.Objective("non_saturating")
-    d_opt = state_lib.optimizer_from_config(config.optim_d)
+    s = Setup(ring, d_steps=2)
+    batch, state = s.batch, s.state
+    g_model, _ = gan.gan_from_config(s.settings.model, ring.info)
+    objective, d_opt = s.settings.gan, s.d_opt
     d0, s0, g0 = state.params["discriminator"], state.opt_state["discriminator"], state.params["generator"]
     reals = gan.strided_slices(batch["x"], 2)
     key, g_key = jax.random.key(3), jax.random.key(4)
@@ -195,7 +183,7 @@ def test_unrolled_through_adam_needs_eps_root(ring):
     config = _config(unrolled_steps=2)
     config.optim_d.eps_root = 0.0
     with pytest.raises(ValueError, match="config.optim_d.eps_root"):
-        gan.make(config, ring.info)
+        families.parse(config)
 
 
 @pytest.mark.parametrize("shape, stages", [((32, 32, 3), 3), ((28, 28, 1), 2), ((8, 8, 1), 1)])
@@ -216,7 +204,7 @@ def test_dcgan_method_on_digits_samples_levels():
     digits = gm_data.load("digits")
     config = _config(arch="dcgan")
     config.model.class_conditional = True
-    method = gan.make(config, digits.info)
+    method = families.make(config, digits.info)
     batch = gm_data.train_batch(digits, step=0, batch_size=16, seed=0)
     params = jax.jit(method.init)(jax.random.key(0), batch)
     d_loss, metrics = jax.jit(method.loss)(params, jax.random.key(1), batch)
@@ -259,10 +247,12 @@ def test_the_k_updates_are_straight_line_code_on_cpu(d_steps):
     # XLA:CPU runs a loop body's convolutions without its fast kernels, even in a loop of one iteration:
     # a DCGAN step at batch 128 took 11.4 s that way and 0.64 s as straight-line code.
     info = gm_data.DatasetInfo("cifar10", (32, 32, 3), 8, 10, 50_000, 10_000)
-    method = gan.make(_config(arch="dcgan", d_steps=d_steps), info)
+    method = families.make(_config(arch="dcgan", d_steps=d_steps), info)
     batch = {"image": jnp.zeros((8, 32, 32, 3), jnp.uint8), "label": jnp.zeros(8, jnp.int32)}
-    state = jax.eval_shape(lambda b: state_lib.init_state(method.init(jax.random.key(0), b), method.optimizer), batch)
-    step = functools.partial(method.train_step, optimizer=method.optimizer, ema_decay=0.9)
+    opt = optim.make_optimizer(families.parse(_config()).run.optim)
+    state = jax.eval_shape(
+        lambda b: state_lib.init_state(method.init(jax.random.key(0), b), state_lib.training_of(method), opt), batch)
+    step = state_lib.step_function(method, opt, 0.9)
     jaxpr = jax.make_jaxpr(step)(state, batch, jax.random.key(1)).jaxpr
     assert _has_convolution(jaxpr) and _rolled_scans_over_convolutions(jaxpr) == []
 
@@ -282,7 +272,14 @@ def test_gradient_penalty_refuses_a_batch_norm_critic(ring):
     config = _config(gradient_penalty=10.0)
     config.model.d_norm = "batch"
     with pytest.raises(ValueError, match="config.model.d_norm"):
-        gan.make(config, ring.info)
+        families.parse(config)
+
+
+def test_the_batch_must_split_into_the_k_discriminator_slices(ring):
+    config = _config(d_steps=3)
+    config.train.batch_size = 16
+    with pytest.raises(ValueError, match=r"config.train.batch_size must be a multiple of config.gan.d_steps=3"):
+        families.parse(config)
 
 
 def test_mode_coverage():

@@ -4,12 +4,12 @@ import json
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
+from gm import config as config_lib
 from gm import data as gm_data
-from gm import distributions as dist
+from gm.config import EvalConfig
 from gm.method import Method
 from gm.metrics import fid as fid_lib
 from gm.metrics import inception_score, sample_quality
@@ -94,9 +94,10 @@ def test_reference_files_round_trip_and_read_pytorch_fid_files(tmp_path, digits)
 
 
 def _config(**eval_fields):
+    """The typed base sections of the smoke DDPM config with `eval_fields`."""
     config = ddpm_cifar.get_config("smoke")
     config.eval.update(eval_fields)
-    return config
+    return config_lib.parse_run(config)
 
 
 def _perfect_method(digits):
@@ -115,19 +116,20 @@ def _perfect_method(digits):
 ])
 def test_bad_eval_config_is_one_sentence(digits, fields, message):
     with pytest.raises(ValueError, match=message):
-        evaluators.make_evaluators(_config(**fields), _perfect_method(digits), digits)
+        evaluators.make_evaluators(_config(**fields).eval, _perfect_method(digits), digits)
 
 
 def test_fid_on_points_is_refused():
     ring = gm_data.load("ring8")
     with pytest.raises(ValueError, match="not an image dataset"):
-        evaluators.make_evaluators(_config(metrics=("fid",)), _perfect_method(gm_data.load("digits")), ring)
+        evaluators.make_evaluators(_config(metrics=("fid",)).eval, _perfect_method(gm_data.load("digits")), ring)
 
 
 def test_in_training_fid_digits_of_a_perfect_model_is_zero(tmp_path, digits):
-    config = _config(metrics=("fid",), every=2, reference="test", num_samples=360, sample_batch_size=360)
+    config = ddpm_cifar.get_config("smoke")
+    config.eval.update(metrics=("fid",), every=2, reference="test", num_samples=360, sample_batch_size=360)
     config.train.update(num_steps=4, log_every=2, checkpoint_every=4, sample_every=4, num_samples=8)
-    loop.train_and_evaluate(config, str(tmp_path), _perfect_method(digits), digits)
+    loop.train_and_evaluate(config_lib.parse_run(config), str(tmp_path), _perfect_method(digits), digits)
     records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     evals = [r for r in records if "eval/fid_digits" in r]
     assert [r["step"] for r in evals] == [2, 4]
@@ -136,6 +138,11 @@ def test_in_training_fid_digits_of_a_perfect_model_is_zero(tmp_path, digits):
 
 
 def test_eval_config_rejects_unknown_fields():
-    with pytest.raises(TypeError, match="num_sampels"):
-        evaluators.eval_config(num_sampels=10)
-    assert isinstance(evaluators.eval_config(), ml_collections.ConfigDict)
+    with pytest.raises(ValueError, match="config.eval has no field 'num_sampels'"):
+        config_lib.parse(EvalConfig, {"num_sampels": 10}, "config.eval")
+
+
+def test_metrics_a_model_cannot_provide_are_skipped(digits):
+    """The perfect sampler has neither log_prob nor reconstruct: of ('bpd', 'fid', 'recon') only FID runs."""
+    made = evaluators.make_evaluators(_config(metrics=("bpd", "fid", "recon")).eval, _perfect_method(digits), digits)
+    assert [e.name for e in made] == ["fid"]

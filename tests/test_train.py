@@ -9,10 +9,12 @@ import numpy as np
 import optax
 import pytest
 
+from gm import config as config_lib
 from gm import data as gm_data
-from gm import diffusion, parallel
+from gm import families, optim, parallel
 from gm.checkpoint import Checkpointer
-from gm.method import Method
+from gm.config import OptimConfig
+from gm.method import Method, Training
 from gm.train import loop
 from gm.train import state as state_lib
 from experiments import ddpm_cifar
@@ -37,7 +39,7 @@ def smoke_config():
 
 
 def test_warmup_then_constant_learning_rate():
-    opt = state_lib.make_optimizer(1e-2, warmup_steps=4, grad_clip=None)
+    opt = optim.make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=4))
     params = jnp.zeros(())
     opt_state = opt.init(params)
     sizes = []
@@ -49,7 +51,7 @@ def test_warmup_then_constant_learning_rate():
 
 
 def test_gradients_are_clipped_to_the_global_norm_before_adam():
-    opt = state_lib.make_optimizer(1e-3, warmup_steps=0, grad_clip=1.0, b1=0.9)
+    opt = optim.make_optimizer(OptimConfig(learning_rate=1e-3, grad_clip=1.0, b1=0.9))
     params = {"a": jnp.zeros(4), "b": jnp.zeros(2)}
     grads = {"a": jnp.full((4,), 3.0), "b": jnp.full((2,), 4.0)}  # global norm sqrt(36 + 32) > 1
     _, opt_state = opt.update(grads, opt.init(params), params)
@@ -58,11 +60,11 @@ def test_gradients_are_clipped_to_the_global_norm_before_adam():
     # Adam's first moment after one step is (1 - b1) * g, with g the clipped gradient.
     tree_allclose(adam_state.mu, jax.tree.map(lambda g: 0.1 * g / norm, grads), rtol=1e-6)
     with pytest.raises(ValueError, match="config.optim.learning_rate"):
-        state_lib.make_optimizer(-1.0)
+        config_lib.parse(OptimConfig, {"learning_rate": -1.0}, "config.optim")
 
 
 def test_ema_update_formula():
-    ema = state_lib.ema_update({"w": jnp.array(2.0)}, {"w": jnp.array(4.0)}, 0.75)
+    ema = optim.ema_update({"w": jnp.array(2.0)}, {"w": jnp.array(4.0)}, 0.75)
     assert float(ema["w"]) == pytest.approx(0.75 * 2 + 0.25 * 4)
 
 
@@ -85,8 +87,9 @@ def _run_steps(strategy_name, method, loss_fn, batches, key, steps=2, opt=None):
     # near-zero gradients into visible parameter differences and would hide what is compared here.
     opt = opt or optax.sgd(0.1)
     params = jax.jit(method.init)(jax.random.key(0), batches[0])
-    state = state_lib.init_state(params, opt)
-    step = functools.partial(state_lib.train_step, loss_fn=loss_fn, optimizer=opt, ema_decay=0.9)
+    training = state_lib.training_of(Method(method.init, loss_fn, method.sample))
+    state = state_lib.init_state(params, training, opt)
+    step = functools.partial(state_lib.train_step, training=training, optimizer=opt, ema_decay=0.9)
     if strategy_name == "single":
         compiled = jax.jit(step)
         for b in batches[:steps]:
@@ -122,22 +125,14 @@ def _tiny_ddpm(digits, smoke_config):
     compiled in seconds rather than a minute."""
     config = ml_collections.ConfigDict(smoke_config.to_dict())
     config.model.update(ch=16, ch_mult=(1,), attn_resolutions=(8,))
-    return diffusion.make(config, digits.info)
-
-
-def test_sharded_ddpm_step_equals_single_device(digits, smoke_config):
-    method = _tiny_ddpm(digits, smoke_config)
-    batches = _batches(digits)
-    single = _run_steps("single", method, method.loss, batches, jax.random.key(1))
-    sharded = _run_steps("sharded", method, method.loss, batches, jax.random.key(1))
-    tree_allclose(single, sharded, rtol=1e-5, atol=1e-7)
-    assert int(sharded.step) == 2
+    return families.make(config, digits.info)
 
 
 def _run_method_steps(strategy_name, method, batches, key, opt):
-    """Two steps of the method's own train_step (with its TrainState.extra) under a strategy."""
-    state = state_lib.init_state(jax.jit(method.init)(jax.random.key(0), batches[0]), opt, method.init_extra())
-    step = functools.partial(method.train_step, optimizer=opt, ema_decay=0.9)
+    """Two steps of the method's own training (with its TrainState.extra) under a strategy."""
+    state = state_lib.init_state(jax.jit(method.init)(jax.random.key(0), batches[0]), state_lib.training_of(method),
+                                 opt)
+    step = state_lib.step_function(method, opt, 0.9)
     if strategy_name == "single":
         for b in batches:
             state, _ = jax.jit(step)(state, b, key)
@@ -153,7 +148,7 @@ def test_importance_sampled_diffusion_keeps_one_loss_history_under_every_strateg
     config = ml_collections.ConfigDict(smoke_config.to_dict())
     config.model.update(ch=16, ch_mult=(1,), attn_resolutions=(8,))
     config.diffusion.update(var_type="learned_range", loss="hybrid", timestep_sampling="importance")
-    method = diffusion.make(config, digits.info)
+    method = families.make(config, digits.info)
     batches, opt = _batches(digits), optax.sgd(0.1)
     single = _run_method_steps("single", method, batches, jax.random.key(1), opt)
     tree_allclose(single, _run_method_steps("sharded", method, batches, jax.random.key(1), opt), rtol=1e-5, atol=1e-7)
@@ -186,7 +181,7 @@ def test_pmap_ddpm_step_equals_single_device_over_the_same_device_keys(digits, s
 def test_adam_steps_agree_across_strategies(digits):
     method = _quadratic_method()
     batches = _batches(digits)
-    adam = state_lib.make_optimizer(1e-2, warmup_steps=2, grad_clip=1.0)
+    adam = optim.make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=2, grad_clip=1.0))
     single = _run_steps("single", method, method.loss, batches, jax.random.key(1), opt=adam)
     for strategy in ("sharded", "pmap"):
         tree_allclose(single, _run_steps(strategy, method, method.loss, batches, jax.random.key(1), opt=adam),
@@ -205,14 +200,35 @@ def test_nonfinite_update_is_skipped_and_counted():
         value = jnp.where(batch["bad"], jnp.nan, jnp.sum(params["w"] ** 2))
         return value, {}
 
-    opt = state_lib.make_optimizer(0.1)
-    state = state_lib.init_state({"w": jnp.ones(3)}, opt)
-    step = jax.jit(functools.partial(state_lib.train_step, loss_fn=loss, optimizer=opt, ema_decay=0.5))
+    opt = optim.make_optimizer(OptimConfig(learning_rate=0.1))
+    training = state_lib.training_of(Method(None, loss, None))
+    state = state_lib.init_state({"w": jnp.ones(3)}, training, opt)
+    step = jax.jit(functools.partial(state_lib.train_step, training=training, optimizer=opt, ema_decay=0.5))
     good, m = step(state, {"bad": jnp.array(False)}, jax.random.key(0))
     assert float(m["finite"]) == 1 and not np.allclose(good.params["w"], 1.0)
     skipped, m = step(good, {"bad": jnp.array(True)}, jax.random.key(0))
     assert float(m["finite"]) == 0 and int(skipped.num_nonfinite) == 1 and int(skipped.step) == 2
     tree_equal((skipped.params, skipped.opt_state, skipped.ema_params), (good.params, good.opt_state, good.ema_params))
+
+
+def test_the_guard_drops_a_family_updates_parameters_extra_and_ema_alike():
+    """A family's own Training (here: a counter in `extra` and a parameter it sets) gets the same guard:
+    a non-finite new parameter drops the whole update, its extra state included."""
+    def update(params, opt_state, extra, key, batch, *, optimizer, reduce_fn):
+        params = {"w": jnp.where(batch["bad"], jnp.inf, params["w"] + 1.0)}
+        return params, opt_state, {"calls": extra["calls"] + 1}, {"loss": jnp.sum(params["w"])}
+
+    training = state_lib.training_of(Method(None, None, None, training=Training(
+        update=update, init_extra=lambda params: {"calls": jnp.zeros((), jnp.int32)})))
+    opt = optax.sgd(0.1)
+    state = state_lib.init_state({"w": jnp.zeros(2)}, training, opt)
+    step = jax.jit(functools.partial(state_lib.train_step, training=training, optimizer=opt, ema_decay=0.5))
+    good, m = step(state, {"bad": jnp.array(False)}, jax.random.key(0))
+    assert float(m["finite"]) == 1 and int(good.extra["calls"]) == 1
+    np.testing.assert_allclose(good.ema_params["w"], 0.5)
+    skipped, m = step(good, {"bad": jnp.array(True)}, jax.random.key(0))
+    assert float(m["finite"]) == 0 and int(skipped.num_nonfinite) == 1 and int(skipped.step) == 2
+    tree_equal((skipped.params, skipped.extra, skipped.ema_params), (good.params, good.extra, good.ema_params))
 
 
 def test_checkpointer_round_trip_onto_a_sharding(tmp_path):
@@ -241,10 +257,11 @@ def _exploding_method():
 
 
 def _toy_config(smoke_config, **train):
+    """The typed base sections of the smoke config for a toy Method."""
     config = ml_collections.ConfigDict(smoke_config.to_dict())
     config.optim.update(learning_rate=1.0, warmup_steps=0, grad_clip=0.0)
     config.train.update(num_steps=6, log_every=1, checkpoint_every=1, sample_every=100, num_samples=8, **train)
-    return config
+    return config_lib.parse_run(config)
 
 
 def test_nonfinite_stop_names_the_step_and_keeps_good_checkpoints(tmp_path, digits, smoke_config):
@@ -295,7 +312,7 @@ def test_several_steps_per_call_equal_one_step_per_call(tmp_path, digits, smoke_
         config.parallel.strategy = strategy
         config.train.update(num_steps=num_steps, log_every=4, checkpoint_every=4, sample_every=8, num_samples=8,
                             steps_per_call=k)
-        state = loop.train_and_evaluate(config, str(workdir), _noisy_linear_method(), digits)
+        state = loop.train_and_evaluate(config_lib.parse_run(config), str(workdir), _noisy_linear_method(), digits)
         return state, [json.loads(line) for line in open(workdir / "metrics.jsonl")]
 
     one, one_log = run(1, tmp_path / "one")
@@ -311,14 +328,21 @@ def test_several_steps_per_call_equal_one_step_per_call(tmp_path, digits, smoke_
     tree_equal(one, resumed)
 
 
-def test_steps_per_call_must_divide_the_logging_and_checkpoint_periods(tmp_path, digits, smoke_config):
+def test_steps_per_call_must_divide_the_logging_and_checkpoint_periods(smoke_config):
     config = ml_collections.ConfigDict(smoke_config.to_dict())
     config.train.update(steps_per_call=3, log_every=4)
     with pytest.raises(ValueError, match=r"config.train.log_every must be a multiple of config.train.steps_per_call=3"):
-        loop.train_and_evaluate(config, str(tmp_path), _noisy_linear_method(), digits)
+        config_lib.parse_run(config)
+    config.train.update(steps_per_call=2, log_every=4, checkpoint_every=100, sample_every=151)
+    with pytest.raises(ValueError, match=r"config.train.sample_every must be a multiple of .*steps_per_call=2"):
+        config_lib.parse_run(config)
+    config.train.update(sample_every=100)
+    config.eval.every = 5
+    with pytest.raises(ValueError, match=r"config.eval.every must be a multiple of config.train.steps_per_call=2"):
+        config_lib.parse_run(config)
     config.train.steps_per_call = 0
     with pytest.raises(ValueError, match="config.train.steps_per_call must be a positive integer"):
-        loop.train_and_evaluate(config, str(tmp_path), _noisy_linear_method(), digits)
+        config_lib.parse_run(config)
 
 
 def test_bfloat16_compute_matches_the_float32_loss_and_keeps_float32_state(digits, smoke_config):
@@ -326,16 +350,16 @@ def test_bfloat16_compute_matches_the_float32_loss_and_keeps_float32_state(digit
     EMA in float32. On the tiny UNet the loss agrees with float32 to 2% (bf16 keeps 8 mantissa bits)."""
     config = ml_collections.ConfigDict(smoke_config.to_dict())
     config.model.update(ch=16, ch_mult=(1,), attn_resolutions=(8,))
-    f32 = diffusion.make(config, digits.info)
+    f32 = families.make(config, digits.info)
     config.model.dtype = "bfloat16"
-    bf16 = diffusion.make(config, digits.info)
+    bf16 = families.make(config, digits.info)
     batch, key = _batches(digits)[0], jax.random.key(3)
     params = jax.jit(f32.init)(jax.random.key(0), batch)
     loss32, loss16 = (float(jax.jit(m.loss)(params, key, batch)[0]) for m in (f32, bf16))
     assert abs(loss16 - loss32) <= 0.02 * loss32, (loss16, loss32)
-    opt = state_lib.make_optimizer(1e-3, grad_clip=1.0)
-    step = jax.jit(functools.partial(state_lib.train_step, loss_fn=bf16.loss, optimizer=opt, ema_decay=0.9))
-    state, metrics = step(state_lib.init_state(params, opt), batch, key)
+    opt = optim.make_optimizer(OptimConfig(grad_clip=1.0))
+    step = jax.jit(state_lib.step_function(bf16, opt, 0.9))
+    state, metrics = step(state_lib.init_state(params, state_lib.training_of(bf16), opt), batch, key)
     floats = jax.tree.leaves((state.params, state.opt_state, state.ema_params))
     assert all(x.dtype in (jnp.float32, jnp.int32) for x in floats)
     assert float(metrics["finite"]) == 1 and np.isfinite(float(metrics["grad_norm"]))

@@ -10,7 +10,7 @@ import pytest
 from experiments import vae_mnist
 from gm import data as gm_data
 from gm import distributions as dist
-from gm import vae
+from gm import families, optim, vae
 from gm.train import state as state_lib
 
 
@@ -44,7 +44,7 @@ def test_analytic_kl_equals_monte_carlo_kl():
 @pytest.fixture(scope="module")
 def model(digits):
     """A VAE on the binarized digits, with its params after init."""
-    v, init = vae.vae_from_config(_config().model, digits.info)
+    v, init = vae.vae_from_config(families.parse(_config()).settings.model, digits.info)
     batch = _batch(digits)
     params = init(jax.random.key(0), batch["image"], None)
     data = v.observe(jax.random.key(1), batch["image"])
@@ -84,7 +84,7 @@ def test_iwae_does_not_decrease_with_k(model):
 def test_likelihoods_and_architectures(digits, likelihood, arch, conditional):
     config = _config(likelihood=likelihood, arch=arch, class_conditional=conditional, channels=(8,),
                      hidden=(16,), res_hidden=8, num_mix=2)
-    method = vae.make(config, digits.info)
+    method = families.make(config, digits.info)
     batch = _batch(digits, 8)
     params = method.init(jax.random.key(0), batch)
     loss, metrics = method.loss(params, jax.random.key(1), batch)
@@ -99,8 +99,8 @@ def test_likelihoods_and_architectures(digits, likelihood, arch, conditional):
 
 def test_beta_weights_only_the_kl(digits):
     batch = _batch(digits, 8)
-    plain = vae.make(_config(), digits.info)
-    weighted = vae.make(_config(beta=4.0), digits.info)
+    plain = families.make(_config(), digits.info)
+    weighted = families.make(_config(beta=4.0), digits.info)
     params = plain.init(jax.random.key(0), batch)
     loss1, m1 = plain.loss(params, jax.random.key(1), batch)
     loss4, m4 = weighted.loss(params, jax.random.key(1), batch)
@@ -112,32 +112,33 @@ def test_beta_weights_only_the_kl(digits):
                                           ("binarize", "median"), ("activation", "gelu2")])
 def test_bad_model_fields_name_the_field(digits, field, value):
     with pytest.raises(ValueError, match=f"config.model.{field}"):
-        vae.make(_config(**{field: value}), digits.info)
+        families.make(_config(**{field: value}), digits.info)
 
 
 def test_independent_pixel_baseline_binarizes_like_the_vae():
     from experiments import independent_pixels
 
-    assert independent_pixels.binarize_mode(_config().model) == "stochastic"
-    assert independent_pixels.binarize_mode(_config(binarize="threshold").model) == "threshold"
-    assert independent_pixels.binarize_mode(_config(likelihood="logistic").model) is None
+    mode = lambda config: independent_pixels.binarize_mode(families.parse(config))  # noqa: E731
+    assert mode(_config()) == "stochastic"
+    assert mode(_config(binarize="threshold")) == "threshold"
+    assert mode(_config(likelihood="logistic")) is None
 
 
 def test_conv_architecture_checks_the_image_size():
     info = gm_data.DatasetInfo("odd", (12, 12, 1), 4, 10, 10, 10)
     with pytest.raises(ValueError, match="config.model.channels"):
-        vae.make(_config(arch="conv", channels=(8, 8, 8)), info)
+        families.make(_config(arch="conv", channels=(8, 8, 8)), info)
 
 
 def test_elbo_improves_on_digits(digits):
-    config = _config()
-    method = vae.make(config, digits.info)
-    optimizer = state_lib.optimizer_from_config(config.optim)
+    setup = families.parse(_config())
+    method = vae.make(setup.settings, digits.info)
+    optimizer = optim.make_optimizer(setup.run.optim)
     train = digits.train
     state = state_lib.init_state(method.init(jax.random.key(0), {"image": train["image"][:32],
-                                                                  "label": train["label"][:32]}), optimizer)
-    step = jax.jit(functools.partial(state_lib.train_step, loss_fn=method.loss, optimizer=optimizer,
-                                     ema_decay=0.0))
+                                                                  "label": train["label"][:32]}),
+                                 state_lib.training_of(method), optimizer)
+    step = jax.jit(state_lib.step_function(method, optimizer, 0.0))
     test = _batch(digits, 360)
     log_prob = jax.jit(method.log_prob)  # K = 500: IWAE on the test split, the same binarization each time
     before = float(jnp.mean(log_prob(state.params, jax.random.key(5), test)))

@@ -1,15 +1,14 @@
 """VQ-VAE: nearest codes, the straight-through gradient, the EMA codebook formula, restarts, the family's
 train step, and the prior over codes sampled end to end."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from experiments import vqvae_cifar
 from gm import data as gm_data
-from gm import vqvae
+from gm import families, optim, vqvae
 from gm.train import state as state_lib
 
 
@@ -73,43 +72,55 @@ def test_perplexity_bounds():
     assert float(vqvae.perplexity(jnp.eye(8)[2])) == pytest.approx(1.0, rel=1e-5)
 
 
-@pytest.mark.parametrize("mode", ["ema", "loss"])
-def test_train_step_updates_the_quantizer_after_the_optimizer(digits, mode):
-    config = _config(codebook=mode, restart_threshold=0.995)
-    method = vqvae.make(config, digits.info)
-    vq, _ = vqvae.vqvae_from_config(config.model, digits.info)
+def _trainer(config, digits):
+    """(Method, optimizer, initial TrainState) of stage 1 as the trainer builds them."""
+    setup = families.parse(config)
+    method = vqvae.make(setup.settings, digits.info)
+    optimizer = optim.make_optimizer(setup.run.optim)
     batch = {"image": digits.train["image"][:32], "label": digits.train["label"][:32]}
-    optimizer = state_lib.optimizer_from_config(config.optim)
-    state = state_lib.init_state(method.init(jax.random.key(0), batch), optimizer)
+    state = state_lib.init_state(method.init(jax.random.key(0), batch), state_lib.training_of(method), optimizer)
+    return setup, method, optimizer, state
+
+
+@pytest.mark.parametrize("mode", ["ema", "loss"])
+def test_the_step_updates_the_codebook_and_its_statistics_after_the_optimizer(digits, mode):
+    config = _config(codebook=mode, restart_threshold=0.995)
+    setup, method, optimizer, state = _trainer(config, digits)
+    vq, _ = vqvae.vqvae_from_config(setup.settings.model, digits.info)
+    batch = {"image": digits.train["image"][:32], "label": digits.train["label"][:32]}
     key = jax.random.key(1)
-    new, metrics = jax.jit(functools.partial(method.train_step, optimizer=optimizer, ema_decay=0.0))(
-        state, batch, key)
+    # The statistics no gradient trains are TrainState.extra, never the optimizer's.
+    assert set(state.extra) == {"usage", "embed_sum"} and set(state.params) == {"encoder", "decoder", "codebook"}
+    new, metrics = jax.jit(state_lib.step_function(method, optimizer, 0.5))(state, batch, key)
     assert set(metrics) >= {"loss", "recon_mse", "perplexity", "codes_used", "commitment", "grad_norm"}
     assert all(np.ndim(v) == 0 for v in metrics.values())  # statistics never reach the logs
     # The quantizer is what update_quantizer makes of the statistics at the step's key.
     _, _, stats = vqvae.vq_losses(vq, state.params, jax.random.fold_in(key, 0), batch["image"], 4,
                                   codebook_loss=(mode == "loss"))
-    before, got = state.params["quantizer"], new.params["quantizer"]
+    before = {"codebook": state.params["codebook"], **state.extra}
     expected = vqvae.update_quantizer(before, stats, mode, 0.99, 0.995)
-    np.testing.assert_allclose(got["usage"], expected["usage"], rtol=1e-5)
+    np.testing.assert_allclose(new.extra["usage"], expected["usage"], rtol=1e-5)
     dead = np.asarray(expected["usage"] == 1 / 16)  # restarted: codes this batch did not use
     assert 0 < dead.sum() < 16
-    np.testing.assert_allclose(got["codebook"][dead], stats["vq_candidates"][dead], rtol=1e-5, atol=1e-5)
-    if mode == "ema":  # every entry is its moving average
-        np.testing.assert_allclose(got["codebook"], expected["codebook"], rtol=1e-4, atol=1e-6)
+    got = new.params["codebook"]
+    np.testing.assert_allclose(got[dead], stats["candidates"][dead], rtol=1e-5, atol=1e-5)
+    if mode == "ema":  # every entry is its moving average, and the loss gives the codebook no gradient
+        np.testing.assert_allclose(got, expected["codebook"], rtol=1e-4, atol=1e-6)
+        mu = optax.tree_utils.tree_get(new.opt_state, "mu")
+        assert not np.any(np.asarray(mu["codebook"]))
     else:  # live entries are where the optimizer moved them
-        assert not np.allclose(got["codebook"][~dead], before["codebook"][~dead])
-    # ema_decay = 0: the EMA params are the params, quantizer included.
-    jax.tree.map(np.testing.assert_array_equal, new.ema_params, new.params)
+        assert not np.allclose(got[~dead], before["codebook"][~dead])
+    # The parameter EMA averages the networks and takes the codebook as it is (already an average).
+    np.testing.assert_array_equal(new.ema_params["codebook"], got)
+    jax.tree.map(lambda e, old, p: np.testing.assert_allclose(e, 0.5 * old + 0.5 * p, rtol=1e-5, atol=1e-7),
+                 new.ema_params["encoder"], state.params["encoder"], new.params["encoder"])
 
 
 def test_reconstruction_improves_and_prior_samples_end_to_end(digits):
     config = _config()
-    method = vqvae.make(config, digits.info)
-    optimizer = state_lib.optimizer_from_config(config.optim)
+    setup, method, optimizer, state = _trainer(config, digits)
     train = digits.train
-    state = state_lib.init_state(method.init(jax.random.key(0), {"image": train["image"][:32]}), optimizer)
-    step = jax.jit(functools.partial(method.train_step, optimizer=optimizer, ema_decay=0.0))
+    step = jax.jit(state_lib.step_function(method, optimizer, 0.0))
     rng = np.random.default_rng(0)
     history = []
     for i in range(120):
@@ -119,9 +130,12 @@ def test_reconstruction_improves_and_prior_samples_end_to_end(digits):
         history.append(float(metrics["recon_mse"]))
     assert np.mean(history[-10:]) < 0.5 * np.mean(history[:10]), history[::10]
     assert float(metrics["perplexity"]) > 4  # most of the 16 codes in use
+    out = jax.jit(method.reconstruct)(state.params, jax.random.key(0), {"image": train["image"][:8]})
+    assert out["reconstruction"].shape == (8, 8, 8, 1) and out["reconstruction"].dtype == jnp.uint8
+    assert out["codes"].shape == (8, 4, 4) and int(out["codes"].max()) < 16
 
     # Stage 2 on the frozen stage-1 params: a transformer over the 4x4 grid of codes.
-    prior = vqvae.make_prior(vqvae_cifar.prior_config(config), digits.info, config, state.params)
+    prior = families.make(config, digits.info, stage="prior", previous=state.params)
     batch = {"image": train["image"][:32], "label": train["label"][:32]}
     params = prior.init(jax.random.key(2), batch)
     loss, _ = prior.loss(params, jax.random.key(3), batch)
@@ -129,4 +143,5 @@ def test_reconstruction_improves_and_prior_samples_end_to_end(digits):
     images = jax.jit(prior.sample, static_argnums=2)(params, jax.random.key(4), 6)
     assert images.shape == (6, 8, 8, 1) and images.dtype == jnp.uint8 and int(images.max()) <= 15
     log_p = prior.log_prob(params, jax.random.key(5), batch)
+    assert prior.log_prob_per == (16, "code")
     np.testing.assert_allclose(-jnp.mean(log_p) / (16 * np.log(2)), loss, rtol=1e-5)

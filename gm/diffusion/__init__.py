@@ -5,7 +5,7 @@ classifier-free guidance (Ho & Salimans 2022), DDIM and the probability-flow ODE
 Timesteps are 0-based (the paper's t = 1 is index 0) and model space is [-1, 1]
 (`gm.distributions.levels_to_symmetric`). The math takes a `Schedule` (float32 constants of length T)
 and a model function `(x_t, t) -> out` (eps, or eps and v for learned variances), so it composes with
-any network in a notebook; `make` wires it to the UNet and returns a `gm.method.Method`.
+any network in a notebook; `make(Settings, info)` wires it to the UNet and returns a `gm.method.Method`.
 
     schedule   betas, Schedule, respacing, continuous-time log alpha-bar
     process    q(x_t | x_0), the posterior, the reverse Gaussian, the bound (nats)
@@ -16,7 +16,8 @@ any network in a notebook; `make` wires it to the UNet and returns a `gm.method.
 from gm.diffusion.losses import (LOSSES, TIMESTEP_SAMPLING, LossHistory, importance_probs, init_loss_history,
                                  per_example_losses, sample_timesteps, simple_loss, timestep_loss_sums,
                                  update_loss_history)
-from gm.diffusion.method import SAMPLERS, Diffusion, Sampling, build, make, sample, sampling_from_config, unet_from_config
+from gm.diffusion.method import (SAMPLERS, Diffusion, DiffusionConfig, Settings, build, check_sampling, make,
+                                 sample)
 from gm.diffusion.process import (VAR_TYPES, _at, fixed_log_variance, learned_log_variance, output_channels,
                                   p_mean_log_variance, predict_x0_from_eps, prior_kl, q_posterior, q_sample,
                                   split_output, vlb, vlb_term, vlb_terms)

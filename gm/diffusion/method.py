@@ -1,52 +1,83 @@
 """Diffusion as a `gm.method.Method`: DDPM and improved DDPM on the UNet, with classifier-free guidance.
 
-config.diffusion fields (those after `clip_denoised` are optional, with the defaults shown):
-
-  schedule, num_timesteps, beta_start, beta_end   the noise schedule ('linear' or 'cosine')
-  var_type        'fixedlarge' | 'fixedsmall' | 'learned_range' (the network also outputs v)
-  sampler         'ancestral' | 'ddim' | 'ode' (the probability-flow ODE)
-  ddim_steps, ddim_eta, clip_denoised
-  loss='simple'   'simple' (L_simple) | 'hybrid' (L_simple + lambda L_vlb; needs 'learned_range')
-  timestep_sampling='uniform'   'uniform' | 'importance' (with importance_history=10 values per t and
-                  importance_uniform_prob=0.001)
-  sample_steps=0  ancestral sampling over a respaced chain of this many steps (0: all T); also a
-                  section string such as "10,20,30" (see `schedule.space_timesteps`)
-  ode_solver='dopri5', ode_steps=100, ode_rtol=1e-5, ode_atol=1e-5   the probability-flow ODE
-  label_dropout=0.0   with config.model.class_conditional: the probability of training on the null
-                  class, which makes classifier-free guidance possible
-  guidance_weight=0.0 w in eps = (1 + w) eps(x, y) - w eps(x, null) (needs label_dropout > 0)
-
-Data are scaled to [-1, 1]; `log_prob` is the variational bound over all T steps (nats per example,
-with the learned variance when there is one).
+The family's config sections are `Settings`: config.model (`gm.nn.unet.UNetConfig`, the UNet) and
+config.diffusion (`DiffusionConfig`: the schedule, the objective and how to sample). Data are scaled to
+[-1, 1]; `log_prob` is the variational bound over all T steps (nats per example, with the learned
+variance when there is one).
 """
+import dataclasses
 import functools
-from typing import NamedTuple, Optional
+from typing import Literal, NamedTuple, Optional, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gm import checks
+from gm import checks, ode, optim
 from gm import distributions as dist
+from gm.config import interval, positive, setting
 from gm.diffusion import losses, process, samplers, schedule as schedule_lib
-from gm.method import Method
-from gm.train import state as state_lib
+from gm.method import Method, Training
+from gm.nn.unet import UNetConfig, unet_from_config
 
 SAMPLERS = ("ancestral", "ddim", "ode")
 
 
-class Sampling(NamedTuple):
-    """How to sample: the fields of config.diffusion that do not change training."""
-    sampler: str = "ancestral"
-    sample_steps: object = 0  # int (0: all T) or a section string, ancestral only
-    ddim_steps: int = 50
-    ddim_eta: float = 0.0
-    ode_solver: str = "dopri5"
-    ode_steps: int = 100
-    ode_rtol: float = 1e-5
-    ode_atol: float = 1e-5
-    guidance_weight: float = 0.0
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """config.diffusion: the DDPM paper's settings by default.
+
+    schedule, num_timesteps, beta_start, beta_end: the noise schedule ('linear' or 'cosine').
+    var_type: 'fixedlarge' | 'fixedsmall' | 'learned_range' (the network also outputs v).
+    loss: 'simple' (L_simple) | 'hybrid' (L_simple + lambda L_vlb; needs 'learned_range').
+    timestep_sampling: 'uniform' | 'importance' (importance_history values per t, mixed with
+      importance_uniform_prob of the uniform distribution).
+    label_dropout: with config.model.class_conditional, the probability of training on the null class,
+      which makes classifier-free guidance possible; guidance_weight: w in eps = (1 + w) eps(x, y) -
+      w eps(x, null) at sampling.
+    sampler: 'ancestral' (over all T steps, or a respaced chain of sample_steps: a count or a section
+      string such as "10,20,30", see `schedule.space_timesteps`) | 'ddim' (ddim_steps, ddim_eta) |
+      'ode' (the probability-flow ODE through `gm.ode`: ode_solver, ode_steps, ode_rtol, ode_atol).
+    clip_denoised: clip the predicted x_0 to [-1, 1] when sampling and in the bound.
+    """
+    num_timesteps: int = setting(1000, positive)
+    schedule: Literal["linear", "cosine"] = "linear"
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    var_type: Literal["fixedlarge", "fixedsmall", "learned_range"] = "fixedlarge"
+    loss: Literal["simple", "hybrid"] = "simple"
+    timestep_sampling: Literal["uniform", "importance"] = "uniform"
+    importance_history: int = setting(10, positive)
+    importance_uniform_prob: float = setting(0.001, interval(0.0, 1.0, high_open=False))
+    label_dropout: float = setting(0.0, interval(0.0, 1.0))
+    guidance_weight: float = setting(0.0, interval(0.0, None))
+    sampler: Literal["ancestral", "ddim", "ode"] = "ancestral"
+    sample_steps: Union[int, str] = 0
+    ddim_steps: int = setting(50, positive)
+    ddim_eta: float = setting(0.0, interval(0.0, 1.0, high_open=False))
+    ode_solver: Literal[ode.METHODS] = "dopri5"
+    ode_steps: int = setting(100, positive)
+    ode_rtol: float = setting(1e-5, interval(0.0, None, low_open=True))
+    ode_atol: float = setting(1e-5, interval(0.0, None, low_open=True))
     clip_denoised: bool = True
+
+    def check(self, name):
+        if self.schedule == "linear":
+            checks.number_in(self.beta_start, f"{name}.beta_start", 0.0, 1.0, low_open=True)
+            checks.number_in(self.beta_end, f"{name}.beta_end", self.beta_start, 1.0)
+        losses.check_loss(self.loss, self.var_type)
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The diffusion family's config sections."""
+    model: UNetConfig = UNetConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
+
+    def check(self):
+        if self.diffusion.label_dropout and not self.model.class_conditional:
+            raise ValueError("config.diffusion.label_dropout needs a class-conditional model: "
+                             "set config.model.class_conditional=True.")
 
 
 class Diffusion(NamedTuple):
@@ -67,82 +98,23 @@ class Diffusion(NamedTuple):
         return lambda x, t: self.net.apply({"params": params}, x, t, y, train=train, rngs=rngs)
 
 
-def sampling_from_config(d):
-    """config.diffusion -> Sampling, validated."""
-    s = Sampling(**{f: d.get(f, default) for f, default in Sampling._field_defaults.items()})
-    if s.sampler not in SAMPLERS:
-        raise ValueError(f"Unknown config.diffusion.sampler {s.sampler!r}; use one of {SAMPLERS}.")
-    return s
-
-
-def check_unet_config(model, image_shape):
-    """Every UNet field of config.model against images of `image_shape` [H, W, C]; one sentence each."""
-    checks.sizes(model, "config.model", positive=("ch", "ch_mult", "num_heads"), nonnegative=("num_res_blocks",))
-    checks.require(model.ch >= 4, "config.model.ch", model.ch, "at least 4 (the timestep embedding's width)")
-    checks.require(len(model.ch_mult) > 0, "config.model.ch_mult", model.ch_mult, "a non-empty tuple")
-    checks.number_in(model.dropout, "config.model.dropout", 0.0, 1.0)
-    checks.dtype(model.get("dtype", "float32"), "config.model.dtype")
-    height, width = image_shape[:2]
-    factor = 2 ** (len(model.ch_mult) - 1)
-    checks.require(height % factor == 0 and width % factor == 0, "config.model.ch_mult", model.ch_mult,
-                   f"short enough for {height}x{width} images (each level but the last halves them, so "
-                   f"2 ** (levels - 1) must divide both)")
-    resolutions = [height // 2 ** i for i in range(len(model.ch_mult))]
-    checks.require(set(model.attn_resolutions) <= set(resolutions), "config.model.attn_resolutions",
-                   tuple(model.attn_resolutions), f"some of this UNet's resolutions {tuple(resolutions)}")
-    heads = model.get("num_heads", 1)
-    widths = [model.ch * m for r, m in zip(resolutions, model.ch_mult) if r in model.attn_resolutions]
-    checks.require(all(w % heads == 0 for w in widths + [model.ch * model.ch_mult[-1]]), "config.model.num_heads",
-                   heads, "a divisor of the width of every attention block")
-
-
-def unet_from_config(model, num_embeddings=None, out_ch=None, image_shape=None):
-    """config.model (ch, ch_mult, num_res_blocks, attn_resolutions, dropout, dtype; optional num_heads,
-    scale_shift_norm) -> the UNet, with `num_embeddings` class embeddings and `out_ch` outputs. With
-    `image_shape` the fields are checked against it first (`check_unet_config`)."""
-    from gm.nn.unet import UNet  # imported here so the schedule math loads without Flax modules
-
-    if image_shape is not None:
-        check_unet_config(model, image_shape)
-
-    return UNet(ch=model.ch, ch_mult=tuple(model.ch_mult), num_res_blocks=model.num_res_blocks,
-                attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
-                num_heads=model.get("num_heads", 1), scale_shift_norm=model.get("scale_shift_norm", False),
-                num_classes=num_embeddings, out_ch=out_ch, dtype=jnp.dtype(model.get("dtype", "float32")))
-
-
-def build(config, info):
-    """config + dataset info -> Diffusion (validates every diffusion field before any training)."""
+def build(settings: Settings, info) -> Diffusion:
+    """Settings + dataset info -> Diffusion (the UNet checked against the data's shape)."""
     if info.num_bits is None:
         raise ValueError(f"Diffusion needs image data; config.data.name={info.name!r} is not an image dataset.")
-    d, m = config.diffusion, config.model
-    checks.positive_int(d.num_timesteps, "config.diffusion.num_timesteps")
-    if d.schedule == "linear":
-        checks.number_in(d.beta_start, "config.diffusion.beta_start", 0.0, 1.0, low_open=True)
-        checks.number_in(d.beta_end, "config.diffusion.beta_end", d.beta_start, 1.0)
-    checks.number_in(d.get("ddim_eta", 0.0), "config.diffusion.ddim_eta", 0.0, 1.0, high_open=False)
-    checks.positive_int(d.get("ddim_steps", 1), "config.diffusion.ddim_steps")
-    checks.positive_int(d.get("importance_history", 1), "config.diffusion.importance_history")
-    checks.number_in(d.get("importance_uniform_prob", 0.0), "config.diffusion.importance_uniform_prob", 0.0, 1.0,
-                     high_open=False)
+    d, m = settings.diffusion, settings.model
     betas = schedule_lib.betas_from_name(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)
-    losses.check_loss(d.get("loss", "hybrid" if d.var_type == "learned_range" else "simple"), d.var_type)
-    label_dropout = float(d.get("label_dropout", 0.0))
-    if not 0.0 <= label_dropout < 1.0:
-        raise ValueError(f"config.diffusion.label_dropout must be in [0, 1), got {label_dropout}.")
     num_classes = info.num_classes if m.class_conditional else None
-    if label_dropout and not num_classes:
-        raise ValueError("config.diffusion.label_dropout needs a class-conditional model: "
-                         "set config.model.class_conditional=True.")
-    null_label = num_classes if label_dropout else None
-    num_embeddings = None if num_classes is None else num_classes + (1 if label_dropout else 0)
+    null_label = num_classes if d.label_dropout else None
+    num_embeddings = None if num_classes is None else num_classes + (1 if d.label_dropout else 0)
     out_ch = process.output_channels(info.shape[-1], d.var_type)
     net = unet_from_config(m, num_embeddings, out_ch, info.shape)
     return Diffusion(betas, schedule_lib.make_schedule(betas), net, d.var_type, info.num_bits,
                      tuple(info.shape), num_classes, null_label)
 
 
-def _check_sampling(diff, s):
+def check_sampling(diff: Diffusion, s: DiffusionConfig) -> None:
+    """The sampling fields of config.diffusion against the model: one sentence for a bad combination."""
     if s.guidance_weight and diff.null_label is None:
         raise ValueError("config.diffusion.guidance_weight needs a model trained for guidance: set "
                          "config.model.class_conditional=True and config.diffusion.label_dropout > 0.")
@@ -156,10 +128,10 @@ def _check_sampling(diff, s):
         samplers.ddim_timesteps(len(diff.betas), s.ddim_steps)
 
 
-def sample(diff, s, params, key, num, labels=None, guidance_weight=None):
+def sample(diff: Diffusion, s: DiffusionConfig, params, key, num: int, labels=None, guidance_weight=None):
     """`num` samples as uint8 levels [num, H, W, C] at the data's bit depth.
 
-    s: Sampling. labels int [num] for a class-conditional model (default: uniformly random classes).
+    s: how to sample (its sampler fields; `dataclasses.replace(s, sampler='ddim')` for another). labels int [num] for a class-conditional model (default: uniformly random classes).
     guidance_weight overrides s.guidance_weight and may be a traced scalar.
     """
     label_key, sample_key = jax.random.split(key)
@@ -217,42 +189,32 @@ def training_loss(diff, loss_name, label_dropout, params, key, batch, probs=None
     return value, metrics, terms["loss"], t
 
 
-def importance_train_step(diff, loss_name, label_dropout, uniform_prob):
-    """A `gm.train.state.train_step` that samples timesteps by importance and keeps each timestep's
-    loss history in `state.extra['loss_history']` (a `losses.LossHistory` as a dict)."""
+def importance_training(diff, loss_name, label_dropout, history, uniform_prob):
+    """Training that samples timesteps by importance and keeps each timestep's loss history in
+    `TrainState.extra['loss_history']` (a `losses.LossHistory` as a dict), updated after each step from
+    the step's per-timestep loss sums (averaged over devices like the gradients)."""
     num_timesteps = diff.sched.num_timesteps
 
-    def loss_with_sums(params, key, batch, probs):
+    def loss_fn(params, extra, key, batch):
+        probs = losses.importance_probs(losses.LossHistory(**extra["loss_history"]), uniform_prob)
         value, metrics, per_example, t = training_loss(diff, loss_name, label_dropout, params, key, batch, probs)
-        sums, counts = losses.timestep_loss_sums(t, per_example, num_timesteps)
-        return value, {**metrics, "t_loss_sums": sums, "t_counts": counts}
+        return value, metrics, losses.timestep_loss_sums(t, per_example, num_timesteps)
 
-    def train_step(state, batch, key, *, optimizer, ema_decay, **strategy):
-        history = losses.LossHistory(**state.extra["loss_history"])
-        probs = losses.importance_probs(history, uniform_prob)
-        new, metrics = state_lib.train_step(state, batch, key, loss_fn=functools.partial(loss_with_sums, probs=probs),
-                                            optimizer=optimizer, ema_decay=ema_decay, **strategy)
-        sums, counts = metrics.pop("t_loss_sums"), metrics.pop("t_counts")
-        updated = losses.update_loss_history(history, sums, counts)
-        # A skipped (non-finite) step leaves the history as it was, like the parameters.
-        updated = jax.tree.map(lambda a, b: jnp.where(metrics["finite"] > 0, a, b), updated, history)
-        return new.replace(extra={"loss_history": updated._asdict()}), metrics
+    def after(params, extra, sums_and_counts):
+        history = losses.update_loss_history(losses.LossHistory(**extra["loss_history"]), *sums_and_counts)
+        return params, {"loss_history": history._asdict()}
 
-    return train_step
+    def init_extra(params):
+        return {"loss_history": losses.init_loss_history(num_timesteps, history)._asdict()}
+
+    return Training(update=optim.gradient_update(loss_fn, after), init_extra=init_extra)
 
 
-def make(config, info):
+def make(settings: Settings, info) -> Method:
     """Diffusion on images of `info.shape` at `info.num_bits` -> Method (see the module docstring)."""
-    d = config.diffusion
-    diff = build(config, info)
-    s = sampling_from_config(d)
-    _check_sampling(diff, s)
-    loss_name = d.get("loss", "hybrid" if d.var_type == "learned_range" else "simple")
-    label_dropout = float(d.get("label_dropout", 0.0))
-    timestep_sampling = d.get("timestep_sampling", "uniform")
-    if timestep_sampling not in losses.TIMESTEP_SAMPLING:
-        raise ValueError(f"Unknown config.diffusion.timestep_sampling {timestep_sampling!r}; "
-                         f"use one of {losses.TIMESTEP_SAMPLING}.")
+    d = settings.diffusion
+    diff = build(settings, info)
+    check_sampling(diff, d)
 
     def init(key, batch):
         x = dist.levels_to_symmetric(batch["image"], diff.num_bits)
@@ -260,20 +222,18 @@ def make(config, info):
         return diff.net.init({"params": key}, x, jnp.zeros(x.shape[0], jnp.int32), y, train=False)["params"]
 
     def loss(params, key, batch):
-        value, metrics, _, _ = training_loss(diff, loss_name, label_dropout, params, key, batch)
+        value, metrics, _, _ = training_loss(diff, d.loss, d.label_dropout, params, key, batch)
         return value, metrics
 
     def log_prob(params, key, batch):
         # A class-conditional model's bound is on log p(x | y) with the batch's labels; guidance has none.
         x0 = dist.levels_to_symmetric(batch["image"], diff.num_bits)
         model_fn = diff.model_fn(params, batch["label"])
-        return -process.vlb(diff.sched, model_fn, key, x0, diff.num_bits, diff.var_type, s.clip_denoised)
+        return -process.vlb(diff.sched, model_fn, key, x0, diff.num_bits, diff.var_type, d.clip_denoised)
 
-    train_step, init_extra = None, None
-    if timestep_sampling == "importance":
-        history = int(d.get("importance_history", 10))
-        train_step = importance_train_step(diff, loss_name, label_dropout,
-                                           float(d.get("importance_uniform_prob", 0.001)))
-        init_extra = lambda: {"loss_history": losses.init_loss_history(len(diff.betas), history)._asdict()}  # noqa: E731
-    return Method(init=init, loss=loss, sample=functools.partial(sample, diff, s), log_prob=log_prob,
-                  log_prob_is_bound=True, train_step=train_step, init_extra=init_extra)
+    training = None
+    if d.timestep_sampling == "importance":
+        training = importance_training(diff, d.loss, d.label_dropout, d.importance_history,
+                                       d.importance_uniform_prob)
+    return Method(init=init, loss=loss, sample=functools.partial(sample, diff, d), log_prob=log_prob,
+                  log_prob_is_bound=True, training=training)

@@ -11,12 +11,15 @@ are mapped back to levels by flooring y * 2^n.
 inverse, so it cannot score data; it is fitted instead by reverse KL, E_q[log q(x) - log p(x)], to the
 toy's closed-form density (`gm.data.toy_log_density`), as in Rezende & Mohamed (2015), figure 3.
 """
+import dataclasses
+from typing import Literal
+
 import jax
 import jax.numpy as jnp
 
-from gm import checks
 from gm import data as gm_data
 from gm import distributions as dist
+from gm.config import interval, nonnegative, positive, setting
 from gm.flows import models
 from gm.method import Method
 
@@ -24,26 +27,54 @@ FLOWS = ("realnvp", "glow", "coupling", "planar")
 IMAGE_FLOWS = ("realnvp", "glow")
 
 
-def flow_from_config(model, info):
-    """config.model -> the flow (a Bijector) for `info`'s data; one sentence for a bad combination."""
+@dataclasses.dataclass(frozen=True)
+class FlowConfig:
+    """config.model: which flow and its sizes.
+
+    name: 'realnvp' | 'glow' for images, 'coupling' | 'planar' for 2-D points.
+    hidden, num_blocks: each coupling network's width and residual blocks (RealNVP's CIFAR-10 model: 64
+      and 8; Glow's: 512 and 0, conv-ReLU-conv-ReLU-conv).
+    num_scales, alpha: RealNVP's scales and its logit margin; num_levels, depth: Glow's L and K;
+    num_layers: the 2-D flows' layers.
+    """
+    name: Literal[FLOWS] = "realnvp"
+    hidden: int = setting(64, positive)
+    num_blocks: int = setting(8, nonnegative)
+    num_scales: int = setting(2, positive)
+    alpha: float = setting(0.05, interval(0.0, 0.5))
+    num_levels: int = setting(3, positive)
+    depth: int = setting(32, positive)
+    num_layers: int = setting(8, positive)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """config.flow: temperature T of the base N(0, T^2 I) when sampling (Glow's 0.7 trades diversity for
+    quality; training and likelihoods always use T = 1)."""
+    temperature: float = setting(1.0, interval(0.0, None, low_open=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The flow family's config sections."""
+    model: FlowConfig = FlowConfig()
+    flow: SamplingConfig = SamplingConfig()
+
+
+def flow_from_config(model: FlowConfig, info):
+    """The flow (a Bijector) `model` describes for `info`'s data; one sentence for a bad combination."""
     name = model.name
-    if name not in FLOWS:
-        raise ValueError(f"config.model.name must be one of {FLOWS}, got {name!r}.")
     images = info.num_bits is not None
     if images != (name in IMAGE_FLOWS):
         kind = "images" if images else "2-D points"
         fits = IMAGE_FLOWS if images else tuple(f for f in FLOWS if f not in IMAGE_FLOWS)
         raise ValueError(f"config.model.name={name!r} does not fit {info.name!r} ({kind}); use one of {fits}.")
-    checks.sizes(model, "config.model", positive=("hidden", "depth", "num_layers"), nonnegative=("num_blocks",))
     if name == "realnvp":
-        checks.number_in(model.get("alpha", 0.05), "config.model.alpha", 0.0, 0.5)
-        checks.positive_int(model.num_scales, "config.model.num_scales")
         _check_divisible(info.shape, model.num_scales - 1, "config.model.num_scales")
-        return models.realnvp(model.num_scales, model.hidden, model.num_blocks, model.get("alpha", 0.05))
+        return models.realnvp(model.num_scales, model.hidden, model.num_blocks, model.alpha)
     if name == "glow":
-        checks.positive_int(model.num_levels, "config.model.num_levels")
         _check_divisible(info.shape, model.num_levels, "config.model.num_levels")
-        return models.glow(model.num_levels, model.depth, model.hidden, model.get("num_blocks", 0))
+        return models.glow(model.num_levels, model.depth, model.hidden, model.num_blocks)
     if name == "coupling":
         return models.coupling_flow_2d(model.num_layers, model.hidden, model.num_blocks)
     return models.planar_flow(model.num_layers)
@@ -56,21 +87,13 @@ def _check_divisible(shape, num_squeezes, field):
                          f"divisible by {2 ** max(num_squeezes, 0)}, but the data are {h}x{w}; use fewer.")
 
 
-def make(config, info):
-    """A normalizing flow for `info`'s data -> Method.
-
-    Reads config.model: name ('realnvp' | 'glow' for images, 'coupling' | 'planar' for 2-D points),
-    hidden (conditioner width), num_blocks (conditioner residual blocks), num_scales (RealNVP),
-    num_levels and depth (Glow), num_layers (2-D flows), alpha (RealNVP's logit margin); and
-    config.flow.temperature (sampling only).
-    """
-    flow = flow_from_config(config.model, info)
-    temperature = float(config.get("flow", {}).get("temperature", 1.0))
-    if temperature <= 0:
-        raise ValueError(f"config.flow.temperature must be > 0, got {temperature}.")
+def make(settings: Settings, info) -> Method:
+    """A normalizing flow for `info`'s data (see `FlowConfig`) -> Method."""
+    flow = flow_from_config(settings.model, info)
+    temperature = settings.flow.temperature
     if info.num_bits is not None:
         return _image_method(flow, info, temperature)
-    if config.model.name == "planar":
+    if settings.model.name == "planar":
         return _reverse_kl_method(flow, info, temperature)
     return _density_method(flow, info, temperature)
 

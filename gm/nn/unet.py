@@ -5,9 +5,15 @@ model: 35,746,307 parameters.
 """
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal, Optional, Tuple
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from gm import checks
+from gm.config import interval, nonnegative, positive, positive_entries, setting
 
 from gm.nn.layers import (
     AttnBlock,
@@ -148,3 +154,49 @@ class UNet(nn.Module):
                 raise ValueError("a class-conditional model needs labels y")
             if jnp.shape(y) != (x.shape[0],):
                 raise ValueError(f"y must have shape [{x.shape[0]}], got {jnp.shape(y)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class UNetConfig:
+    """config.model for the UNet (see `UNet`): the DDPM paper's CIFAR-10 network by default (35.7M
+    parameters). class_conditional adds a class embedding; dtype is the compute dtype."""
+    ch: int = setting(128, positive)
+    ch_mult: Tuple[int, ...] = setting((1, 2, 2, 2), positive_entries)
+    num_res_blocks: int = setting(2, nonnegative)
+    attn_resolutions: Tuple[int, ...] = (16,)
+    dropout: float = setting(0.1, interval(0.0, 1.0))
+    num_heads: int = setting(1, positive)
+    scale_shift_norm: bool = False
+    class_conditional: bool = False
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+
+    def check(self, name):
+        checks.require(self.ch >= 4, f"{name}.ch", self.ch, "at least 4 (the timestep embedding's width)")
+        checks.require(len(self.ch_mult) > 0, f"{name}.ch_mult", self.ch_mult, "a non-empty tuple")
+
+
+def check_unet_config(c: UNetConfig, image_shape) -> None:
+    """The UNet's fields against images of `image_shape` [H, W, C] (config.model); one sentence each."""
+    height, width = image_shape[:2]
+    factor = 2 ** (len(c.ch_mult) - 1)
+    checks.require(height % factor == 0 and width % factor == 0, "config.model.ch_mult", c.ch_mult,
+                   f"short enough for {height}x{width} images (each level but the last halves them, so "
+                   f"2 ** (levels - 1) must divide both)")
+    resolutions = [height // 2 ** i for i in range(len(c.ch_mult))]
+    checks.require(set(c.attn_resolutions) <= set(resolutions), "config.model.attn_resolutions",
+                   tuple(c.attn_resolutions), f"some of this UNet's resolutions {tuple(resolutions)}")
+    widths = [c.ch * m for r, m in zip(resolutions, c.ch_mult) if r in c.attn_resolutions]
+    checks.require(all(w % c.num_heads == 0 for w in widths + [c.ch * c.ch_mult[-1]]), "config.model.num_heads",
+                   c.num_heads, "a divisor of the width of every attention block")
+
+
+def unet_from_config(c: UNetConfig, num_embeddings: Optional[int] = None, out_ch: Optional[int] = None,
+                     image_shape=None) -> UNet:
+    """The UNet `c` describes, with `num_embeddings` class embeddings and `out_ch` outputs; with
+    `image_shape` the fields are checked against it first (`check_unet_config`)."""
+    if image_shape is not None:
+        check_unet_config(c, image_shape)
+    return UNet(ch=c.ch, ch_mult=tuple(c.ch_mult), num_res_blocks=c.num_res_blocks,
+                attn_resolutions=tuple(c.attn_resolutions), dropout=c.dropout, num_heads=c.num_heads,
+                scale_shift_norm=c.scale_shift_norm, num_classes=num_embeddings, out_ch=out_ch,
+                dtype=jnp.dtype(c.dtype))

@@ -1,18 +1,16 @@
 """The one training loop: any Method, any strategy, resumable, with logging, samples and checkpoints.
 
-    state = train_and_evaluate(config, workdir, method, dataset)
+    state = train_and_evaluate(run, workdir, method, dataset)
 
-Reads config.seed, config.train (batch_size, num_steps, log_every, checkpoint_every, keep_checkpoints,
-sample_every, num_samples, on_nonfinite, steps_per_call: K > 1 runs K steps per compiled call in one
-`lax.scan`, with the same result), config.eval.every and config.eval.metrics (in-training
-evaluation from the EMA params, `gm.train.evaluators`), config.optim (see `gm.train.state.optimizer_from_config`,
-plus ema_decay), config.data.random_flip and config.parallel.strategy. WORKDIR gets checkpoints/,
-samples/step_*.png, metrics.jsonl and TensorBoard events. Running again with the same WORKDIR resumes
-from the newest checkpoint and continues exactly as an uninterrupted run would: batch s is a pure
-function of (seed, s), and the step's key is fold_in(key, s).
+`run` is the typed `gm.config.RunConfig`: seed, train (batch_size, num_steps, the periods,
+keep_checkpoints, on_nonfinite, steps_per_call: K > 1 runs K steps per compiled call in one `lax.scan`,
+with the same result), optim (`gm.optim.make_optimizer`, plus ema_decay), eval.every and eval.metrics
+(in-training evaluation from the EMA params, `gm.train.evaluators`), data.random_flip and
+parallel.strategy. WORKDIR gets checkpoints/, samples/step_*.png, metrics.jsonl and TensorBoard
+events. Running again with the same WORKDIR resumes from the newest checkpoint and continues exactly as
+an uninterrupted run would: batch s is a pure function of (seed, s), and the step's key is fold_in(key, s).
 """
 import contextlib
-import functools
 import os
 import signal
 import time
@@ -22,16 +20,15 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
-from gm import checks
 from gm import data as gm_data
 from gm import distributions as dist
-from gm import parallel
+from gm import optim, parallel
 from gm.checkpoint import CheckpointMismatchError, Checkpointer
+from gm.config import RunConfig
+from gm.method import Method
 from gm.train import evaluators as evaluators_lib
 from gm.train import state as state_lib
 from gm.train.logging import MetricWriter, save_image_grid, save_scatter
-
-NONFINITE_POLICIES = ("stop", "skip")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -43,37 +40,6 @@ def run_keys(seed):
     return jax.random.split(jax.random.key(seed), 4)
 
 
-def check_train_config(config, train="train", optim="optim"):
-    """Every field the trainer reads, before anything is built: one sentence for the first bad one.
-
-    `train` and `optim` name the sections that the trainer will see as config.train and config.optim
-    (a second stage keeps its own, e.g. a VQ-VAE's prior_train), so a message names the field to edit.
-    """
-    t, name = config[train], f"config.{train}"
-    checks.nonnegative_int(config.seed, "config.seed")
-    checks.nonnegative_int(t.num_steps, f"{name}.num_steps")
-    for field in ("log_every", "checkpoint_every", "sample_every", "num_samples"):
-        checks.positive_int(t[field], f"{name}.{field}")
-    if t.get("keep_checkpoints") is not None:
-        checks.positive_int(t.keep_checkpoints, f"{name}.keep_checkpoints")
-    checks.one_of(t.on_nonfinite, f"{name}.on_nonfinite", NONFINITE_POLICIES)
-    checks.number_in(config[optim].ema_decay, f"config.{optim}.ema_decay", 0.0, 1.0)
-    eval_every = 0
-    if "eval" in config:
-        eval_every = checks.nonnegative_int(config.eval.get("every", 0), "config.eval.every")
-        for metric in config.eval.get("metrics", ()):
-            checks.one_of(metric, "entry of config.eval.metrics", evaluators_lib.METRICS)
-    parallel.make_strategy(config.parallel.strategy)
-    parallel.check_batch_size(t.batch_size, f"{name}.batch_size")
-    k = checks.positive_int(t.get("steps_per_call", 1), f"{name}.steps_per_call")
-    periods = {f"{name}.{f}": t[f] for f in ("log_every", "checkpoint_every", "sample_every")}
-    if eval_every:
-        periods["config.eval.every"] = eval_every
-    for field, value in periods.items():
-        checks.require(value % k == 0, field, value,
-                       f"a multiple of {name}.steps_per_call={k} (steps run {k} at a time)")
-
-
 def _steps_until_event(step, k, num_steps, periods):
     """How many steps the next call runs: up to k, never past the next log / checkpoint / sample /
     evaluation step or the end, so every event sees exactly its step."""
@@ -83,27 +49,33 @@ def _steps_until_event(step, k, num_steps, periods):
     return n
 
 
-def _local_batches(config, dataset, step, n):
+def _local_batches(run, dataset, step, n):
     """Batches step .. step + n - 1 stacked [n, B / processes, ...] for one call of n steps."""
-    batches = [_local_batch(config, dataset, s) for s in range(step, step + n)]
+    batches = [_local_batch(run, dataset, s) for s in range(step, step + n)]
     return {key: np.stack([b[key] for b in batches]) for key in batches[0]}
 
 
-def _local_batch(config, dataset, step):
+def _local_batch(run, dataset, step):
     return gm_data.train_batch(
-        dataset, step=step, batch_size=config.train.batch_size, seed=config.seed,
+        dataset, step=step, batch_size=run.train.batch_size, seed=run.seed,
         process_index=parallel.process_index(), process_count=parallel.process_count(),
-        random_flip=config.data.get("random_flip", False))
+        random_flip=run.data.random_flip)
 
 
-def _run_meta(config, step):
+# The checkpoint layout this version writes: 2 since a family's state that no gradient trains moved
+# from the parameters to TrainState.extra (the VQ-VAE's codebook statistics). Layout-1 checkpoints of
+# every other family have the same arrays and restore unchanged.
+LAYOUT = 2
+
+
+def _run_meta(run, step):
     """What a checkpoint records besides arrays: the data position and what it depends on."""
-    return {"data_step": int(step), "seed": int(config.seed), "batch_size": int(config.train.batch_size),
-            "dataset": str(config.data.name)}
+    return {"data_step": int(step), "seed": int(run.seed), "batch_size": int(run.train.batch_size),
+            "dataset": str(run.data.name), "layout": LAYOUT}
 
 
-def _check_resume_meta(meta, config, directory):
-    expected = _run_meta(config, meta.get("data_step", 0))
+def _check_resume_meta(meta, run, directory):
+    expected = _run_meta(run, meta.get("data_step", 0))
     for field, name in (("seed", "config.seed"), ("batch_size", "config.train.batch_size"),
                         ("dataset", "config.data.name")):
         if field in meta and meta[field] != expected[field]:
@@ -111,16 +83,16 @@ def _check_resume_meta(meta, config, directory):
                              f"not {expected[field]!r}; use that value to resume or start a new --workdir.")
 
 
-def init_or_restore(config, method, dataset, optimizer, ckpt):
+def init_or_restore(run: RunConfig, method: Method, dataset, optimizer, ckpt):
     """(global TrainState, start step): the newest intact checkpoint in `ckpt` if any, else a fresh init.
 
     A corrupted newest checkpoint is named in a warning and the previous one is used (see
     `Checkpointer.restore_newest_good`); a checkpoint of another model stops with one sentence.
     """
-    init_key = run_keys(config.seed)[0]
-    example = _local_batch(config, dataset, 0)
-    extra = method.init_extra() if method.init_extra else None
-    make = lambda: state_lib.init_state(method.init(init_key, example), optimizer, extra)
+    init_key = run_keys(run.seed)[0]
+    example = _local_batch(run, dataset, 0)
+    training = state_lib.training_of(method)
+    make = lambda: state_lib.init_state(method.init(init_key, example), training, optimizer)  # noqa: E731
     if ckpt is None or ckpt.latest_step() is None:
         return parallel.replicate(state_lib.run_once(make)), 0
     rep = parallel.replicated_sharding()
@@ -128,13 +100,17 @@ def init_or_restore(config, method, dataset, optimizer, ckpt):
     try:
         restored = ckpt.restore_newest_good(target)
     except CheckpointMismatchError as e:
+        if ckpt.newest_meta().get("layout", 1) < LAYOUT:
+            raise ValueError(f"The checkpoint in {ckpt.directory} was written by an older gm whose layout "
+                             f"({LAYOUT - 1}) kept a family's non-gradient state among the parameters (it {e}); "
+                             f"this version cannot resume it: train again in a new --workdir.") from None
         raise ValueError(f"The checkpoint in {ckpt.directory} was written by another model: it {e}; resume with "
                          f"the config it was written with (config.model and the family's fields) or use a new "
                          f"--workdir.") from None
     if restored is None:
         return parallel.replicate(state_lib.run_once(make)), 0
     state, meta, step = restored
-    _check_resume_meta(meta, config, ckpt.directory)
+    _check_resume_meta(meta, run, ckpt.directory)
     logging.info("Restored step %d from %s", step, ckpt.directory)
     return state, int(meta.get("data_step", step))
 
@@ -185,42 +161,49 @@ def write_samples(path, images, num_bits):
     return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(images, num_bits)))
 
 
-def write_reconstructions(path, originals, reconstructions, num_bits, ncol=8):
-    """Originals and their reconstructions (uint8 levels [N, H, W, C]) as one PNG grid, alternating rows
-    of `ncol`: originals, then their reconstructions underneath."""
+def reconstruction_grid(originals, reconstructions, ncol=8):
+    """Originals and their reconstructions [N, H, W, C] interleaved in rows of `ncol`: originals, then
+    their reconstructions underneath."""
     originals, reconstructions = np.asarray(originals), np.asarray(reconstructions)
     rows = [block for i in range(0, len(originals), ncol)
             for block in (originals[i:i + ncol], reconstructions[i:i + ncol])]
-    return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(np.concatenate(rows), num_bits)), ncol)
+    return np.concatenate(rows)
 
 
-def step_function(method, optimizer, ema_decay):
-    """(state, batch, key, **strategy hooks) -> (state, metrics): the family's own `train_step`, or the
-    generic one built from its loss, before a strategy compiles it."""
-    step_impl = method.train_step or functools.partial(state_lib.train_step, loss_fn=method.loss)
-    return functools.partial(step_impl, optimizer=optimizer, ema_decay=ema_decay)
+def write_reconstructions(workdir, method, params, dataset, step, key, num=32):
+    """The first `num` test images as the model sees them, above their reconstructions
+    (`Method.reconstruct` with `key`), as WORKDIR/samples/reconstructions_step_N.png; returns its path."""
+    batch = {k: v[:num] for k, v in dataset.test.items()}
+    out = parallel.to_host(jax.jit(method.reconstruct)(params, key, batch))
+    path = os.path.join(workdir, "samples", f"reconstructions_step_{step:08d}.png")
+    if parallel.process_index() == 0:
+        grid = reconstruction_grid(out["data"], out["reconstruction"])
+        save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(grid, dataset.info.num_bits)), 8)
+        logging.info("Wrote test reconstructions to %s", path)
+    return path
 
 
-def train_and_evaluate(config, workdir, method, dataset):
-    """Train `method` on `dataset` as configured, resuming from WORKDIR; returns the final global state."""
-    check_train_config(config)
-    t = config.train
-    strategy = parallel.make_strategy(config.parallel.strategy)
-    optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
-    _, train_key, sample_key, _ = run_keys(config.seed)
+def train_and_evaluate(run: RunConfig, workdir: str, method: Method, dataset):
+    """Train `method` on `dataset` as `run` says, resuming from WORKDIR; returns the final global state.
+
+    At the end, a family with `reconstruct` also gets a grid of test reconstructions (`write_reconstructions`).
+    """
+    t = run.train
+    strategy = parallel.make_strategy(run.parallel.strategy)
+    optimizer = optim.make_optimizer(run.optim)
+    _, train_key, sample_key, eval_key = run_keys(run.seed)
     is_main = parallel.process_index() == 0
+    # Built before the first step and before anything is written: a missing weights file stops the run now.
+    eval_every = run.eval.every
+    evaluators = evaluators_lib.make_evaluators(run.eval, method, dataset) if eval_every else []
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,
                         keep=t.keep_checkpoints)
-    state, start = init_or_restore(config, method, dataset, optimizer, ckpt)
-    step_fn = step_function(method, optimizer, config.optim.ema_decay)
-    steps_per_call = int(t.get("steps_per_call", 1))
+    state, start = init_or_restore(run, method, dataset, optimizer, ckpt)
+    step_fn = state_lib.step_function(method, optimizer, run.optim.ema_decay)
+    steps_per_call = t.steps_per_call
     train_step = strategy.compile_step(step_fn, stacked=steps_per_call > 1)
     sampler = parallel.jit_sampler(method.sample, t.num_samples)
-    eval_every = int(config.eval.get("every", 0)) if "eval" in config else 0
     periods = [t.log_every, t.checkpoint_every, t.sample_every] + ([eval_every] if eval_every else [])
-    # Built before the first step: a missing weights file or a bad metric stops the run now.
-    evaluators = evaluators_lib.make_evaluators(config, method, dataset) if eval_every else []
-    eval_key = run_keys(config.seed)[3]
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
     device_state = strategy.put_state(state)
     pending, window_start, window_time = [], start, time.perf_counter()
@@ -229,7 +212,7 @@ def train_and_evaluate(config, workdir, method, dataset):
 
     def checkpoint(step, force=False):
         nonlocal last_saved
-        if ckpt.save(step, strategy.get_state(device_state), _run_meta(config, step), force=force):
+        if ckpt.save(step, strategy.get_state(device_state), _run_meta(run, step), force=force):
             last_saved = step
 
     def write_grid(step):
@@ -269,10 +252,10 @@ def train_and_evaluate(config, workdir, method, dataset):
         with _SigtermFlag() as sigterm:
             while step < t.num_steps:
                 if steps_per_call == 1:
-                    n, batch = 1, strategy.put_batch(_local_batch(config, dataset, step))
+                    n, batch = 1, strategy.put_batch(_local_batch(run, dataset, step))
                 else:
                     n = _steps_until_event(step, steps_per_call, t.num_steps, periods)
-                    batch = strategy.put_batch(_local_batches(config, dataset, step, n), stacked=True)
+                    batch = strategy.put_batch(_local_batches(run, dataset, step, n), stacked=True)
                 device_state, metrics = train_step(device_state, batch, train_key)
                 pending.append((step, metrics))
                 step += n
@@ -296,4 +279,7 @@ def train_and_evaluate(config, workdir, method, dataset):
         bar.close()
         ckpt.close()
         writer.close()
-    return strategy.get_state(device_state)
+    state = strategy.get_state(device_state)
+    if method.reconstruct is not None:
+        write_reconstructions(workdir, method, state.ema_params, dataset, step, eval_key)
+    return state

@@ -1,15 +1,20 @@
-"""The command line every experiment shares: train, sample or evaluate one Method.
+"""The command line every experiment shares: train, sample or evaluate the family its config names.
 
     python -m experiments.NAME --workdir=DIR [--config=experiments/NAME.py:smoke]
-        [--config.a.b=value ...] [--mode=train|sample|eval]
+        [--config.a.b=value ...] [--mode=train|sample|eval] [--stage=NAME]
 
-`train` trains (resuming from DIR); `sample` writes config.sample.num samples from the newest
-checkpoint's EMA params to DIR/samples/ as .npz and a PNG grid; `eval` reports test bits/dim through
-`gm.metrics.evaluate_log_prob` and appends it to DIR/metrics.jsonl and DIR/eval_step_N.json.
+The config is checked and typed first (`gm.families.parse`: every bad value is one sentence), then the
+family's stages run in order, each in its own folder (WORKDIR itself for a one-stage family), a later
+stage made from the one before's trained parameters. `train` trains every stage (resuming from its
+folder); `sample` writes config.sample.num samples from the last stage's newest EMA params to
+samples/ as .npz and a PNG grid; `eval` reports config.eval.metrics of every trained stage and appends
+them to metrics.jsonl and eval_step_N*.json. `--stage=NAME` does `mode` for that stage only (a later
+stage still reads the trained stages before it).
 """
 import json
 import os
 import sys
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -17,12 +22,14 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 from tqdm import tqdm
 
+from gm import config as config_lib
 from gm import data as gm_data
-from gm import parallel
+from gm import families, optim, parallel
 from gm.checkpoint import Checkpointer
+from gm.config import ParallelConfig, RunConfig
+from gm.method import Method
 from gm.train import evaluators as evaluators_lib
 from gm.train import loop
-from gm.train import state as state_lib
 from gm.train.logging import MetricWriter
 
 MODES = ("train", "sample", "eval")
@@ -30,31 +37,27 @@ MODES = ("train", "sample", "eval")
 USER_ERRORS = (ValueError, gm_data.DataError, loop.NonFiniteLossError, FileNotFoundError, PermissionError)
 
 
-def load_dataset(config):
-    return gm_data.load(config.data.name, data_dir=config.data.get("data_dir") or None,
-                        manual_dir=config.data.get("manual_dir") or None)
+def load_dataset(run: RunConfig):
+    return gm_data.load(run.data.name, data_dir=run.data.data_dir or None, manual_dir=run.data.manual_dir or None)
 
 
-def restore_latest(config, workdir, method, dataset):
+def restore_latest(run: RunConfig, workdir: str, method: Method, dataset):
     """(global TrainState, step) of the newest checkpoint in WORKDIR/checkpoints; one sentence if none."""
     directory = os.path.join(workdir, "checkpoints")
     ckpt = Checkpointer(directory, read_only=True) if os.path.isdir(directory) else None
     if ckpt is None or ckpt.latest_step() is None:
         raise FileNotFoundError(f"No checkpoint in {directory}; train first with the same --workdir.")
-    optimizer = method.optimizer or state_lib.optimizer_from_config(config.optim)
-    state, step = loop.init_or_restore(config, method, dataset, optimizer, ckpt)
+    state, step = loop.init_or_restore(run, method, dataset, optim.make_optimizer(run.optim), ckpt)
     ckpt.close()
     return state, step
 
 
-def sample_to_files(config, workdir, method, dataset):
+def sample_to_files(run: RunConfig, workdir: str, method: Method, dataset):
     """Draw config.sample.num samples in chunks of config.sample.batch_size; returns the .npz path."""
-    state, step = restore_latest(config, workdir, method, dataset)
-    num, chunk = config.sample.num, min(config.sample.batch_size, config.sample.num)
-    if num <= 0 or chunk <= 0:
-        raise ValueError("config.sample.num and config.sample.batch_size must be positive.")
+    state, step = restore_latest(run, workdir, method, dataset)
+    num, chunk = run.sample.num, min(run.sample.batch_size, run.sample.num)
     sampler = parallel.jit_sampler(method.sample, chunk)
-    key = jax.random.fold_in(loop.run_keys(config.seed)[2], 10**9 + step)  # apart from training grids
+    key = jax.random.fold_in(loop.run_keys(run.seed)[2], 10**9 + step)  # apart from training grids
     chunks = [parallel.to_host(sampler(state.ema_params, jax.random.fold_in(key, i)))
               for i in tqdm(range(-(-num // chunk)), desc="sample", disable=parallel.process_index() != 0)]
     images = np.concatenate(chunks)[:num]
@@ -68,20 +71,15 @@ def sample_to_files(config, workdir, method, dataset):
     return path
 
 
-def evaluate(config, workdir, method, dataset, name=""):
+def evaluate(run: RunConfig, workdir: str, method: Method, dataset, name: str = ""):
     """config.eval.metrics of the newest checkpoint's EMA params; returns {metric: result dict}.
 
-    'bpd' writes eval_step_N.json, 'fid' eval_step_N_fid.json; `name` labels a variant (e.g.
-    'iwae5000') in the printout and the file names (eval_step_N_NAME.json)."""
-    metrics = tuple(config.eval.get("metrics", ("bpd",)))
-    if "bpd" in metrics and method.log_prob is None:
-        metrics = tuple(m for m in metrics if m != "bpd")
-        if not metrics:
-            raise ValueError("This model has no log_prob; set --config.eval.metrics='(\"fid\",)' to evaluate "
-                             "its samples.")
-    evaluators = evaluators_lib.make_evaluators(config, method, dataset, metrics)
-    state, step = restore_latest(config, workdir, method, dataset)
-    key = loop.run_keys(config.seed)[3]
+    'bpd' writes eval_step_N.json, the others eval_step_N_METRIC.json; `name` labels a variant (e.g.
+    'iwae5000') in the printout and the file names (eval_step_N_NAME.json). A family with
+    `reconstruct` also gets a grid of test reconstructions."""
+    evaluators = evaluators_lib.make_evaluators(run.eval, method, dataset)
+    state, step = restore_latest(run, workdir, method, dataset)
+    key = loop.run_keys(run.seed)[3]
     results = {}
     writer = MetricWriter(workdir, enabled=parallel.process_index() == 0)
     for ev in evaluators:
@@ -94,20 +92,26 @@ def evaluate(config, workdir, method, dataset, name=""):
         print(f"step {step}: {evaluators_lib.summary(ev.name, result, name)}")
         results[ev.name] = result
     writer.close()
+    if method.reconstruct is not None:
+        loop.write_reconstructions(workdir, method, state.ema_params, dataset, step, key)
     return results
 
 
-def prepare(config, workdir, mode="train"):
-    """Check mode and WORKDIR, start multi-host JAX if configured, create WORKDIR; returns the dataset."""
+def start_processes(config) -> None:
+    """Start multi-process JAX when config.parallel asks for it: first of all, since JAX must be told
+    before anything asks for its devices (checking a batch size against them does)."""
+    p = config_lib.parse(ParallelConfig, config.get("parallel"), "config.parallel")
+    parallel.initialize_distributed(p.distributed, p.coordinator_address, p.num_processes, p.process_id)
+
+
+def prepare(run: RunConfig, workdir: str, mode: str = "train"):
+    """Check mode and WORKDIR, create WORKDIR; returns the dataset."""
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
     if not workdir:
         raise ValueError("--workdir is required: the folder for checkpoints, samples and metrics.")
-    p = config.parallel
-    parallel.initialize_distributed(p.get("distributed", False), p.get("coordinator_address", ""),
-                                    p.get("num_processes", -1), p.get("process_id", -1))
     check_writable(workdir)
-    return load_dataset(config)
+    return load_dataset(run)
 
 
 def check_writable(workdir):
@@ -124,25 +128,93 @@ def check_writable(workdir):
                               f"write to.") from None
 
 
-def run(config, workdir, make_method, mode="train"):
-    """Build the dataset and Method from `config` and do `mode` in WORKDIR."""
-    dataset = prepare(config, workdir, mode)
-    method = make_method(config, dataset.info)
-    if mode == "train":
-        return loop.train_and_evaluate(config, workdir, method, dataset)
+def stage_dir(workdir: str, stage: families.Stage) -> str:
+    return os.path.join(workdir, stage.name) if stage.name else workdir
+
+
+class Restored(NamedTuple):
+    """A trained stage read back: its setup, dataset, Method, newest global TrainState and step."""
+    setup: families.Setup
+    dataset: object
+    method: Method
+    state: object
+    step: int
+
+
+def _stages_up_to(setup, dataset, workdir, target):
+    """Yield (stage, its RunConfig, its Method) for each stage up to `target`, each later stage made from
+    the newest checkpoint of the one before."""
+    previous = None
+    for stage in setup.family.stages:
+        method = stage.make(setup.settings, dataset.info, previous)
+        yield stage, setup.stage_run(stage), method
+        if stage is target:
+            return
+        state, _ = restore_latest(setup.stage_run(stage), stage_dir(workdir, stage), method, dataset)
+        previous = state.ema_params
+
+
+def restore(config, workdir: str, stage: str = "", dataset=None) -> Restored:
+    """The newest checkpoint of `stage` (default: the last) of the run `config` describes in WORKDIR,
+    with everything needed to use it (a notebook, a meta-experiment scoring trained runs); `dataset`:
+    the run's dataset when the caller has it loaded already."""
+    start_processes(config)
+    setup = families.parse(config)
+    target = setup.stage(stage) if stage else setup.family.stages[-1]
+    dataset = dataset or load_dataset(setup.run)
+    *_, (_, run_cfg, method) = _stages_up_to(setup, dataset, workdir, target)
+    state, step = restore_latest(run_cfg, stage_dir(workdir, target), method, dataset)
+    return Restored(setup, dataset, method, state, step)
+
+
+def run(config, workdir: str, mode: str = "train", stage: str = "", eval_name: str = ""):
+    """Check `config`, load its dataset and do `mode` in WORKDIR (see the module docstring).
+
+    Returns the last trained stage's final state (train), the samples' .npz path (sample), or the
+    evaluation results (eval): {metric: result}, by stage name for a family of several stages.
+    `eval_name` labels an evaluation's files and printout (e.g. 'iwae5000').
+    """
+    start_processes(config)
+    setup = families.parse(config)
+    dataset = prepare(setup.run, workdir, mode)
+    stages = setup.family.stages
+    chosen = [setup.stage(stage)] if stage else list(stages)
     if mode == "sample":
-        return sample_to_files(config, workdir, method, dataset)
-    return evaluate(config, workdir, method, dataset)
+        chosen = chosen[-1:]  # the last stage's samples are the model's
+    results, state, previous = {}, None, None
+    for st in stages:
+        directory = stage_dir(workdir, st)
+        trained = os.path.isdir(os.path.join(directory, "checkpoints"))
+        if mode == "eval" and not stage and st is not stages[0] and not trained:
+            logging.info("Stage %s has no checkpoint in %s; not evaluated.", st.name, directory)
+            break
+        run_cfg, method = setup.stage_run(st), st.make(setup.settings, dataset.info, previous)
+        if st in chosen:
+            if mode == "sample":
+                return sample_to_files(run_cfg, directory, method, dataset)
+            if mode == "train":
+                state = loop.train_and_evaluate(run_cfg, directory, method, dataset)
+                if st.name:
+                    logging.info("Stage %s done in %s", st.name, directory)
+            else:
+                results[st.name] = evaluate(run_cfg, directory, method, dataset, eval_name)
+        if st is chosen[-1]:
+            break
+        trained_now = mode == "train" and st in chosen
+        previous = (state if trained_now else restore_latest(run_cfg, directory, method, dataset)[0]).ema_params
+    if mode == "train":
+        return state
+    return results[""] if len(stages) == 1 else results
 
 
-def main(experiment_file, make_method, runner=None):
-    """Entry point for `python -m experiments.NAME`: flags, then `runner` (default `run`) with
-    (config, workdir, make_method, mode), errors as one sentence."""
-    runner = runner or run
+def main(experiment_file, runner=None):
+    """Entry point for `python -m experiments.NAME`: flags, then `runner(config, workdir, mode)` (default
+    `run`, with --stage), errors as one sentence."""
     config_flags.DEFINE_config_file("config", experiment_file, "Experiment config file[:variant].",
                                     lock_config=True)
     flags.DEFINE_string("workdir", None, "Folder for checkpoints/, samples/, metrics.jsonl, TensorBoard.")
     flags.DEFINE_enum("mode", "train", MODES, "train, sample (from the newest checkpoint) or eval.")
+    flags.DEFINE_string("stage", "", "For families of several stages: do --mode for this stage only.")
 
     def _main(argv):
         del argv
@@ -151,8 +223,12 @@ def main(experiment_file, make_method, runner=None):
         logging.get_absl_handler().addFilter(
             lambda r: r.levelno >= logging.converter.STANDARD_WARNING
             or any(f"{os.sep}{d}{os.sep}" in r.pathname for d in ("gm", "experiments")))
+        f = flags.FLAGS
         try:
-            runner(flags.FLAGS.config, flags.FLAGS.workdir, make_method, flags.FLAGS.mode)
+            if runner is None:
+                run(f.config, f.workdir, f.mode, stage=f.stage)
+            else:
+                runner(f.config, f.workdir, f.mode)
         except USER_ERRORS as e:
             if os.environ.get("GM_DEBUG"):
                 raise

@@ -1,0 +1,146 @@
+"""The registry: every model family by name, how to make it, its default config and its experiment.
+
+    family = families.get("ddpm")
+    config = families.default_config("ddpm")        # the base sections + the family's, at their defaults
+    setup = families.parse(config)                  # every field checked, typed (one sentence if not)
+    method = families.make(config, dataset.info)    # the same, then the Method of its (first) stage
+
+A `Family` names the dataclass of its config sections (`settings`: e.g. config.model and
+config.diffusion) and its stages. Most families have one stage; the VQ-VAE has two, the VQ-VAE and
+then a prior over its codes, each trained in its own folder with its own train and optim sections, the
+second made from the first's trained parameters. The trainer (`gm.train.run`), the experiments,
+`experiments.compare`, `benchmarks.family` and the contract test all read this table; a family added
+here gets all of them.
+"""
+import dataclasses
+from typing import Any, Callable, NamedTuple, Optional, Tuple
+
+import ml_collections
+
+from gm import autoregressive, diffusion, flow_matching, flows, gan, vae, vqvae
+from gm import config as config_lib
+from gm.config import RunConfig
+from gm.method import Method
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One trained stage: `make(settings, info, previous)` -> Method, where `previous` is the stage
+    before's trained (EMA) parameters (None for the first). It trains in WORKDIR/name ('' : WORKDIR
+    itself) with the config sections named by `train` and `optim`."""
+    name: str
+    make: Callable[[Any, Any, Any], Method]
+    train: str = "train"
+    optim: str = "optim"
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """name: the registry key (config.family); label: a row name for tables; settings: the frozen
+    dataclass whose fields are the family's config sections; stages: what is trained, in order;
+    experiment: the module under experiments/ with its paper configuration; preset: (dotted field,
+    value) pairs this entry sets on the sections' defaults (several entries share a module);
+    check(run, settings): rules that span the family's and the base sections."""
+    name: str
+    label: str
+    settings: type
+    stages: Tuple[Stage, ...]
+    experiment: str
+    preset: Tuple[Tuple[str, Any], ...] = ()
+    check: Optional[Callable[[RunConfig, Any], None]] = None
+
+
+def _one_stage(make):
+    return (Stage("", lambda settings, info, previous: make(settings, info)),)
+
+
+def _check_gan_batch(run, settings):
+    gan.check_batch_size(settings, run.train.batch_size)
+
+
+FAMILIES = {f.name: f for f in (
+    Family("nade", "NADE (binarized)", autoregressive.Settings, _one_stage(autoregressive.make), "nade_mnist",
+           preset=(("model.name", "nade"),)),
+    Family("pixelcnn", "PixelCNN++", autoregressive.Settings, _one_stage(autoregressive.make), "pixelcnn_cifar"),
+    Family("vae", "VAE", vae.Settings, _one_stage(vae.make), "vae_mnist"),
+    Family("vqvae", "VQ-VAE + prior", vqvae.Settings,
+           (Stage("vqvae", lambda settings, info, previous: vqvae.make(settings, info)),
+            Stage("prior", vqvae.make_prior, train="prior_train", optim="prior_optim")), "vqvae_cifar"),
+    Family("gan", "GAN", gan.Settings, _one_stage(gan.make), "gan_cifar", check=_check_gan_batch),
+    Family("realnvp", "RealNVP", flows.Settings, _one_stage(flows.make), "realnvp_cifar"),
+    Family("glow", "Glow", flows.Settings, _one_stage(flows.make), "glow_cifar", preset=(("model.name", "glow"),)),
+    Family("ddpm", "DDPM", diffusion.Settings, _one_stage(diffusion.make), "ddpm_cifar"),
+    Family("flow_matching", "flow matching", flow_matching.Settings, _one_stage(flow_matching.make),
+           "flow_matching_cifar"),
+)}
+
+
+def get(name: str) -> Family:
+    """The registered family `name`; one sentence for an unknown one."""
+    if name not in FAMILIES:
+        raise ValueError(f"Unknown config.family {name!r}; use one of {', '.join(FAMILIES)}.")
+    return FAMILIES[name]
+
+
+def default_config(name: str) -> ml_collections.ConfigDict:
+    """The base sections, then the family's sections at their defaults and the entry's preset, with
+    config.family = name: the layers an experiment's get_config starts from."""
+    family = get(name)
+    config = config_lib.base_config()
+    config.family = name
+    for section, fields in config_lib.sections_config(family.settings).items():
+        config[section] = fields
+    for path, value in family.preset:
+        *parents, leaf = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+class Setup(NamedTuple):
+    """A run's config, checked and typed: the family, the base sections and the family's sections."""
+    family: Family
+    run: RunConfig
+    settings: Any
+
+    def stage_run(self, stage: Stage) -> RunConfig:
+        """The base sections as `stage` trains with them (its own train and optim sections)."""
+        return dataclasses.replace(self.run, train=getattr(self.settings, stage.train, self.run.train),
+                                   optim=getattr(self.settings, stage.optim, self.run.optim))
+
+    def stage(self, name: str = "") -> Stage:
+        """The stage called `name` ('' : the first); one sentence for an unknown one."""
+        stages = self.family.stages
+        if not name:
+            return stages[0]
+        for stage in stages:
+            if stage.name == name:
+                return stage
+        names = tuple(s.name for s in stages if s.name)
+        raise ValueError(f"--stage={name!r} is not a stage of {self.family.name}; "
+                         + (f"use one of {names}." if names else "it has one stage, so leave --stage out."))
+
+
+def parse(config) -> Setup:
+    """Check every field of a run's config and type it: the base sections (`gm.config.RunConfig`), the
+    family's sections and every stage's train and optim sections. The first bad value is one sentence
+    naming its `config.` field; nothing is built."""
+    family = get(config.get("family", ""))
+    run = config_lib.parse_run(config)
+    settings = config_lib.parse_sections(family.settings, config)
+    setup = Setup(family, run, settings)
+    for stage in family.stages:
+        if stage.train != "train":
+            config_lib.check_eval_period(setup.stage_run(stage), f"config.{stage.train}")
+    if family.check is not None:
+        family.check(run, settings)
+    return setup
+
+
+def make(config, info, stage: str = "", previous=None) -> Method:
+    """The Method of `stage` (default: the first) for data described by `info`, from a run's config;
+    `previous`: the trained parameters of the stage before, for a later stage."""
+    setup = parse(config)
+    return setup.stage(stage).make(setup.settings, info, previous)

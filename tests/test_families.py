@@ -1,0 +1,137 @@
+"""The contract, checked for every family in the registry and both parallel strategies.
+
+For each registered family (its experiment's smoke config, made smaller where compiling dominates) and
+each of its stages: init; a finite scalar loss; one train step under `sharded` equal to the
+single-device step on the same global batch, and under `pmap` equal to the single-device step it
+stands for (each device's slice of the batch with fold_in(key, device), gradients and metrics averaged:
+computed here on one device with `jax.vmap` over a named axis); samples of the right shape, dtype and
+range; `log_prob` of shape [B] where there is one. A family added to `gm.families` gets these checks.
+"""
+import importlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gm import data as gm_data
+from gm import families, optim, parallel
+from gm.train import state as state_lib
+
+# Smaller than the smoke variants where a network's compile time dominates; any other family runs its
+# experiment's smoke config as it is.
+TINY = {
+    "ddpm": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "diffusion.num_timesteps": 50},
+    "flow_matching": {"model.ch": 16, "model.ch_mult": (1,), "flow_matching.num_steps": 4},
+    "realnvp": {"model.num_scales": 1},
+    "glow": {"model.num_levels": 1, "model.depth": 1},
+    "pixelcnn": {"model.pixelcnn_pp.nr_resnet": 1, "model.pixelcnn_pp.nr_filters": 8},
+}
+BATCH = 16  # two examples per device under pmap on the suite's 8 devices
+STAGES = [(name, stage.name) for name, family in families.FAMILIES.items() for stage in family.stages]
+
+
+def _ids(pair):
+    return pair[0] + (f"-{pair[1]}" if pair[1] else "")
+
+
+def _config(name):
+    config = importlib.import_module(f"experiments.{families.get(name).experiment}").get_config("smoke")
+    for path, value in TINY.get(name, {}).items():
+        *parents, leaf = path.split(".")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    return config
+
+
+def _allclose(a, b, **kw):
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(np.asarray(x), np.asarray(y), **kw), a, b)
+
+
+class Stage:
+    """One stage of a family as the trainer builds it: its Method (a later stage made from the stage
+    before's freshly initialised parameters), optimizer, EMA decay, a batch and the initial state."""
+
+    def __init__(self, name, stage_name):
+        setup = families.parse(_config(name))
+        self.dataset = gm_data.load(setup.run.data.name)
+        self.batch = gm_data.train_batch(self.dataset, step=0, batch_size=BATCH, seed=0)
+        previous = None
+        for stage in setup.family.stages:
+            method = stage.make(setup.settings, self.dataset.info, previous)
+            run = setup.stage_run(stage)
+            if stage.name == stage_name:
+                break
+            previous = jax.jit(method.init)(jax.random.key(1), self.batch)
+        self.method, self.optimizer = method, optim.make_optimizer(run.optim)
+        self.step = state_lib.step_function(method, self.optimizer, 0.5)
+        params = jax.jit(method.init)(jax.random.key(0), self.batch)
+        self.state = state_lib.init_state(params, state_lib.training_of(method), self.optimizer)
+        self.key = jax.random.key(3)
+
+    def single_device(self):
+        """The step on the whole batch on one device."""
+        return jax.jit(self.step)(self.state, self.batch, self.key)
+
+    def per_device_average(self, n):
+        """What pmap over n devices stands for, on one device: slice i with fold_in(step key, i), every
+        cross-device mean a mean over the slices."""
+        slices = jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), self.batch)
+
+        def on_device(batch):
+            return self.step(self.state, batch, self.key, reduce_fn=lambda t: jax.lax.pmean(t, "devices"),
+                             device_key_fn=lambda k: jax.random.fold_in(k, jax.lax.axis_index("devices")))
+
+        states, metrics = jax.jit(jax.vmap(on_device, axis_name="devices"))(slices)
+        first = lambda tree: jax.tree.map(lambda x: x[0], tree)  # noqa: E731  (equal on every device)
+        return first(states), first(metrics)
+
+    def under(self, strategy_name):
+        strategy = parallel.make_strategy(strategy_name)
+        compiled = strategy.compile_step(self.step)
+        state = strategy.put_state(parallel.replicate(jax.tree.map(jnp.copy, self.state)))  # the step donates it
+        state, metrics = compiled(state, strategy.put_batch(self.batch), self.key)
+        return jax.device_get(strategy.get_state(state)), parallel.host_scalars(metrics)
+
+
+@pytest.fixture(scope="module", params=STAGES, ids=_ids)
+def stage(request):
+    return Stage(*request.param)
+
+
+def test_every_family_has_an_experiment_with_a_smoke_variant():
+    for name, family in families.FAMILIES.items():
+        config = _config(name)
+        assert config.family == name and families.parse(config).family is family
+
+
+def test_init_loss_samples_and_log_prob(stage):
+    method, info = stage.method, stage.dataset.info
+    loss, metrics = jax.jit(method.loss)(stage.state.params, jax.random.key(1), stage.batch)
+    assert loss.shape == () and np.isfinite(float(loss))
+    assert all(np.ndim(v) == 0 and np.isfinite(float(v)) for v in metrics.values())
+    samples = jax.jit(method.sample, static_argnums=2)(stage.state.params, jax.random.key(2), 8)
+    assert samples.shape == (8,) + tuple(info.shape)
+    if info.num_bits is not None:
+        assert samples.dtype == jnp.uint8 and int(samples.max()) < 2 ** info.num_bits
+    if method.log_prob is not None:
+        log_p = jax.jit(method.log_prob)(stage.state.params, jax.random.key(4), stage.batch)
+        assert log_p.shape == (BATCH,) and np.all(np.isfinite(log_p))
+
+
+def test_one_train_step_under_sharded_is_the_single_device_step(stage):
+    single, metrics = stage.single_device()
+    assert float(metrics["finite"]) == 1 and int(single.step) == 1
+    sharded, sharded_metrics = stage.under("sharded")
+    _allclose(sharded, single, rtol=2e-4, atol=2e-6)  # float32 sums over the batch in another order
+    _allclose(sharded_metrics, jax.device_get(metrics), rtol=2e-4, atol=2e-6)
+
+
+def test_one_train_step_under_pmap_averages_the_per_device_slices_and_keys(stage):
+    reference, metrics = stage.per_device_average(jax.local_device_count())
+    assert float(metrics["finite"]) == 1
+    pmapped, pmapped_metrics = stage.under("pmap")
+    _allclose(pmapped, reference, rtol=2e-4, atol=2e-6)
+    _allclose(pmapped_metrics, jax.device_get(metrics), rtol=2e-4, atol=2e-6)
