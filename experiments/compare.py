@@ -19,7 +19,6 @@ num_steps resumes it), then measured:
 Writes WORKDIR/compare.md, compare.csv, compare.json and one PNG grid of samples per family in
 WORKDIR/samples/.
 """
-import csv
 import importlib
 import json
 import os
@@ -33,6 +32,7 @@ from gm import families, parallel
 from gm.config import base_config, parse_run, variant
 from gm.metrics import sample_quality
 from gm.train import evaluators, loop, run
+from gm.train.logging import save_table
 
 # Compared by default: every registered family (`gm.families`).
 FAMILIES = tuple(families.FAMILIES)
@@ -160,10 +160,8 @@ def compare(config, workdir, mode="train"):
     """Train or load every family in config.families and write the table; returns the rows."""
     if mode != "train":
         raise ValueError("experiments.compare has only --mode=train (which also loads finished runs).")
-    run.start_processes(config)
-    for family in config.families:  # every family's config is checked before any of them trains
-        families.parse(family_config(config, family))
-    dataset = run.prepare(parse_run(config), workdir, mode)
+    run.prepare_runs(config, workdir, [family_config(config, f) for f in config.families], mode)
+    dataset = run.load_dataset(parse_run(config))
     extractor = sample_quality.make_extractor(config.eval.features, dataset)
     reference = sample_quality.reference_for(extractor, dataset, config.eval.reference, config.eval.batch_size)
     rows = []
@@ -171,17 +169,7 @@ def compare(config, workdir, mode="train"):
         logging.info("compare: %s", family)
         rows.append(measure_family(config, family, workdir, dataset, extractor, reference))
     if parallel.process_index() == 0:
-        with open(os.path.join(workdir, "compare.json"), "w") as f:
-            json.dump(rows, f, indent=2)
-        keys = list(dict.fromkeys(k for r in rows for k in r))  # columns in the order the rows give them
-        with open(os.path.join(workdir, "compare.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(rows)
-        table = markdown_table(rows, extractor, reference, config.eval.num_samples)
-        with open(os.path.join(workdir, "compare.md"), "w") as f:
-            f.write(table)
-        print(table)
+        save_table(workdir, "compare", rows, markdown_table(rows, extractor, reference, config.eval.num_samples))
     return rows
 
 

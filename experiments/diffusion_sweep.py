@@ -17,10 +17,8 @@ digits) from config.eval.num_samples samples, 10,000 by default here: a sweep co
 each other, and the 50,000-sample protocol is for the final number (`--mode=eval`). Writes
 WORKDIR/sweep/sweep.{md,csv,json} and sweep.png (the metric against network evaluations).
 """
-import csv
 import dataclasses
 import importlib
-import json
 import os
 import time
 
@@ -28,9 +26,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from gm import diffusion, families, parallel
+from gm import diffusion, parallel
 from gm.metrics import sample_quality
 from gm.train import run
+from gm.train.logging import save_table
 
 SWEEP_SAMPLERS = ("ancestral", "ddim", "ode")
 
@@ -116,15 +115,13 @@ def sweep(config, workdir, mode="train"):
     if mode != "train":
         raise ValueError("experiments.diffusion_sweep has only --mode=train (it reads the trained WORKDIR).")
     points = sweep_points(config)
-    run.start_processes(config)
-    setup = families.parse(config)
-    dataset = run.prepare(setup.run, workdir, mode)
-    restored = run.restore(config, workdir, dataset=dataset)
-    state, step, settings = restored.state, restored.step, restored.setup.settings
-    e = setup.run.eval
+    restored = run.restore(config, workdir)
+    run.check_writable(workdir)
+    dataset, state, step, settings = restored.dataset, restored.state, restored.step, restored.setup.settings
+    e = restored.setup.run.eval
     extractor = sample_quality.make_extractor(e.features, dataset, e.inception_weights)
     reference = sample_quality.reference_for(extractor, dataset, e.reference, e.batch_size)
-    key = jax.random.fold_in(jax.random.key(setup.run.seed), 2 * 10**9 + step)
+    key = jax.random.fold_in(jax.random.key(restored.setup.run.seed), 2 * 10**9 + step)
     rows = []
     for label, overrides, steps, nfe in points:
         sampling = dataclasses.replace(settings.diffusion, **overrides)
@@ -134,25 +131,14 @@ def sweep(config, workdir, mode="train"):
                                                           e.num_samples, e.sample_batch_size, dataset.info.num_bits)
         seconds = time.perf_counter() - start
         quality = sample_quality.score(extractor, features, logits, reference)
-        rows.append({"sampler": label, "steps": steps, "nfe": nfe, **quality,
-                     "seconds": seconds})
+        rows.append({"sampler": label, "steps": steps, "nfe": nfe, **quality, "seconds": seconds})
         logging.info("sweep: %s, %d steps: %s %.3f", label, steps, extractor.fid_name, quality[extractor.fid_name])
     if parallel.process_index() == 0:
         out = os.path.join(workdir, "sweep")
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "sweep.json"), "w") as f:
-            json.dump({"step": step, "reference": reference.source, "rows": rows}, f, indent=2)
-        with open(os.path.join(out, "sweep.csv"), "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
         table = markdown(rows, extractor.fid_name, extractor.is_name, e.num_samples, reference.source)
-        with open(os.path.join(out, "sweep.md"), "w") as f:
-            f.write(table)
+        save_table(out, "sweep", rows, table, header={"step": step, "reference": reference.source})
         plot(os.path.join(out, "sweep.png"), rows, extractor.fid_name)
-        print(table)
     return rows
-
 
 if __name__ == "__main__":
     run.main(__file__, runner=sweep)

@@ -6,7 +6,7 @@
 
 Each (toy, model) trains in WORKDIR/TOY/MODEL with gm's trainer (checkpoints, resume), then WORKDIR gets
 TOY_MODEL_density.png (the model's density on [-4, 4]^2, white 0 to dark blue at its maximum),
-TOY_MODEL_samples.png, TOY_true_density.png, and table.md / table.json with the test negative
+TOY_MODEL_samples.png, TOY_true_density.png, and table.md / .json / .csv with the test negative
 log-likelihood in nats per point next to the true density's on the same points (the floor; the gap
 is KL(p || q)).
 
@@ -29,7 +29,7 @@ import numpy as np
 
 from gm import data as gm_data
 from gm import families, flows
-from gm.config import base_config, parse_run, variant
+from gm.config import base_config, variant
 from gm.train import loop, run
 from gm.train.logging import histogram_log_density, save_density, save_density_image, save_scatter, save_table
 
@@ -37,7 +37,7 @@ from gm.train.logging import histogram_log_density, save_density, save_density_i
 MODELS = {
     "planar": ("realnvp", dict(model=dict(name="planar", num_layers=32))),
     "coupling": ("realnvp", dict(model=dict(name="coupling", num_layers=8, hidden=128, num_blocks=1))),
-    "flow_matching": ("flow_matching", dict(model=dict(hidden=(256, 256, 256), activation="swish"),
+    "flow_matching": ("flow_matching", dict(model=dict(hidden=(256, 256, 256)),
                                             flow_matching=dict(solver="rk4", num_steps=50, divergence="exact"))),
 }
 TOYS = ("eight_gaussians", "checkerboard")
@@ -53,7 +53,7 @@ def get_config(arg=None):
     config.models = tuple(MODELS)
     config.runs = {name: fields for name, (_, fields) in MODELS.items()}
     config.data.update(name="eight_gaussians")
-    config.optim.update(learning_rate=1e-3, grad_clip=10.0, ema_decay=0.0)
+    config.optim.update(grad_clip=10.0, ema_decay=0.0)
     config.train.update(batch_size=512, num_steps=10_000, log_every=500, checkpoint_every=5_000,
                         keep_checkpoints=1, sample_every=5_000, num_samples=NUM_SAMPLES)
     config.eval.update(batch_size=1000)
@@ -117,12 +117,9 @@ def table(rows):
 
 def run_toys(config, workdir, mode="train"):
     """Train (unless mode='eval') and score every (toy, model); writes the table and the plots."""
-    run.start_processes(config)
     runs = {(toy, model): model_config(config, toy, model) for toy in config.toys for model in config.models
             if model != "planar" or toy in gm_data.EVERYWHERE_POSITIVE_TOYS}
-    for cfg in runs.values():  # every run's config is checked before any of them trains
-        families.parse(cfg)
-    run.prepare(parse_run(config), workdir, "eval" if mode == "sample" else mode)
+    run.prepare_runs(config, workdir, runs.values(), "eval" if mode == "sample" else mode)
     rows = []
     for toy in config.toys:
         test_points = gm_data.load(toy).test["x"][:config.eval.num_examples or None]

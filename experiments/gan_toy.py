@@ -25,7 +25,7 @@ import numpy as np
 
 from gm import data as gm_data
 from gm import families
-from gm.config import parse_run, variant
+from gm.config import variant
 from gm.metrics.modes import mode_coverage
 from gm.train import loop, run
 from gm.train.logging import save_scatter, save_table
@@ -100,12 +100,9 @@ def table(rows):
 
 def run_toys(config, workdir, mode="train"):
     """Train (unless mode='eval') and score every (toy, variant, seed); writes the table and plots."""
-    run.start_processes(config)
     runs = {(toy, v, seed): variant_config(config, toy, v, seed)
             for toy in config.toys for v in config.variants for seed in config.seeds}
-    for cfg in runs.values():  # every run's config is checked before any of them trains
-        families.parse(cfg)
-    run.prepare(parse_run(config), workdir, "eval" if mode == "sample" else mode)
+    run.prepare_runs(config, workdir, runs.values(), "eval" if mode == "sample" else mode)
     rows = []
     for (toy, v, seed), cfg in runs.items():
         run_dir = os.path.join(workdir, toy, v, f"seed_{seed}")

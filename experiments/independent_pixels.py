@@ -9,12 +9,8 @@ on the test split through the same harness, key and batches as `--mode=eval` of 
 a NADE config (or a VAE with a Bernoulli decoder) the test images are binarized with the same evaluation key, so the two numbers are on
 the same binary test set. Prints test bits/dim and writes nothing.
 """
-import sys
-
 import jax
 import jax.numpy as jnp
-from absl import app, flags
-from ml_collections import config_flags
 
 from gm import autoregressive as ar
 from gm import data as gm_data
@@ -37,7 +33,8 @@ def binarize_mode(setup):
 
 
 def baseline(config):
-    """Fit on the train split and evaluate on the test split; returns evaluate_log_prob's dict."""
+    """Fit on the train split and evaluate on the test split; returns evaluate_log_prob's dict and the
+    binarization (None for integer levels)."""
     setup = families.parse(config)
     dataset = run.load_dataset(setup.run)
     info = dataset.info
@@ -58,25 +55,18 @@ def baseline(config):
 
     e = setup.run.eval
     batches = gm_data.eval_batches(dataset, batch_size=e.batch_size, split="test", limit=e.num_examples or None)
-    return evaluate_log_prob(log_prob, table, loop.run_keys(setup.run.seed)[3], batches, info.num_dims,
-                             is_bound=False)
+    result = evaluate_log_prob(log_prob, table, loop.run_keys(setup.run.seed)[3], batches, info.num_dims,
+                               is_bound=False)
+    return result, mode
 
 
-def main(argv):
-    del argv
-    config = flags.FLAGS.config
-    try:
-        result = baseline(config)
-    except run.USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    binarized = binarize_mode(families.parse(config)) is not None
-    print(f"independent pixels on {config.data.name}{' (binarized)' if binarized else ''}: test "
+def report(config, workdir=None, mode="eval"):
+    """Print the baseline's test bits/dim (the command line's runner; it writes nothing)."""
+    result, binarization = baseline(config)
+    print(f"independent pixels on {config.data.name}{' (binarized)' if binarization else ''}: test "
           f"{result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim ({result['nll_nats']:.2f} nats per "
           f"example, {result['num_examples']} examples)")
 
 
 if __name__ == "__main__":
-    config_flags.DEFINE_config_file("config", None, "An experiment's config file[:variant].", lock_config=True)
-    flags.mark_flag_as_required("config")
-    app.run(main)
+    run.main(None, runner=report)

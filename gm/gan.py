@@ -80,10 +80,10 @@ class Settings:
                              "derivative at 0: set config.optim_d.eps_root > 0 (e.g. 1e-8).")
 
 
-def check_batch_size(settings: Settings, batch_size: int, field: str = "config.train.batch_size") -> None:
-    """The k discriminator updates split the batch in k slices."""
+def check_batch_size(settings: Settings, batch_size: int) -> None:
+    """The k discriminator updates split the training batch (config.train.batch_size) in k slices."""
     k = settings.gan.d_steps
-    checks.require(batch_size % k == 0, field, batch_size, f"a multiple of config.gan.d_steps={k}")
+    checks.require(batch_size % k == 0, "config.train.batch_size", batch_size, f"a multiple of config.gan.d_steps={k}")
 
 
 class GAN(NamedTuple):

@@ -2,6 +2,7 @@
 
 Only process 0 writes; the other processes get writers that do nothing, so callers never branch.
 """
+import csv
 import json
 import math
 import os
@@ -111,11 +112,17 @@ def save_density(path, log_density_fn, lim, size=256):
     return save_density_image(path, log_density_fn(density_grid(lim, size)), size)
 
 
-def save_table(workdir, stem, rows, markdown):
-    """A results table as WORKDIR/STEM.json (the rows) and WORKDIR/STEM.md (`markdown`), also printed."""
-    with open(os.path.join(workdir, f"{stem}.json"), "w") as f:
-        json.dump(rows, f, indent=2)
-    with open(os.path.join(workdir, f"{stem}.md"), "w") as f:
+def save_table(directory, stem, rows, markdown, header=None):
+    """A results table (a list of dicts) as DIRECTORY/STEM.json (the rows, or {**header, 'rows': rows}),
+    STEM.csv (columns in the order the rows give them) and STEM.md (`markdown`), which is also printed."""
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{stem}.json"), "w") as f:
+        json.dump(rows if header is None else {**header, "rows": rows}, f, indent=2)
+    with open(os.path.join(directory, f"{stem}.csv"), "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(directory, f"{stem}.md"), "w") as f:
         f.write(markdown)
     print(markdown)
 

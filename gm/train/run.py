@@ -104,14 +104,28 @@ def start_processes(config) -> None:
     parallel.initialize_distributed(p.distributed, p.coordinator_address, p.num_processes, p.process_id)
 
 
-def prepare(run: RunConfig, workdir: str, mode: str = "train"):
-    """Check mode and WORKDIR, create WORKDIR; returns the dataset."""
+def check_workdir(workdir: str, mode: str = "train") -> None:
+    """Check --mode and WORKDIR, and create WORKDIR."""
     if mode not in MODES:
         raise ValueError(f"--mode must be one of {MODES}, got {mode!r}.")
     if not workdir:
         raise ValueError("--workdir is required: the folder for checkpoints, samples and metrics.")
     check_writable(workdir)
+
+
+def prepare(run: RunConfig, workdir: str, mode: str = "train"):
+    """Check --mode and WORKDIR, create WORKDIR; returns the dataset."""
+    check_workdir(workdir, mode)
     return load_dataset(run)
+
+
+def prepare_runs(config, workdir: str, run_configs, mode: str = "train") -> None:
+    """For an experiment of several runs (the toys, a comparison): start the processes, check every
+    run's config before any of them trains, then check WORKDIR."""
+    start_processes(config)
+    for run_config in run_configs:
+        families.parse(run_config)
+    check_workdir(workdir, mode)
 
 
 def check_writable(workdir):
@@ -209,9 +223,11 @@ def run(config, workdir: str, mode: str = "train", stage: str = "", eval_name: s
 
 def main(experiment_file, runner=None):
     """Entry point for `python -m experiments.NAME`: flags, then `runner(config, workdir, mode)` (default
-    `run`, with --stage), errors as one sentence."""
+    `run`, with --stage), errors as one sentence. experiment_file None: --config is required."""
     config_flags.DEFINE_config_file("config", experiment_file, "Experiment config file[:variant].",
                                     lock_config=True)
+    if experiment_file is None:  # a command that runs on another experiment's config
+        flags.mark_flag_as_required("config")
     flags.DEFINE_string("workdir", None, "Folder for checkpoints/, samples/, metrics.jsonl, TensorBoard.")
     flags.DEFINE_enum("mode", "train", MODES, "train, sample (from the newest checkpoint) or eval.")
     flags.DEFINE_string("stage", "", "For families of several stages: do --mode for this stage only.")
