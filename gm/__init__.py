@@ -1,10 +1,12 @@
 """gm: deep generative models as pure JAX functions behind one small contract (`gm.Method`).
 
-Modules: distributions (log-probs, the bits/dim convention), diffusion, nn (networks), data,
-train (state, loop), parallel (the only device code), checkpoint (the only Orbax code), metrics.
+Modules, from the bottom up: method (the contract), config (base sections, typed parsing), checks,
+optim, distributions, ode, data, parallel (the only device code) and nn (networks); the families
+(autoregressive, vae, vqvae, gan, flows, diffusion, flow_matching); families (the registry); train
+(state and step, loop, evaluators, the command line); checkpoint (the only Orbax code); metrics.
 """
 from gm import distributions
-from gm.method import Method
+from gm.method import Method, Training
 
-__all__ = ["Method", "distributions"]
+__all__ = ["Method", "Training", "distributions"]
 __version__ = "0.1.0"

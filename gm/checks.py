@@ -3,8 +3,8 @@
     require(ok, "config.model.dropout", value, "in [0, 1)")
     -> ValueError("config.model.dropout must be in [0, 1), got 1.5.")
 
-A family checks its fields where its `make(config)` reads them, so a bad value stops the run before the
-dataset is batched or anything is compiled.
+`gm.config` runs these on every field when a run starts, so a bad value stops it before the dataset is
+batched or anything is compiled; public functions run them on their arguments.
 """
 import numbers
 
@@ -51,26 +51,7 @@ def one_of(value, field, choices):
     return value
 
 
-def sizes(section, prefix, positive=(), nonnegative=()):
-    """Network sizes in a config section: each `positive` field (an int, or a tuple of ints such as
-    hidden widths) must be > 0 entry by entry, each `nonnegative` one >= 0. Absent fields are skipped."""
-    for names, low, scalar, many in ((positive, 1, "a positive integer", "a tuple of positive integers"),
-                                     (nonnegative, 0, "an integer >= 0", "a tuple of integers >= 0")):
-        for name in names:
-            if name not in section:
-                continue
-            value = section[name]
-            is_tuple = isinstance(value, (tuple, list))
-            ok = all(is_int(v) and v >= low for v in (tuple(value) if is_tuple else (value,)))
-            require(ok, f"{prefix}.{name}", value, many if is_tuple else scalar)
-
-
-DTYPES = ("float32", "bfloat16", "float16")
-
-
-def dtype(value, field):
-    """A compute dtype name from DTYPES."""
-    return one_of(str(value), field, DTYPES)
+DTYPES = ("float32", "bfloat16", "float16")  # compute dtypes a network may run in
 
 
 def is_traced(x):

@@ -26,7 +26,7 @@ from typing import Any, Callable, Literal, Optional, Tuple, Union
 
 import ml_collections
 
-from gm import checks
+from gm import checks, parallel
 
 Check = Callable[[Any, str], Any]  # (value, 'config.a.b') -> the value (converted), or raise one sentence
 
@@ -203,8 +203,6 @@ class TrainConfig:
     steps_per_call: int = setting(1, positive)
 
     def check(self, name):
-        from gm import parallel  # imported on use: parsing a config needs no devices otherwise
-
         parallel.check_batch_size(self.batch_size, f"{name}.batch_size")
         for field in ("log_every", "checkpoint_every", "sample_every"):
             check_multiple(getattr(self, field), f"{name}.{field}", self.steps_per_call, name)
@@ -275,7 +273,7 @@ class ParallelConfig:
     """config.parallel. strategy: 'sharded' (jit over a mesh of every device) or 'pmap'; distributed:
     start multi-process JAX (or set GM_DISTRIBUTED=1); coordinator_address ('host:port' of process 0),
     num_processes and process_id for clusters JAX cannot detect by itself ('' and -1: left to JAX)."""
-    strategy: Literal["sharded", "pmap"] = "sharded"
+    strategy: Literal[parallel.STRATEGIES] = "sharded"
     distributed: bool = False
     coordinator_address: str = ""
     num_processes: int = setting(-1, at_least(-1))

@@ -31,6 +31,7 @@ from gm import distributions as dist
 from gm import ode
 from gm.config import interval, positive, positive_entries, setting
 from gm.method import Method
+from gm.nn import convnets
 from gm.nn.unet import UNetConfig, unet_from_config
 
 PATHS = ("ot", "vp")
@@ -199,7 +200,7 @@ class VelocityConfig(UNetConfig):
     """config.model: the UNet's fields for images (t fed as 1000 t); for other data (the 2-D toys) a
     VelocityMLP of `hidden` widths and `activation`."""
     hidden: Tuple[int, ...] = setting((256, 256, 256), positive_entries)
-    activation: Literal["swish", "relu", "tanh", "elu"] = "swish"
+    activation: Literal[tuple(convnets.ACTIVATIONS)] = "swish"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ every other family through `gm.distributions.bits_per_dim`:
 
 Every value here is in nats per example unless its name says bits/dim. The building blocks
 (`reparameterize`, `elbo_terms`, `log_importance_weights`, `iwae_bound`, `reconstruct`, `sample`) are
-pure functions of a `VAE` and its params, for use in notebooks; `make(config, info)` wraps them as the family's Method.
+pure functions of a `VAE` and its params, for use in notebooks; `make(settings, info)` wraps them as the family's Method.
 """
 import dataclasses
 import math

@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gm import checks, families
+from gm.config import positive_entries
 from gm import data as gm_data
 from gm import distributions as dist
 from gm.diffusion import process, schedule
@@ -214,7 +215,7 @@ def test_the_checks_name_the_field_and_say_what_it_takes():
     with pytest.raises(ValueError, match=r"^config\.model\.dropout must be a number in \[0\.0, 1\.0\), got 1\.5\.$"):
         checks.number_in(1.5, "config.model.dropout", 0.0, 1.0)
     with pytest.raises(ValueError, match=r"^config\.model\.hidden must be a tuple of positive integers, got \(8, 0\)\.$"):
-        checks.sizes({"hidden": (8, 0)}, "config.model", positive=("hidden",))
+        positive_entries((8, 0), "config.model.hidden")
     with pytest.raises(ValueError, match=r"must be a number in .*got nan"):
         checks.number_in(float("nan"), "config.optim.b1", 0.0, 1.0)
     with pytest.raises(ValueError, match="a positive integer, got True"):

@@ -41,17 +41,17 @@ class DiffusionConfig:
     clip_denoised: clip the predicted x_0 to [-1, 1] when sampling and in the bound.
     """
     num_timesteps: int = setting(1000, positive)
-    schedule: Literal["linear", "cosine"] = "linear"
+    schedule: Literal[schedule_lib.SCHEDULES] = "linear"
     beta_start: float = 1e-4
     beta_end: float = 0.02
-    var_type: Literal["fixedlarge", "fixedsmall", "learned_range"] = "fixedlarge"
-    loss: Literal["simple", "hybrid"] = "simple"
-    timestep_sampling: Literal["uniform", "importance"] = "uniform"
+    var_type: Literal[process.VAR_TYPES] = "fixedlarge"
+    loss: Literal[losses.LOSSES] = "simple"
+    timestep_sampling: Literal[losses.TIMESTEP_SAMPLING] = "uniform"
     importance_history: int = setting(10, positive)
     importance_uniform_prob: float = setting(0.001, interval(0.0, 1.0, high_open=False))
     label_dropout: float = setting(0.0, interval(0.0, 1.0))
     guidance_weight: float = setting(0.0, interval(0.0, None))
-    sampler: Literal["ancestral", "ddim", "ode"] = "ancestral"
+    sampler: Literal[SAMPLERS] = "ancestral"
     sample_steps: Union[int, str] = 0
     ddim_steps: int = setting(50, positive)
     ddim_eta: float = setting(0.0, interval(0.0, 1.0, high_open=False))

@@ -168,7 +168,7 @@ class UNetConfig:
     num_heads: int = setting(1, positive)
     scale_shift_norm: bool = False
     class_conditional: bool = False
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal[checks.DTYPES] = "float32"
 
     def check(self, name):
         checks.require(self.ch >= 4, f"{name}.ch", self.ch, "at least 4 (the timestep embedding's width)")

@@ -155,17 +155,16 @@ class Restored(NamedTuple):
     step: int
 
 
-def _stages_up_to(setup, dataset, workdir, target):
-    """Yield (stage, its RunConfig, its Method) for each stage up to `target`, each later stage made from
-    the newest checkpoint of the one before."""
-    previous = None
-    for stage in setup.family.stages:
-        method = stage.make(setup.settings, dataset.info, previous)
-        yield stage, setup.stage_run(stage), method
-        if stage is target:
-            return
-        state, _ = restore_latest(setup.stage_run(stage), stage_dir(workdir, stage), method, dataset)
-        previous = state.ema_params
+def _previous_params(setup, dataset, workdir, stage):
+    """The trained (EMA) parameters of the stage before `stage`, from its newest checkpoint (None for
+    the first stage); a stage before that is made from its own predecessor the same way."""
+    stages = setup.family.stages
+    index = stages.index(stage)
+    if index == 0:
+        return None
+    before = stages[index - 1]
+    method = before.make(setup.settings, dataset.info, _previous_params(setup, dataset, workdir, before))
+    return restore_latest(setup.stage_run(before), stage_dir(workdir, before), method, dataset)[0].ema_params
 
 
 def restore(config, workdir: str, stage: str = "", dataset=None) -> Restored:
@@ -176,8 +175,8 @@ def restore(config, workdir: str, stage: str = "", dataset=None) -> Restored:
     setup = families.parse(config)
     target = setup.stage(stage) if stage else setup.family.stages[-1]
     dataset = dataset or load_dataset(setup.run)
-    *_, (_, run_cfg, method) = _stages_up_to(setup, dataset, workdir, target)
-    state, step = restore_latest(run_cfg, stage_dir(workdir, target), method, dataset)
+    method = target.make(setup.settings, dataset.info, _previous_params(setup, dataset, workdir, target))
+    state, step = restore_latest(setup.stage_run(target), stage_dir(workdir, target), method, dataset)
     return Restored(setup, dataset, method, state, step)
 
 
@@ -196,26 +195,25 @@ def run(config, workdir: str, mode: str = "train", stage: str = "", eval_name: s
     if mode == "sample":
         chosen = chosen[-1:]  # the last stage's samples are the model's
     results, state, previous = {}, None, None
-    for st in stages:
+    for st in chosen:
         directory = stage_dir(workdir, st)
-        trained = os.path.isdir(os.path.join(directory, "checkpoints"))
-        if mode == "eval" and not stage and st is not stages[0] and not trained:
+        if mode == "eval" and not stage and st is not stages[0] and not os.path.isdir(
+                os.path.join(directory, "checkpoints")):
             logging.info("Stage %s has no checkpoint in %s; not evaluated.", st.name, directory)
             break
+        if previous is None:
+            previous = _previous_params(setup, dataset, workdir, st)
         run_cfg, method = setup.stage_run(st), st.make(setup.settings, dataset.info, previous)
-        if st in chosen:
-            if mode == "sample":
-                return sample_to_files(run_cfg, directory, method, dataset)
-            if mode == "train":
-                state = loop.train_and_evaluate(run_cfg, directory, method, dataset)
-                if st.name:
-                    logging.info("Stage %s done in %s", st.name, directory)
-            else:
-                results[st.name] = evaluate(run_cfg, directory, method, dataset, eval_name)
-        if st is chosen[-1]:
-            break
-        trained_now = mode == "train" and st in chosen
-        previous = (state if trained_now else restore_latest(run_cfg, directory, method, dataset)[0]).ema_params
+        if mode == "sample":
+            return sample_to_files(run_cfg, directory, method, dataset)
+        if mode == "train":
+            state = loop.train_and_evaluate(run_cfg, directory, method, dataset)
+            previous = state.ema_params  # what the next stage is made from
+            if st.name:
+                logging.info("Stage %s done in %s", st.name, directory)
+        else:
+            results[st.name] = evaluate(run_cfg, directory, method, dataset, eval_name)
+            previous = None  # the next stage reads this one's checkpoint
     if mode == "train":
         return state
     return results[""] if len(stages) == 1 else results
