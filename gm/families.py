@@ -8,7 +8,7 @@
 A `Family` names the dataclass of its config sections (`settings`: e.g. config.model and
 config.diffusion) and its stages. Most families have one stage; the VQ-VAE has two, the VQ-VAE and
 then a prior over its codes, each trained in its own folder with its own train and optim sections, the
-second made from the first's trained parameters. The trainer (`gm.train.run`), the experiments,
+second made from the first's trained parameters. The trainer's command line, the experiments,
 `experiments.compare`, `benchmarks.family` and the contract test all read this table; a family added
 here gets all of them.
 """

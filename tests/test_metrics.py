@@ -74,3 +74,32 @@ def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():
     same, _ = kernel_inception_distance(a, b, num_subsets=20, subset_size=200)
     shifted, _ = kernel_inception_distance(a, b + 1.0, num_subsets=20, subset_size=200)
     assert abs(same) < 0.05 and shifted > 10 * abs(same)
+
+
+def test_reconstruction_error_psnr_and_code_statistics_over_a_padded_split():
+    import jax
+    import jax.numpy as jnp
+
+    from gm import data as gm_data
+    from gm.metrics.reconstruction import evaluate_reconstruction
+
+    digits = gm_data.load("digits")
+
+    def off_by_one(params, key, batch):
+        """Every level one too high (clipped at the top), codes 0..3 by example parity and label."""
+        levels = batch["image"].astype(jnp.int32)
+        return {"data": batch["image"], "reconstruction": jnp.minimum(levels + 1, 15).astype(jnp.uint8),
+                "codes": (batch["label"] % 4)[:, None]}
+
+    # 100 examples in batches of 40: the last batch is padded, and its padding must not count.
+    batches = gm_data.eval_batches(digits, batch_size=40, split="test", limit=100)
+    result = evaluate_reconstruction(off_by_one, {}, jax.random.key(0), batches, num_bits=4)
+    images, labels = digits.test["image"][:100].astype(np.float64), digits.test["label"][:100]
+    error = (np.minimum(images + 1, 15) - images) * (2 / 15)  # one level is 2/15 in [-1, 1] units
+    mse = np.mean(error.reshape(100, -1) ** 2, axis=1)
+    assert result["num_examples"] == 100
+    np.testing.assert_allclose(result["recon_mse"], mse.mean(), rtol=1e-6)
+    np.testing.assert_allclose(result["psnr_db"], 10 * np.log10(15 ** 2 / (mse.mean() * 7.5 ** 2)), rtol=1e-6)
+    p = np.bincount(labels % 4) / 100
+    assert result["codes_used"] == 4
+    np.testing.assert_allclose(result["code_perplexity"], np.exp(-np.sum(p * np.log(p))), rtol=1e-6)

@@ -4,12 +4,10 @@ Reports the mean negative log-likelihood in nats per example and in bits/dim (th
 `gm.distributions.bits_per_dim`, at the dataset's bit depth), each with its standard error over
 examples, and whether the number is exact or a bound.
 """
-import jax
 import numpy as np
-from tqdm import tqdm
 
 from gm import distributions as dist
-from gm import parallel
+from gm.metrics.per_example import check_not_empty, over_batches
 
 
 def evaluate_log_prob(log_prob_fn, params, key, batches, num_dims, is_bound, num_batches=None):
@@ -26,18 +24,10 @@ def evaluate_log_prob(log_prob_fn, params, key, batches, num_dims, is_bound, num
     Returns:
       dict with nll_nats, nll_nats_stderr, bpd, bpd_stderr, num_examples, kind ('exact' or 'bound').
     """
-    compiled = parallel.jit_per_example(log_prob_fn)
-    nll = []
-    for i, batch in enumerate(tqdm(batches, total=num_batches, desc="eval", mininterval=2.0,
-                                   disable=parallel.process_index() != 0)):
-        batch = dict(batch)
-        mask = parallel.shard_batch({"mask": batch.pop("mask")})["mask"]
-        log_p = compiled(params, jax.random.fold_in(key, i), parallel.shard_batch(batch))
-        log_p, mask = parallel.to_host((log_p, mask))
-        nll.append(-np.asarray(log_p, np.float64)[np.asarray(mask)])
+    nll = [-np.asarray(log_p, np.float64)[mask]
+           for log_p, mask in over_batches(log_prob_fn, params, key, batches, num_batches)]
     nll = np.concatenate(nll)
-    if nll.size == 0:
-        raise ValueError("The evaluation split is empty; check config.eval.num_examples.")
+    check_not_empty(nll)
     stderr = nll.std(ddof=1) / np.sqrt(nll.size) if nll.size > 1 else float("nan")
     return {
         "nll_nats": float(nll.mean()),

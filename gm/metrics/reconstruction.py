@@ -4,11 +4,9 @@ Reports the mean squared error of the reconstruction in [-1, 1] units (the scale
 see), its standard error over examples, the PSNR in dB with the top level as the peak, and for discrete
 latents (a 'codes' output) the perplexity of the split's code histogram and how many codes it uses.
 """
-import jax
 import numpy as np
-from tqdm import tqdm
 
-from gm import parallel
+from gm.metrics.per_example import check_not_empty, over_batches
 
 
 def _perplexity(counts):
@@ -23,32 +21,21 @@ def evaluate_reconstruction(reconstruct_fn, params, key, batches, num_bits, num_
     Returns a dict: recon_mse, recon_mse_stderr ([-1, 1] units), psnr_db, num_examples, and with codes
     code_perplexity (exp of the entropy of the split's code histogram) and codes_used (distinct codes).
     """
-    compiled = parallel.jit_per_example(reconstruct_fn)
     top = 2 ** num_bits - 1
-    errors, counts = [], None
-    for i, batch in enumerate(tqdm(batches, total=num_batches, desc="eval", mininterval=2.0,
-                                   disable=parallel.process_index() != 0)):
-        batch = dict(batch)
-        mask = parallel.shard_batch({"mask": batch.pop("mask")})["mask"]
-        out = compiled(params, jax.random.fold_in(key, i), parallel.shard_batch(batch))
-        out, mask = parallel.to_host((out, mask))
-        mask = np.asarray(mask)
+    errors, codes = [], []
+    for out, mask in over_batches(reconstruct_fn, params, key, batches, num_batches):
         diff = (np.asarray(out["reconstruction"], np.float64) - np.asarray(out["data"], np.float64)) * (2.0 / top)
         errors.append(np.mean(diff.reshape(diff.shape[0], -1) ** 2, axis=1)[mask])
         if "codes" in out:
-            codes = np.asarray(out["codes"])[mask].reshape(-1)
-            batch_counts = np.bincount(codes)
-            counts = np.zeros(0, np.int64) if counts is None else counts
-            counts = np.pad(counts, (0, max(0, len(batch_counts) - len(counts))))
-            counts[:len(batch_counts)] += batch_counts
+            codes.append(np.asarray(out["codes"])[mask].reshape(-1))
     mse = np.concatenate(errors)
-    if mse.size == 0:
-        raise ValueError("The evaluation split is empty; check config.eval.num_examples.")
+    check_not_empty(mse)
     # PSNR in levels: an error of e in [-1, 1] units is e * top / 2 levels.
     level_mse = mse.mean() * (top / 2.0) ** 2
     result = {"recon_mse": float(mse.mean()),
               "recon_mse_stderr": float(mse.std(ddof=1) / np.sqrt(mse.size)) if mse.size > 1 else float("nan"),
               "psnr_db": float(10 * np.log10(top ** 2 / max(level_mse, 1e-12))), "num_examples": int(mse.size)}
-    if counts is not None:
+    if codes:
+        counts = np.bincount(np.concatenate(codes))
         result.update(code_perplexity=_perplexity(counts), codes_used=int(np.sum(counts > 0)))
     return result
