@@ -104,22 +104,19 @@ def parse(cls, section, name: str):
 
 
 def _default(field):
-    if field.default is not dataclasses.MISSING:
-        return field.default
-    if field.default_factory is not dataclasses.MISSING:
-        return field.default_factory()
-    raise TypeError(f"Config field {field.name} has no default.")
+    return field.default  # every config field has one (frozen sections are their own defaults)
 
 
 def _check_type(value, hint, field):
     """`value` as the annotation `hint` says (bool, int, float, str, Literal, tuple, Union), or one sentence."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is tuple:
-        entry = args[0] if len(args) == 2 and args[1] is ... else None
+        entry = args[0] if len(args) == 2 and args[1] is ... else None  # Tuple[T, ...]: any length
         checks.require(isinstance(value, (tuple, list)) and (entry is not None or len(value) == len(args)), field,
                        value, "a tuple")
+        entries = [entry] * len(value) if entry is not None else args
         try:
-            return tuple(_check_type(v, entry or a, field) for v, a in zip(value, args if entry is None else value))
+            return tuple(_check_type(v, a, field) for v, a in zip(value, entries))
         except ValueError:
             raise ValueError(f"{field} must be a tuple of {_type_name(entry, plural=True)}, got {value!r}.") from None
     if origin is Union:
@@ -169,10 +166,6 @@ def parse_sections(cls, config):
         obj.check()  # rules across sections
     return obj
 
-
-def sections_config(cls) -> ml_collections.ConfigDict:
-    """The default ConfigDict of every section of `cls` (see `parse_sections`)."""
-    return to_config(cls())
 
 
 # --- the base sections ------------------------------------------------------------------------------------

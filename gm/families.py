@@ -88,7 +88,7 @@ def default_config(name: str) -> ml_collections.ConfigDict:
     family = get(name)
     config = config_lib.base_config()
     config.family = name
-    for section, fields in config_lib.sections_config(family.settings).items():
+    for section, fields in config_lib.to_config(family.settings()).items():
         config[section] = fields
     for path, value in family.preset:
         *parents, leaf = path.split(".")
