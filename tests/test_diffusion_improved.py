@@ -166,11 +166,57 @@ def test_respaced_schedule_keeps_alpha_bar_at_the_kept_steps(name, steps):
 
 
 def test_space_timesteps_matches_ddim_and_sections():
-    np.testing.assert_array_equal(diffusion.space_timesteps(1000, "ddim50"), diffusion.ddim_timesteps(1000, 50))
+    for spacing in diffusion.SPACINGS:
+        np.testing.assert_array_equal(diffusion.space_timesteps(1000, "ddim30", spacing),
+                                      diffusion.ddim_timesteps(1000, 30, spacing))
     ts = diffusion.space_timesteps(300, "10,5,1")
     assert len(ts) == 16 and ts[0] == 0 and ts[9] == 99 and ts[10] == 100 and ts[14] == 199 and ts[15] == 200
     with pytest.raises(ValueError, match="num_timesteps=100"):
         diffusion.space_timesteps(100, 101)
+
+
+@pytest.mark.parametrize("count", [1, 7, 30, 50, 64, 600, 999, 1000])
+def test_every_spacing_gives_distinct_sorted_steps_and_trailing_starts_at_t_minus_1(count):
+    for spacing in diffusion.SPACINGS:
+        ts = diffusion.spaced_timesteps(1000, count, spacing)
+        assert ts.dtype == np.int32 and len(ts) == count and np.all(np.diff(ts) > 0)
+        assert 0 <= ts[0] and ts[-1] <= 999
+    assert diffusion.spaced_timesteps(1000, count, "trailing")[-1] == 999
+    assert diffusion.ddim_timesteps(1000, count)[-1] == 999  # the default
+    if count > 1:
+        assert diffusion.spaced_timesteps(1000, count, "linspace")[[0, -1]].tolist() == [0, 999]
+
+
+def test_spacings_match_the_diffusers_formulas():
+    # diffusers' DDIMScheduler.set_timesteps for T = 1000, K = 10 and K = 30, reversed to ascending.
+    np.testing.assert_array_equal(diffusion.spaced_timesteps(1000, 10, "trailing"), np.arange(99, 1000, 100))
+    np.testing.assert_array_equal(diffusion.spaced_timesteps(1000, 10, "leading"), np.arange(0, 1000, 100))
+    np.testing.assert_array_equal(diffusion.spaced_timesteps(1000, 10, "linspace"), np.arange(0, 1000, 111))
+    trailing30 = diffusion.spaced_timesteps(1000, 30, "trailing")
+    assert trailing30[:3].tolist() == [32, 66, 99] and trailing30[-3:].tolist() == [932, 966, 999]
+    assert diffusion.spaced_timesteps(1000, 30, "leading")[-1] == 957  # the DDIM paper's start
+    assert diffusion.spaced_timesteps(1000, 600, "leading")[-1] == 599
+
+
+def _gaussian_eps(s, mean, std):
+    """The exact eps-predictor when the data are N(mean, std^2) in every coordinate."""
+    def eps_fn(xt, t):
+        abar = diffusion._at(s.alphas_cumprod, t, xt)
+        return jnp.sqrt(1 - abar) * (xt - jnp.sqrt(abar) * mean) / (abar * std ** 2 + 1 - abar)
+    return eps_fn
+
+
+@pytest.mark.parametrize("count", [300, 600, 1000])
+def test_ddim_with_the_exact_score_recovers_gaussian_data_whether_or_not_k_divides_t(count):
+    # x_T ~ N(0, I) is only right at t = T-1. From 'leading''s t = 599 (K = 600, sqrt(abar) = 0.16)
+    # the deterministic map's mean is off by about std * sqrt(abar) * mean / 1 = 0.17; from t = 999 by
+    # 0.006. Few steps (K = 30) shrink the std by DDIM's discretization, not by the start: not tested.
+    s = diffusion.schedule_from_name("linear", 1000)
+    mean, std = 2.0, 0.5
+    x = diffusion.ddim_sample(s, _gaussian_eps(s, mean, std), jax.random.key(0), (20_000, 1, 1, 1),
+                              num_steps=count, clip_denoised=False)
+    assert abs(float(x.mean()) - mean) < 0.03
+    assert abs(float(x.std()) - std) < 0.02
 
 
 def test_respaced_ancestral_sampler_recovers_a_point_mass():

@@ -23,6 +23,6 @@ from gm.diffusion.process import (VAR_TYPES, _at, fixed_log_variance, learned_lo
                                   split_output, vlb, vlb_term, vlb_terms)
 from gm.diffusion.samplers import (ancestral_sample, ddim_sample, ddim_timesteps, guided_model_fn, ode_sample,
                                    probability_flow_velocity, respaced_model_fn)
-from gm.diffusion.schedule import (SCHEDULES, Respaced, Schedule, beta_at, betas_from_name, cosine_betas,
+from gm.diffusion.schedule import (SCHEDULES, SPACINGS, Respaced, Schedule, beta_at, betas_from_name, cosine_betas,
                                    linear_betas, log_alphas_cumprod_at, make_schedule, respace, respaced_betas,
-                                   schedule_from_name, space_timesteps)
+                                   schedule_from_name, space_timesteps, spaced_timesteps)

@@ -36,8 +36,11 @@ class DiffusionConfig:
       which makes classifier-free guidance possible; guidance_weight: w in eps = (1 + w) eps(x, y) -
       w eps(x, null) at sampling.
     sampler: 'ancestral' (over all T steps, or a respaced chain of sample_steps: a count or a section
-      string such as "10,20,30", see `schedule.space_timesteps`) | 'ddim' (ddim_steps, ddim_eta) |
-      'ode' (the probability-flow ODE through `gm.ode`: ode_solver, ode_steps, ode_rtol, ode_atol).
+      string such as "10,20,30", or "ddimK", see `schedule.space_timesteps`) | 'ddim' (ddim_steps,
+      ddim_eta) | 'ode' (the probability-flow ODE through `gm.ode`: ode_solver, ode_steps, ode_rtol, ode_atol).
+    timestep_spacing: which K of the T timesteps DDIM and "ddimK" respacing visit: 'trailing' (from
+      t = T-1 for every K; the default), 'leading' (the DDIM paper's 0, T//K, ...; starts below T-1
+      when K does not divide T) or 'linspace' (see `schedule.spaced_timesteps`).
     clip_denoised: clip the predicted x_0 to [-1, 1] when sampling and in the bound.
     """
     num_timesteps: int = setting(1000, positive)
@@ -55,6 +58,7 @@ class DiffusionConfig:
     sample_steps: Union[int, str] = 0
     ddim_steps: int = setting(50, positive)
     ddim_eta: float = setting(0.0, interval(0.0, 1.0, high_open=False))
+    timestep_spacing: Literal[schedule_lib.SPACINGS] = "trailing"
     ode_solver: Literal[ode.METHODS] = "dopri5"
     ode_steps: int = setting(100, positive)
     ode_rtol: float = setting(1e-5, interval(0.0, None, low_open=True))
@@ -120,12 +124,12 @@ def check_sampling(diff: Diffusion, s: DiffusionConfig) -> None:
                          "config.model.class_conditional=True and config.diffusion.label_dropout > 0.")
     if s.sampler == "ancestral" and s.sample_steps:
         try:
-            schedule_lib.space_timesteps(len(diff.betas), s.sample_steps)
+            schedule_lib.space_timesteps(len(diff.betas), s.sample_steps, s.timestep_spacing)
         except ValueError as e:
             raise ValueError(f"config.diffusion.sample_steps={s.sample_steps!r} does not respace the chain: "
                              f"{e}") from None
     if s.sampler == "ddim":
-        samplers.ddim_timesteps(len(diff.betas), s.ddim_steps)
+        samplers.ddim_timesteps(len(diff.betas), s.ddim_steps, s.timestep_spacing)
 
 
 def sample(diff: Diffusion, s: DiffusionConfig, params, key, num: int, labels=None, guidance_weight=None):
@@ -150,12 +154,12 @@ def sample(diff: Diffusion, s: DiffusionConfig, params, key, num: int, labels=No
     shape = (num,) + diff.shape
     if s.sampler == "ddim":
         x = samplers.ddim_sample(diff.sched, model_fn, sample_key, shape, s.ddim_steps, s.ddim_eta,
-                                 s.clip_denoised)
+                                 s.clip_denoised, s.timestep_spacing)
     elif s.sampler == "ode":
         x, _ = samplers.ode_sample(diff.sched, model_fn, sample_key, shape, s.ode_solver, s.ode_steps,
                                    s.ode_rtol, s.ode_atol, s.clip_denoised)
     elif s.sample_steps and s.sample_steps != len(diff.betas):
-        respaced = schedule_lib.respace(diff.betas, s.sample_steps)
+        respaced = schedule_lib.respace(diff.betas, s.sample_steps, s.timestep_spacing)
         x = samplers.ancestral_sample(respaced.schedule, samplers.respaced_model_fn(model_fn, respaced.timesteps),
                                       sample_key, shape, diff.var_type, s.clip_denoised)
     else:

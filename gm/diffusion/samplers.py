@@ -54,19 +54,20 @@ def ancestral_sample(sched, model_fn, key, shape, var_type="fixedlarge", clip_de
     return x
 
 
-def ddim_timesteps(num_timesteps, num_steps):
-    """The evenly spaced subsequence 0, k, 2k, ... (k = T // num_steps) of Song et al.'s DDIM, int32."""
+def ddim_timesteps(num_timesteps, num_steps, spacing="trailing"):
+    """DDIM's timesteps, sorted ascending int32 [num_steps] (see `schedule.spaced_timesteps`)."""
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"config.diffusion.ddim_steps must be in [1, {num_timesteps}], got {num_steps}.")
-    return schedule_lib.space_timesteps(num_timesteps, f"ddim{num_steps}")
+    return schedule_lib.spaced_timesteps(num_timesteps, num_steps, spacing)
 
 
-def ddim_sample(sched, model_fn, key, shape, num_steps=50, eta=0.0, clip_denoised=True):
+def ddim_sample(sched, model_fn, key, shape, num_steps=50, eta=0.0, clip_denoised=True, spacing="trailing"):
     """DDIM (Song et al. 2021) over `num_steps` steps; eta = 0 is deterministic, eta = 1 is DDPM-like.
 
-    eta may be a traced scalar. Only the eps channels of the model output are used.
+    eta may be a traced scalar. Only the eps channels of the model output are used. The last step
+    lands on alpha-bar = 1 (x_0), whatever the smallest visited timestep.
     """
-    ts = ddim_timesteps(sched.num_timesteps, num_steps)
+    ts = ddim_timesteps(sched.num_timesteps, num_steps, spacing)
     prev_ts = np.append(-1, ts[:-1]).astype(np.int32)
     init_key, loop_key = jax.random.split(key)
     abar = sched.alphas_cumprod

@@ -99,18 +99,44 @@ def schedule_from_name(name, num_timesteps, beta_start=1e-4, beta_end=0.02):
 # Respacing: a shorter chain over a subset of the trained timesteps (Nichol & Dhariwal 2021, sec. 4).
 # ---------------------------------------------------------------------------------------------------
 
-def space_timesteps(num_timesteps, section_counts):
+SPACINGS = ("trailing", "leading", "linspace")
+
+
+def spaced_timesteps(num_timesteps: int, count: int, spacing: str = "trailing") -> np.ndarray:
+    """`count` of the trained timesteps 0..T-1 for a K-step sampler, sorted ascending, int32 [K].
+
+    The names and formulas are diffusers' `timestep_spacing`:
+    - 'trailing': round(T (K - i) / K) - 1, so the chain starts at t = T-1 for every K (Lin et al.
+      2023, "Common diffusion noise schedules and sampling steps are flawed", table 2): x_T ~ N(0, I)
+      is then the distribution the model was trained on at the first step.
+    - 'leading': 0, s, 2s, ... with s = T // K, as in the DDIM paper's code; when K does not divide T
+      it starts below T-1 (K = 30 of 1000: t = 957) while still drawing x_T as pure noise.
+    - 'linspace': round(linspace(0, T-1, K)), both ends kept.
+    """
+    if not 1 <= count <= num_timesteps:
+        raise ValueError(f"The sampling step count must be between 1 and config.diffusion.num_timesteps="
+                         f"{num_timesteps}, got {count}.")
+    if spacing == "trailing":
+        ts = np.round(np.arange(count, 0, -1) * (num_timesteps / count)) - 1
+    elif spacing == "leading":
+        ts = np.arange(count) * (num_timesteps // count)
+    elif spacing == "linspace":
+        ts = np.round(np.linspace(0, num_timesteps - 1, count))
+    else:
+        raise ValueError(f"config.diffusion.timestep_spacing must be one of {SPACINGS}, got {spacing!r}.")
+    return np.sort(ts.astype(np.int32))
+
+
+def space_timesteps(num_timesteps, section_counts, spacing="trailing"):
     """The kept timesteps of a respaced chain: sorted int32 indices into 0..T-1.
 
     section_counts: an int K (K evenly spaced steps, always keeping the first and the last), a string
     of comma-separated counts "10,15,20" (T is cut into that many equal sections and each is strided
-    evenly, as in the improved-diffusion code), or "ddimK" (DDIM's stride T // K from 0).
+    evenly, as in the improved-diffusion code), or "ddimK" (K steps with DDIM's `spacing`, see
+    `spaced_timesteps`; 'leading' is the improved-diffusion code's stride T // K from 0).
     """
     if isinstance(section_counts, str) and section_counts.startswith("ddim"):
-        count = int(section_counts[len("ddim"):])
-        if not 1 <= count <= num_timesteps:
-            raise ValueError(f"Cannot respace {num_timesteps} timesteps to {section_counts!r}.")
-        return np.arange(0, num_timesteps, num_timesteps // count, dtype=np.int32)[:count]
+        return spaced_timesteps(num_timesteps, int(section_counts[len("ddim"):]), spacing)
     if isinstance(section_counts, str):
         counts = [int(c) for c in section_counts.split(",")]
     else:
@@ -144,9 +170,9 @@ def respaced_betas(betas, timesteps):
     return 1.0 - kept / np.append(1.0, kept[:-1])
 
 
-def respace(betas, section_counts):
+def respace(betas, section_counts, spacing="trailing"):
     """float64 betas [T] and a step spec (see `space_timesteps`) -> Respaced."""
-    timesteps = space_timesteps(len(betas), section_counts)
+    timesteps = space_timesteps(len(betas), section_counts, spacing)
     return Respaced(make_schedule(respaced_betas(betas, timesteps)), timesteps)
 
 
