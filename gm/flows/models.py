@@ -60,6 +60,8 @@ def realnvp(num_scales=2, hidden=64, num_blocks=4, alpha=0.05):
         layers.append(Squeeze())
         layers += with_norm(_coupling_pair("channel", hidden, num_blocks, "tanh", 3))
         layers.append(FactorOut(scale(level + 1)))
+        if level > 0:
+            layers.append(Unsqueeze())  # a factored-out scale hands back the shape it was given
         return Chain(layers)
 
     return Chain([Logit(alpha), scale(0)])
@@ -81,7 +83,7 @@ def glow(num_levels=3, depth=32, hidden=512, num_blocks=0):
             layers.append(Unsqueeze())  # a factored-out level hands back the shape it was given
         return Chain(layers)
 
-    return Chain([Shift(-0.5), level(0)])
+    return Chain([Shift(0.5), level(0)])  # data y = z + 0.5: y in [0, 1) is z in [-0.5, 0.5)
 
 
 def coupling_flow_2d(num_layers=8, hidden=128, num_blocks=1):
