@@ -34,7 +34,20 @@ def test_frechet_distance_matches_the_eigendecomposition_formula():
 
 def test_frechet_distance_survives_singular_covariances():
     sigma = np.diag([1.0, 0.0, 2.0])
-    assert frechet_distance(np.zeros(3), sigma, np.ones(3), sigma) == pytest.approx(3.0, abs=1e-4)
+    assert frechet_distance(np.zeros(3), sigma, np.ones(3), sigma) == pytest.approx(3.0, abs=1e-9)
+
+
+def test_frechet_distance_of_a_collapsed_sample_set_is_the_closed_form():
+    # One sample repeated: sigma1 = 0, so d^2 = |mu1 - mu2|^2 + Tr(sigma2) exactly. scipy warns that
+    # sigma1 sigma2 is singular but returns a finite root; as pytorch-fid, no eps is added then (with it
+    # the distance was 1e-3 relative low here).
+    rng = np.random.default_rng(6)
+    features = rng.normal(size=(500, 64))
+    collapsed = np.repeat(features[:1], 300, axis=0)
+    mu1, s1 = collapsed.mean(0), np.cov(collapsed, rowvar=False)
+    mu2, s2 = features.mean(0), np.cov(features, rowvar=False)
+    exact = np.sum((mu1 - mu2) ** 2) + np.trace(s2)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(exact, rel=1e-9)
 
 
 def test_streaming_moments_equal_one_shot_moments():
@@ -66,6 +79,29 @@ def test_inception_score_limits():
     assert mean == pytest.approx(k, rel=1e-6) and std == pytest.approx(0.0, abs=1e-6)
     constant = np.tile(np.random.default_rng(4).normal(size=k), (1000, 1))
     assert inception_score(constant)[0] == pytest.approx(1.0, abs=1e-9)
+
+
+def _reference_inception_score(logits, splits):
+    """The improved-GAN code's loop: split i is rows [i N // splits, (i + 1) N // splits)."""
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    scores = []
+    for i in range(splits):
+        part = p[i * len(p) // splits:(i + 1) * len(p) // splits]
+        kl = part * (np.log(part) - np.log(np.mean(part, 0, keepdims=True)))
+        scores.append(np.exp(np.mean(np.sum(kl, 1))))
+    return np.mean(scores), np.std(scores)
+
+
+def test_inception_score_splits_at_floor_boundaries_and_shuffles_as_torch_fidelity():
+    # N = 503 does not divide into 10 splits: array_split's boundaries moved the mean by 5e-4 relative.
+    logits = np.random.default_rng(7).normal(size=(503, 12)) * 3
+    mean, std = inception_score(logits, num_splits=10)
+    expected = _reference_inception_score(logits, 10)
+    assert mean == pytest.approx(expected[0], rel=1e-12) and std == pytest.approx(expected[1], rel=1e-10)
+    shuffled = logits[np.random.RandomState(2020).permutation(503)]
+    assert inception_score(logits, 10, shuffle=True) == pytest.approx(_reference_inception_score(shuffled, 10),
+                                                                      rel=1e-10)
 
 
 def test_kid_is_near_zero_for_one_distribution_and_positive_for_two():

@@ -42,7 +42,7 @@ class StreamingMoments:
 def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
     """d^2 = |mu1 - mu2|^2 + Tr(S1 + S2 - 2 (S1 S2)^(1/2)) between two Gaussians (a float).
 
-    As pytorch-fid: scipy's sqrtm; when the product is singular, eps is added to both diagonals; a
+    As pytorch-fid: scipy's sqrtm; when its result is not finite, eps is added to both diagonals; a
     complex square root with an imaginary part above 1e-3 is an error, a smaller one is dropped.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
@@ -58,11 +58,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
                              f"feature network diverged).")
     diff = mu1 - mu2
     with warnings.catch_warnings():
-        warnings.simplefilter("error", linalg.LinAlgWarning)  # singular: take the eps path below
-        try:
-            covmean = linalg.sqrtm(sigma1 @ sigma2)
-        except linalg.LinAlgWarning:
-            covmean = np.full_like(sigma1, np.nan)
+        # scipy warns when the product is singular (e.g. a collapsed sample set) but usually still
+        # returns the right root; as pytorch-fid, only a non-finite result takes the eps path below.
+        warnings.simplefilter("ignore")
+        covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
         covmean = linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
