@@ -130,16 +130,20 @@ def init_quantizer(key, num_codes, code_dim):
     return {"codebook": codebook, "usage": usage, "embed_sum": codebook * usage[:, None]}
 
 
-def ema_codebook_update(quantizer, counts, sums, decay, epsilon=1e-5):
+def ema_codebook_update(quantizer, counts, sums, decay, num_vectors, epsilon=1e-5):
     """The EMA codebook step: counts [K] and sums [K, D] are this batch's n_k / n and sum z_e / n.
 
     Returns the new quantizer with usage N, embed_sum m and codebook m / N', where N' is N with Laplace
-    smoothing (N_k + eps) / (sum N + K eps) * sum N, so an unused code keeps a finite entry.
+    smoothing, so an unused code keeps a finite entry. Sonnet smooths *counts* with eps = 1e-5 of one
+    vector: (N_k + eps) / (n + K eps) * n. N here holds fractions of the n = `num_vectors` vectors of a
+    batch, so eps is divided by n: the same smoothing, and a code chosen by one vector of a large batch
+    keeps that vector as its entry instead of being pulled toward the origin.
     """
     usage = decay * quantizer["usage"] + (1.0 - decay) * counts
     embed_sum = decay * quantizer["embed_sum"] + (1.0 - decay) * sums
     total = jnp.sum(usage)
-    smoothed = (usage + epsilon) / (total + usage.shape[0] * epsilon) * total
+    eps = epsilon / num_vectors
+    smoothed = (usage + eps) / (total + usage.shape[0] * eps) * total
     return {"codebook": embed_sum / smoothed[:, None], "usage": usage, "embed_sum": embed_sum}
 
 
@@ -217,7 +221,8 @@ def vq_losses(vq, params, key, levels, num_bits, commitment=0.25, codebook_loss=
     Returns (loss, metrics, stats): metrics are scalars (recon_mse in [-1, 1] units, commitment,
     codebook, perplexity and the share of codes used in this batch); stats are the per-batch
     statistics the quantizer's update needs: 'counts' [K] (usage), 'sums' [K, D], 'candidates' [K, D]
-    (restart candidates).
+    (restart candidates) and 'vectors' (how many vectors the counts are fractions of: the batch's, or
+    under `pmap` one device's, as Sonnet counts per replica).
     """
     x = dist.levels_to_symmetric(levels, num_bits)
     z_e = vq.encode(params, x)
@@ -234,14 +239,15 @@ def vq_losses(vq, params, key, levels, num_bits, commitment=0.25, codebook_loss=
     candidates = flat[jax.random.randint(key, (vq.num_codes,), 0, flat.shape[0])]
     metrics = {"recon_mse": recon_mse, "commitment": commit, "codebook": jnp.asarray(codebook_term),
                "perplexity": perplexity(counts), "codes_used": jnp.mean(counts > 0)}
-    return loss, metrics, {"counts": counts, "sums": sums, "candidates": candidates}
+    return loss, metrics, {"counts": counts, "sums": sums, "candidates": candidates,
+                           "vectors": jnp.float32(flat.shape[0])}
 
 
 def update_quantizer(quantizer, stats, mode, decay, restart_threshold):
     """The quantizer {'codebook', 'usage', 'embed_sum'} after one step's statistics (`vq_losses`): EMA
     (mode 'ema') or usage only, then restarts."""
     if mode == "ema":
-        quantizer = ema_codebook_update(quantizer, stats["counts"], stats["sums"], decay)
+        quantizer = ema_codebook_update(quantizer, stats["counts"], stats["sums"], decay, stats["vectors"])
     else:
         quantizer = usage_update(quantizer, stats["counts"], decay)
     if restart_threshold > 0:

@@ -47,13 +47,28 @@ def test_ema_codebook_update_matches_its_formula():
     codes = rng.integers(0, k, 20)
     counts = np.bincount(codes, minlength=k) / 20
     sums = np.stack([z[codes == i].sum(0) for i in range(k)]) / 20
-    new = vqvae.ema_codebook_update(jax.tree.map(jnp.asarray, q), jnp.asarray(counts), jnp.asarray(sums), decay, eps)
+    new = vqvae.ema_codebook_update(jax.tree.map(jnp.asarray, q), jnp.asarray(counts), jnp.asarray(sums), decay,
+                                    20, eps)
     n = decay * q["usage"] + (1 - decay) * counts
     m = decay * q["embed_sum"] + (1 - decay) * sums
-    n_smooth = (n + eps) / (n.sum() + k * eps) * n.sum()
+    # Sonnet's smoothing of counts (20 n), written back as fractions.
+    n_smooth = (20 * n + eps) / (20 * n.sum() + k * eps) * n.sum()
     np.testing.assert_allclose(new["usage"], n, rtol=1e-5)
     np.testing.assert_allclose(new["embed_sum"], m, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(new["codebook"], m / n_smooth[:, None], rtol=1e-4, atol=1e-6)
+
+
+def test_a_code_chosen_by_one_vector_of_a_large_batch_keeps_that_vector():
+    # 8,192 vectors (batch 128 of 8x8 grids); code 0 gets one of them. eps = 1e-5 of a *fraction* would
+    # be 8% of that vector's 1 / 8192 share and shrink the entry toward the origin by as much.
+    n, k = 8192, 512
+    vector = jnp.array([1.0, -2.0, 0.5])
+    counts = jnp.zeros(k).at[0].set(1.0 / n).at[1].set(1.0 - 1.0 / n)
+    sums = jnp.zeros((k, 3)).at[0].set(vector / n)
+    q = {"codebook": jnp.zeros((k, 3)), "usage": jnp.zeros(k), "embed_sum": jnp.zeros((k, 3))}
+    new = vqvae.ema_codebook_update(q, counts, sums, decay=0.0, num_vectors=n)
+    np.testing.assert_allclose(new["codebook"][0], vector, rtol=1e-4)
+    assert bool(jnp.all(jnp.isfinite(new["codebook"])))
 
 
 def test_dead_codes_restart_at_candidates_and_live_codes_stay():
