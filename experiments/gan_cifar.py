@@ -3,7 +3,9 @@
     python -m experiments.gan_cifar --workdir=runs/dcgan
     python -m experiments.gan_cifar --workdir=runs/smoke --config=experiments/gan_cifar.py:smoke
     python -m experiments.gan_cifar --workdir=runs/wgan_gp --config.gan.loss=wasserstein \\
-        --config.gan.gradient_penalty=10 --config.gan.d_steps=5 --config.model.d_norm=layer
+        --config.gan.gradient_penalty=10 --config.gan.d_steps=5 --config.model.d_norm=layer \\
+        --config.train.batch_size=320 --config.optim.learning_rate=1e-4 --config.optim.b1=0 \\
+        --config.optim.b2=0.9 --config.optim_d.learning_rate=1e-4 --config.optim_d.b1=0 --config.optim_d.b2=0.9
     python -m experiments.gan_cifar --workdir=runs/dcgan --mode=sample --config.sample.num=50000
     python -m experiments.gan_cifar --workdir=runs/dcgan --mode=eval      # FID, IS
 
@@ -12,6 +14,9 @@ dimensions, a generator from a 4x4x512 grid through stride-2 4x4 transposed conv
 norm and ReLU to tanh, a discriminator of stride-2 4x4 convolutions with batch norm and leaky ReLU 0.2)
 and one discriminator step per generator step (config.gan.d_steps = k). Both players use Adam at 2e-4
 with beta1 = 0.5, batch 128. Samples come from an EMA of the generator (config.optim.ema_decay).
+The k critic updates of a step split the batch in k slices (`gm.gan.strided_slices`), so WGAN-GP's
+batch of 64 per critic update with n_critic = 5 (Gulrajani et al. 2017, Algorithm 1, with Adam at 1e-4,
+beta1 = 0, beta2 = 0.9) is config.train.batch_size = 5 x 64 = 320, as in the command above.
 """
 from gm import families
 from gm.config import offline_smoke, variant

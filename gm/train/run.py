@@ -219,17 +219,25 @@ def run(config, workdir: str, mode: str = "train", stage: str = "", eval_name: s
     return results[""] if len(stages) == 1 else results
 
 
+def define_flags(experiment_file, flag_values=flags.FLAGS) -> None:
+    """The flags every experiment takes: --config (default `experiment_file`; None: required),
+    --config.a.b=value, --workdir, --mode and --stage."""
+    config_flags.DEFINE_config_file("config", experiment_file, "Experiment config file[:variant].",
+                                    flag_values=flag_values, lock_config=True)
+    if experiment_file is None:  # a command that runs on another experiment's config
+        flags.mark_flag_as_required("config", flag_values=flag_values)
+    flags.DEFINE_string("workdir", None, "Folder for checkpoints/, samples/, metrics.jsonl, TensorBoard.",
+                        flag_values=flag_values)
+    flags.DEFINE_enum("mode", "train", MODES, "train, sample (from the newest checkpoint) or eval.",
+                      flag_values=flag_values)
+    flags.DEFINE_string("stage", "", "For families of several stages: do --mode for this stage only.",
+                        flag_values=flag_values)
+
+
 def main(experiment_file, runner=None):
     """Entry point for `python -m experiments.NAME`: flags, then `runner(config, workdir, mode)` (default
     `run`, with --stage), errors as one sentence. experiment_file None: --config is required."""
-    config_flags.DEFINE_config_file("config", experiment_file, "Experiment config file[:variant].",
-                                    lock_config=True)
-    if experiment_file is None:  # a command that runs on another experiment's config
-        flags.mark_flag_as_required("config")
-    flags.DEFINE_string("workdir", None, "Folder for checkpoints/, samples/, metrics.jsonl, TensorBoard.")
-    flags.DEFINE_enum("mode", "train", MODES, "train, sample (from the newest checkpoint) or eval.")
-    flags.DEFINE_string("stage", "", "For families of several stages: do --mode for this stage only.")
-
+    define_flags(experiment_file)
     def _main(argv):
         del argv
         logging.set_verbosity(logging.INFO)
