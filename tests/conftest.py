@@ -15,6 +15,8 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # The digits classifier behind fid_digits is trained once and shared by every test and subprocess.
 os.environ.setdefault("GM_CACHE_DIR", os.path.join(tempfile.gettempdir(), f"gm-test-cache-{os.getuid()}"))
+# Nothing is downloaded in tests (the FID weights, when missing, fail with their sentence at once).
+os.environ.setdefault("GM_OFFLINE", "1")
 
 # The experiment tests run a few steps per child process, so their time is almost all XLA compiling;
 # at backend optimisation level 0 that is about 30% faster. In-process tests keep the default level

@@ -5,7 +5,9 @@ parity tests run when torch, torchvision, pytorch_fid and torch_fidelity are imp
 weights built without downloading anything; the end-to-end test needs the real weights file in
 $GM_INCEPTION_WEIGHTS.
 """
+import hashlib
 import importlib
+import io
 import math
 import os
 import sys
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from gm.metrics import inception as inc
+from test_pth import FakeStorage, FakeTensor, fake_torch, save_zip  # noqa: F401  (fake_torch: a fixture)
 
 _PIP_NAMES = {"torch": "torch", "torchvision": "torchvision", "pytorch_fid": "pytorch-fid",
               "torch_fidelity": "torch-fidelity"}
@@ -226,13 +229,56 @@ def test_missing_weights_file_says_where_to_get_it(monkeypatch, tmp_path):
     assert issubclass(inc.InceptionWeightsError, FileNotFoundError)
 
 
-def test_pth_without_torch_says_to_install_it(monkeypatch, tmp_path):
-    pth = tmp_path / inc.WEIGHTS_FILENAME
-    pth.write_bytes(b"not read")
-    monkeypatch.setenv(inc.CACHE_ENV, str(tmp_path / "cache"))
+def test_load_variables_reads_a_pth_without_torch(fake_torch, monkeypatch, tmp_path, random_state_dict):
+    # The .pth is written here as torch.save writes it; reading it imports no torch.
+    storages, obj = [], {}
+    for i, (name, value) in enumerate(random_state_dict.items()):
+        storages.append(FakeStorage(str(i), value.reshape(-1)))
+        strides = tuple(s // value.itemsize for s in value.strides)
+        obj[name] = FakeTensor(storages[-1], 0, value.shape, strides)
+    path = tmp_path / inc.WEIGHTS_FILENAME
+    save_zip(fake_torch, obj, storages, path)
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
-    with pytest.raises(inc.InceptionWeightsError, match="pip install torch"):
-        inc.load_variables(str(pth))
+    variables = inc.load_variables(str(path))
+    jax.tree.map(np.testing.assert_array_equal, variables, inc.variables_from_torch_state_dict(random_state_dict))
+
+
+def _serve(monkeypatch, payload):
+    """urllib.request.urlopen answers every URL with `payload`."""
+    class Response(io.BytesIO):
+        headers = {"Content-Length": str(len(payload))}
+
+    monkeypatch.setattr(inc.urllib.request, "urlopen", lambda url, timeout: Response(payload))
+
+
+def test_weights_are_downloaded_once_into_the_cache_and_checked(monkeypatch, tmp_path, random_state_dict):
+    npz = io.BytesIO()
+    np.savez(npz, **random_state_dict)
+    payload = npz.getvalue()
+    monkeypatch.delenv(inc.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(inc.OFFLINE_ENV, raising=False)
+    monkeypatch.setenv(inc.CACHE_ENV, str(tmp_path))
+    _serve(monkeypatch, payload)
+    with pytest.raises(inc.InceptionWeightsError, match="^The FID Inception weights downloaded to .* do not match"):
+        inc.download_weights()
+    assert os.listdir(tmp_path) == []  # nothing half-written stays
+    monkeypatch.setattr(inc, "WEIGHTS_SHA256_PREFIX", hashlib.sha256(payload).hexdigest()[:8])
+    path = inc.download_weights()
+    assert path == str(tmp_path / inc.WEIGHTS_FILENAME) and os.listdir(tmp_path) == [inc.WEIGHTS_FILENAME]
+    _serve(monkeypatch, b"")  # a second call reads the cache
+    assert inc.download_weights() == path
+
+
+def test_without_network_the_download_fails_at_once_with_the_sentence(monkeypatch, tmp_path, no_network):
+    monkeypatch.delenv(inc.WEIGHTS_ENV, raising=False)
+    monkeypatch.delenv(inc.OFFLINE_ENV, raising=False)
+    monkeypatch.setenv(inc.CACHE_ENV, str(tmp_path))
+    with pytest.raises(inc.InceptionWeightsError) as info:
+        inc.load_variables()
+    message = str(info.value)
+    assert "could not be downloaded" in message and "network disabled in tests" in message
+    assert inc.WEIGHTS_URL in message and "--config.eval.inception_weights=PATH" in message
+    assert message.count(". ") == 0 and os.listdir(tmp_path) == []
 
 
 def test_load_variables_from_a_converted_npz(monkeypatch, tmp_path, random_state_dict):

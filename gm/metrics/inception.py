@@ -11,20 +11,27 @@ port faithfully, and this module follows too:
 
 Feature maps are NHWC and float32. Parameter and state-dict names are torchvision's (`Mixed_5b`,
 `branch3x3dbl_2`, `conv`, `bn`, `fc`), so the 2015 weights that pytorch-fid distributes load one to one.
-Nothing is downloaded: `load_variables` reads a file the user already has.
+`load_variables` reads the file a user names, or downloads it once into a cache as pytorch-fid does,
+and reads the .pth without PyTorch.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import tempfile
+import urllib.error
+import urllib.request
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from jax import lax
+
+from gm.metrics import pth
 
 FEATURE_DIM = 2048
 NUM_LOGITS = 1008
@@ -32,8 +39,10 @@ INPUT_SIZE = (299, 299)
 WEIGHTS_FILENAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
+WEIGHTS_SHA256_PREFIX = "6726825d"  # the hash in the file's name, as torch.hub checks it
 WEIGHTS_ENV = "GM_INCEPTION_WEIGHTS"
 CACHE_ENV = "GM_CACHE_DIR"
+OFFLINE_ENV = "GM_OFFLINE"  # set: never download (air-gapped machines, the test suite)
 
 # float32 at full precision by default: on GPU (TF32) and TPU (bf16 passes) the DEFAULT precision of
 # float32 convolutions and matmuls would move the features, and with them FID, away from the reference.
@@ -42,7 +51,7 @@ _FULL = lax.Precision.HIGHEST
 
 
 class InceptionWeightsError(FileNotFoundError):
-    """The FID Inception weights are missing, or given as a .pth while torch is not installed."""
+    """The FID Inception weights are missing and could not be downloaded."""
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -369,26 +378,9 @@ def variables_from_torch_state_dict(state_dict: Mapping[str, Any]) -> dict:
     return variables
 
 
-def _npz_candidates(pth_path: str) -> list[str]:
-    """Where the converted copy of a .pth lives: next to it, else in $GM_CACHE_DIR or ~/.cache/gm."""
-    name = os.path.splitext(os.path.basename(pth_path))[0] + ".npz"
-    cache = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "gm")
-    return [os.path.join(os.path.dirname(os.path.abspath(pth_path)), name), os.path.join(cache, name)]
-
-
-def _write_npz_atomically(path: str, arrays: Mapping[str, np.ndarray]) -> None:
-    """Write to a temporary file in the same folder, then rename, so a reader never sees half a file."""
-    folder = os.path.dirname(path)
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".npz", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+def cache_dir() -> str:
+    """Where downloaded weights live: $GM_CACHE_DIR, else ~/.cache/gm."""
+    return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "gm")
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
@@ -396,42 +388,68 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
         return {k: f[k] for k in f.files}
 
 
-def _state_dict_from_pth(path: str) -> dict[str, np.ndarray]:
-    """The .pth's state dict as numpy arrays, converted with torch once and cached as .npz."""
-    candidates = _npz_candidates(path)
-    for npz in candidates:
-        if os.path.isfile(npz):
-            return _read_npz(npz)
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _not_found(detail: str) -> InceptionWeightsError:
+    return InceptionWeightsError(
+        f"The FID Inception weights {detail}: download {WEIGHTS_URL} and give its path with "
+        f"--config.eval.inception_weights=PATH or the {WEIGHTS_ENV} environment variable.")
+
+
+def download_weights(folder: str | None = None, timeout: float = 20.0) -> str:
+    """pytorch-fid's weights file in `folder` (default `cache_dir()`), downloaded once: its path.
+
+    The download goes to a temporary file, is checked against the SHA-256 prefix in its name (as
+    torch.hub checks it), then renamed, so an interrupted or corrupted download never stays in the
+    cache. Offline (or with $GM_OFFLINE set) this fails at once with InceptionWeightsError, one sentence.
+    """
+    folder = folder or cache_dir()
+    path = os.path.join(folder, WEIGHTS_FILENAME)
+    if os.path.isfile(path):
+        return path
+    if os.environ.get(OFFLINE_ENV):
+        raise _not_found(f"are not in {folder} and {OFFLINE_ENV} forbids downloading them")
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".part", dir=folder)
     try:
-        import torch
-    except ImportError:
-        raise InceptionWeightsError(
-            f"{path} is a PyTorch checkpoint: run `pip install torch` once so it can be converted to .npz "
-            f"(or pass an already converted .npz).") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    arrays = {k: v.detach().cpu().numpy() for k, v in state.items()}
-    for npz in candidates:  # next to the .pth when that folder is writable, else the cache folder
-        try:
-            _write_npz_atomically(npz, arrays)
-            break
-        except OSError:
-            continue
-    return arrays
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(WEIGHTS_URL, timeout=timeout) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm.tqdm(total=total, unit="B", unit_scale=True, desc=WEIGHTS_FILENAME) as bar:
+                for block in iter(lambda: response.read(1 << 20), b""):
+                    f.write(block)
+                    bar.update(len(block))
+        if not _sha256(tmp).startswith(WEIGHTS_SHA256_PREFIX):
+            raise _not_found(f"downloaded to {folder} do not match their checksum ({WEIGHTS_SHA256_PREFIX}...)")
+        os.replace(tmp, path)
+    except InceptionWeightsError:
+        raise
+    except (OSError, urllib.error.URLError) as e:  # no network, DNS, timeout, HTTP error, full disk
+        reason = str(getattr(e, "reason", e)).replace(". ", "; ").rstrip(".")
+        raise _not_found(f"are not in {folder} and could not be downloaded ({reason})") from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
 
 
 def load_variables(path: str | None = None) -> dict:
     """Flax variables of the FID Inception network from the 2015 weights file.
 
-    path: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (converted with torch on first use and
-      cached as a .npz next to it, or under $GM_CACHE_DIR / ~/.cache/gm when that folder is read-only)
-      or such a .npz (the state dict's names with numpy arrays); None reads $GM_INCEPTION_WEIGHTS.
-    Nothing is downloaded; a missing file raises InceptionWeightsError saying where to get it.
+    path: pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (read without torch, `gm.metrics.pth`) or
+      a .npz of the same state dict; None reads $GM_INCEPTION_WEIGHTS, else the copy in `cache_dir()`,
+      downloading it there the first time as pytorch-fid does (see `download_weights`).
+    A missing file, or no weights and no network, raises InceptionWeightsError saying where to get them.
     """
     path = os.fspath(path) if path else os.environ.get(WEIGHTS_ENV)
-    if not path or not os.path.isfile(path):
-        where = f" at {path}" if path else ""
-        raise InceptionWeightsError(
-            f"The FID Inception weights were not found{where}: download {WEIGHTS_URL} and give its path "
-            f"with --config.eval.inception_weights=PATH or the {WEIGHTS_ENV} environment variable.")
-    state = _read_npz(path) if path.endswith(".npz") else _state_dict_from_pth(path)
+    if not path:
+        path = download_weights()
+    if not os.path.isfile(path):
+        raise _not_found(f"were not found at {path}")
+    state = _read_npz(path) if path.endswith(".npz") else pth.read_state_dict(path)
     return variables_from_torch_state_dict(state)
