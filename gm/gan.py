@@ -9,7 +9,9 @@ One compiled train step does k discriminator updates, then one generator update:
 where D' = D, or for the unrolled GAN (Metz et al. 2017) D after K more updates taken inside the
 generator's loss, so grad_G differentiates through the discriminator's optimizer. Strided slices keep a
 device's rows in its own slices, so `sharded` and `pmap` see the same slices when the per-device batch
-is a multiple of k. Losses (config.gan.loss): see `gm.gan_losses`. WGAN (Arjovsky et al. 2017):
+is a multiple of k. With packing m (PacGAN) the discriminator judges each run of m consecutive examples
+of a slice as one input, real packs against generated packs, for every loss, k and penalty. Losses
+(config.gan.loss): see `gm.gan_losses`. WGAN (Arjovsky et al. 2017):
 loss='wasserstein', clip=0.01, config.optim_d.name='rmsprop'; WGAN-GP (Gulrajani et al. 2017):
 loss='wasserstein', gradient_penalty=10, a critic without batch norm.
 
@@ -39,8 +41,11 @@ ARCHITECTURES = ("dcgan", "mlp")
 class GANModelConfig:
     """config.model: the two networks. arch 'dcgan' (a generator from a 4x4 grid of 8 g_features
     channels through stride-2 transposed convolutions to tanh, a discriminator of stride-2 convolutions
-    from d_features channels, each with g_norm / d_norm) or 'mlp' (ReLU layers of `hidden` each way);
-    z ~ N(0, I) of latent_dim dimensions; class_conditional adds the label to both players."""
+    from d_features channels, each with g_norm / d_norm) or 'mlp' (layers of `hidden` each way: the
+    generator's Dense, g_norm, ReLU; the discriminator's ReLU units, or maxout units of maxout_pieces
+    pieces when > 1; no d_norm); init_std > 0 draws the MLPs' weights from N(0, init_std^2) with zero
+    biases (PacGAN's and ALI's 0.02); z ~ N(0, I) of latent_dim dimensions; class_conditional adds the
+    label to both players."""
     arch: Literal[ARCHITECTURES] = "dcgan"
     latent_dim: int = setting(100, positive)
     g_features: int = setting(64, positive)
@@ -48,16 +53,29 @@ class GANModelConfig:
     g_norm: Literal[dcgan.NORMS] = "batch"
     d_norm: Literal[dcgan.NORMS] = "batch"
     hidden: Tuple[int, ...] = setting((128, 128), positive_entries)
+    maxout_pieces: int = setting(1, positive)
+    init_std: float = setting(0.0, interval(0.0, None))
     class_conditional: bool = False
+
+    def check(self, name):
+        if self.arch == "mlp" and self.d_norm != "none":
+            raise ValueError(f"{name}.d_norm={self.d_norm!r}: the 'mlp' discriminator has no normalisation; "
+                             f"set it to 'none'.")
+        if self.arch != "mlp" and (self.maxout_pieces > 1 or self.init_std):
+            raise ValueError(f"{name}.maxout_pieces and {name}.init_std apply to arch='mlp'; "
+                             f"leave them at 1 and 0 for {self.arch!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
     """config.gan: the loss (`gm.gan_losses`: minimax | non_saturating | wasserstein | hinge); d_steps,
-    k discriminator updates per generator update; gradient_penalty, the weight of WGAN-GP's penalty (0:
-    none); clip, WGAN's weight clip (0: none); unrolled_steps, Metz et al.'s K (0: not unrolled)."""
+    k discriminator updates per generator update; packing, PacGAN's m (Lin et al. 2018: the
+    discriminator judges m samples, all real or all generated, concatenated along the features; 1: an
+    ordinary GAN); gradient_penalty, the weight of WGAN-GP's penalty (0: none); clip, WGAN's weight clip
+    (0: none); unrolled_steps, Metz et al.'s K (0: not unrolled)."""
     loss: Literal[gan_losses.LOSSES] = "non_saturating"
     d_steps: int = setting(1, positive)
+    packing: int = setting(1, positive)
     gradient_penalty: float = setting(0.0, interval(0.0, None))
     clip: float = setting(0.0, interval(0.0, None))
     unrolled_steps: int = setting(0, nonnegative)
@@ -75,25 +93,45 @@ class Settings:
         if self.gan.gradient_penalty and self.model.d_norm == "batch":
             raise ValueError("config.model.d_norm='batch' couples the examples the gradient penalty treats "
                              "separately; set it to 'layer' or 'none'.")
+        if self.gan.packing > 1 and self.model.class_conditional:
+            raise ValueError("config.gan.packing > 1 packs samples of different classes; use it with "
+                             "config.model.class_conditional=False.")
         if self.gan.unrolled_steps and self.optim_d.name == "adam" and not self.optim_d.eps_root:
             raise ValueError("config.gan.unrolled_steps differentiates through Adam, whose square root has no "
                              "derivative at 0: set config.optim_d.eps_root > 0 (e.g. 1e-8).")
 
 
 def check_batch_size(settings: Settings, batch_size: int) -> None:
-    """The k discriminator updates split the training batch (config.train.batch_size) in k slices."""
-    k = settings.gan.d_steps
-    checks.require(batch_size % k == 0, "config.train.batch_size", batch_size, f"a multiple of config.gan.d_steps={k}")
+    """The k discriminator updates split the training batch (config.train.batch_size) in k slices, each
+    of whole packs of m."""
+    k, m = settings.gan.d_steps, settings.gan.packing
+    checks.require(batch_size % (k * m) == 0, "config.train.batch_size", batch_size,
+                   f"a multiple of config.gan.d_steps x config.gan.packing = {k} x {m}")
 
 
 class GAN(NamedTuple):
-    """generate(g_params, z [B, L], y) -> x; discriminate(d_params, x, y) -> [B]; to_data(batch) -> x."""
+    """generate(g_params, z [B, L], y) -> x; discriminate(d_params, x, y) -> [B / packing] (one output
+    per pack of `packing` consecutive examples; see `pack`); to_data(batch) -> x."""
     latent_dim: int
     num_classes: Optional[int]
     generate: Callable
     discriminate: Callable
     to_data: Callable
     to_output: Callable  # x -> what `sample` returns (uint8 levels, or the points)
+    packing: int = 1
+    discriminate_packs: Optional[Callable] = None  # (d_params, packs [B / m, ..., m C], y) -> [B / m]
+
+
+def pack(x, m):
+    """[B, ..., C] -> [B / m, ..., m C]: each run of m consecutive examples concatenated along the last
+    axis (features of points, channels of images), as PacGAN feeds its discriminator."""
+    if m == 1:
+        return x
+    b = x.shape[0]
+    if b % m:
+        raise ValueError(f"A batch of {b} does not split into packs of config.gan.packing={m}.")
+    x = x.reshape((b // m, m) + x.shape[1:])
+    return jnp.moveaxis(x, 1, -2).reshape((b // m,) + x.shape[2:-1] + (m * x.shape[-1],))
 
 
 def _apply_discarding_batch_stats(net, params, *args):
@@ -102,8 +140,9 @@ def _apply_discarding_batch_stats(net, params, *args):
     return out
 
 
-def gan_from_config(model: GANModelConfig, info):
-    """The two networks `model` describes for `info`'s data -> (GAN, init(key, batch) -> params)."""
+def gan_from_config(model: GANModelConfig, info, packing: int = 1):
+    """The two networks `model` describes for `info`'s data, the discriminator judging packs of `packing`
+    -> (GAN, init(key, batch) -> params)."""
     num_classes = info.num_classes if model.class_conditional else None
     images = info.num_bits is not None
     if model.arch == "dcgan":
@@ -113,16 +152,20 @@ def gan_from_config(model: GANModelConfig, info):
         d = dcgan.DCGANDiscriminator(model.d_features, model.d_norm, num_classes)
     else:
         out_dim = info.num_dims
-        g = dcgan.MLPGenerator(out_dim, model.hidden, num_classes)
-        d = dcgan.MLPDiscriminator(model.hidden, num_classes)
+        g = dcgan.MLPGenerator(out_dim, model.hidden, num_classes, model.g_norm, model.init_std)
+        d = dcgan.MLPDiscriminator(model.hidden, num_classes, model.maxout_pieces, model.init_std)
     shape = tuple(info.shape)
+    m = packing
 
     def generate(params, z, y):
         x = _apply_discarding_batch_stats(g, params, z, y)
         return x.reshape((z.shape[0],) + shape)
 
+    def discriminate_packs(params, packs, y):
+        return _apply_discarding_batch_stats(d, params, packs, y)
+
     def discriminate(params, x, y):
-        return _apply_discarding_batch_stats(d, params, x, y)
+        return discriminate_packs(params, pack(x, m), y)
 
     def to_data(batch):
         if images:
@@ -134,15 +177,17 @@ def gan_from_config(model: GANModelConfig, info):
             return dist.symmetric_to_levels(jnp.clip(x, -1.0, 1.0), info.num_bits).astype(jnp.uint8)
         return x
 
-    gan = GAN(model.latent_dim, num_classes, generate, discriminate, to_data, to_output)
+    gan = GAN(model.latent_dim, num_classes, generate, discriminate, to_data, to_output, packing,
+              discriminate_packs)
 
     def init(key, batch):
         g_key, d_key = jax.random.split(key)
         x = to_data(batch)
         y = batch["label"] if num_classes else None
         z = jnp.zeros((x.shape[0], model.latent_dim))
+        packs = pack(jnp.repeat(x[:1], m, axis=0), m)  # one pack: the discriminator's input shape
         return {"generator": g.init({"params": g_key}, z, y)["params"],
-                "discriminator": d.init({"params": d_key}, x, y)["params"]}
+                "discriminator": d.init({"params": d_key}, packs, None if y is None else y[:1])["params"]}
 
     return gan, init
 
@@ -160,15 +205,18 @@ def _latents(gan, key, num):
 
 def discriminator_objective(gan, objective: ObjectiveConfig, d_params, g_params, key, real, y=None):
     """The discriminator's loss on a real slice [b, ...] against b fresh samples of G (with the real
-    labels when class-conditional), plus the gradient penalty on interpolates when configured."""
+    labels when class-conditional), judged in packs of `gan.packing`, plus the gradient penalty on
+    interpolated packs when configured."""
     z_key, gp_key = jax.random.split(key)
     z, _ = _latents(gan, z_key, real.shape[0])
     fake = gan.generate(g_params, z, y)
     loss = gan_losses.discriminator_loss(objective.loss, gan.discriminate(d_params, real, y),
                                          gan.discriminate(d_params, fake, y))
     if objective.gradient_penalty:
-        critic = lambda x: gan.discriminate(d_params, x, y)
-        loss = loss + objective.gradient_penalty * gan_losses.gradient_penalty(critic, gp_key, real, fake)
+        # On packs: one interpolation weight and one gradient norm per pack, the critic's own input.
+        critic = lambda packs: gan.discriminate_packs(d_params, packs, y)  # noqa: E731
+        loss = loss + objective.gradient_penalty * gan_losses.gradient_penalty(
+            critic, gp_key, pack(real, gan.packing), pack(fake, gan.packing))
     return loss
 
 
@@ -221,9 +269,9 @@ def training(gan, objective: ObjectiveConfig, d_optimizer) -> Training:
     def update(params, opt_state, extra, key, batch, *, optimizer, reduce_fn=lambda x: x):
         d_key, g_key, unroll_key = jax.random.split(key, 3)
         real = gan.to_data(batch)
-        if real.shape[0] % d_steps:
-            raise ValueError(f"The batch of {real.shape[0]} per device must be a multiple of "
-                             f"config.gan.d_steps={d_steps}; change config.train.batch_size.")
+        if real.shape[0] % (d_steps * gan.packing):
+            raise ValueError(f"The batch of {real.shape[0]} per device must be a multiple of config.gan.d_steps x "
+                             f"config.gan.packing = {d_steps} x {gan.packing}; change config.train.batch_size.")
         reals = strided_slices(real, d_steps)
         ys = strided_slices(batch["label"], d_steps) if gan.num_classes else None
         g_params, d_params = params["generator"], params["discriminator"]
@@ -273,12 +321,13 @@ def make(settings: Settings, info) -> Method:
     returns uint8 levels for images and float points for 2-D data.
     """
     objective = settings.gan
-    gan, init = gan_from_config(settings.model, info)
+    gan, init = gan_from_config(settings.model, info, objective.packing)
     d_optimizer = optim.make_optimizer(settings.optim_d)
 
     def loss(params, key, batch):
         d_key, g_key = jax.random.split(key)
         real = gan.to_data(batch)
+        real = real[:real.shape[0] - real.shape[0] % gan.packing]  # whole packs
         y = batch["label"] if gan.num_classes else None
         d_loss = discriminator_objective(gan, objective, params["discriminator"], params["generator"], d_key,
                                          real, y)

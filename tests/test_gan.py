@@ -35,6 +35,7 @@ class Setup:
     def __init__(self, data, **gan_fields):
         setup = families.parse(_config(**gan_fields))
         self.settings, self.method = setup.settings, gan.make(setup.settings, data.info)
+        self.method_gan, _ = gan.gan_from_config(setup.settings.model, data.info, setup.settings.gan.packing)
         self.g_opt, self.d_opt = optim.make_optimizer(setup.run.optim), optim.make_optimizer(setup.settings.optim_d)
         self.batch = gm_data.train_batch(data, step=0, batch_size=16, seed=0)
         self.state = state_lib.init_state(self.method.init(jax.random.key(0), self.batch),
@@ -269,16 +270,66 @@ def test_parallel_scan_is_lax_scan(length):
 
 
 def test_gradient_penalty_refuses_a_batch_norm_critic(ring):
-    config = _config(gradient_penalty=10.0)
+    config = _config(arch="dcgan", gradient_penalty=10.0)
     config.model.d_norm = "batch"
-    with pytest.raises(ValueError, match="config.model.d_norm"):
+    with pytest.raises(ValueError, match="config.model.d_norm='batch' couples the examples"):
         families.parse(config)
 
 
-def test_the_batch_must_split_into_the_k_discriminator_slices(ring):
-    config = _config(d_steps=3)
-    config.train.batch_size = 16
-    with pytest.raises(ValueError, match=r"config.train.batch_size must be a multiple of config.gan.d_steps=3"):
+@pytest.mark.parametrize("k, m, batch", [(3, 1, 16), (2, 3, 16), (1, 5, 24)])
+def test_the_batch_must_split_into_the_k_discriminator_slices_of_whole_packs(ring, k, m, batch):
+    config = _config(d_steps=k, packing=m)
+    config.train.batch_size = batch
+    with pytest.raises(ValueError, match=rf"config.train.batch_size must be a multiple of config.gan.d_steps x "
+                                         rf"config.gan.packing = {k} x {m}, got {batch}"):
+        families.parse(config)
+
+
+# --- packing (PacGAN) -----------------------------------------------------------------------------
+
+def test_pack_concatenates_consecutive_examples_along_the_last_axis():
+    x = jnp.arange(12.0).reshape(6, 2)
+    np.testing.assert_array_equal(gan.pack(x, 3), [[0, 1, 2, 3, 4, 5], [6, 7, 8, 9, 10, 11]])
+    images = jnp.arange(16.0).reshape(4, 2, 2, 1)
+    packed = gan.pack(images, 2)
+    assert packed.shape == (2, 2, 2, 2)
+    np.testing.assert_array_equal(packed[1, ..., 0], images[2, ..., 0])
+    np.testing.assert_array_equal(packed[1, ..., 1], images[3, ..., 0])
+    assert gan.pack(x, 1) is x
+
+
+def test_packed_discriminator_loss_is_the_loss_on_hand_made_packs(ring):
+    m = 4
+    s = Setup(ring, packing=m, loss="minimax", gradient_penalty=1.0)
+    model, params, key = s.method_gan, s.state.params, jax.random.key(3)
+    d, g = params["discriminator"], params["generator"]
+    assert d["Dense_0"]["kernel"].shape[0] == 2 * m  # the first layer sees m points
+    real = ring.train["x"][:16]
+    got = gan.discriminator_objective(model, s.settings.gan, d, g, key, real)
+
+    z_key, gp_key = jax.random.split(key)
+    z, _ = gan._latents(model, z_key, 16)
+    fake = model.generate(g, z, None)
+    real_packs, fake_packs = real.reshape(4, 2 * m), fake.reshape(4, 2 * m)  # rows 4i..4i+3 side by side
+    critic = lambda p: model.discriminate_packs(d, p, None)  # noqa: E731
+    want = (jnp.mean(jax.nn.softplus(-critic(real_packs))) + jnp.mean(jax.nn.softplus(critic(fake_packs)))
+            + gan_losses.gradient_penalty(critic, gp_key, real_packs, fake_packs))
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss", gan_losses.LOSSES)
+def test_packing_trains_with_every_loss_and_k_steps(ring, loss):
+    extra = dict(gradient_penalty=0.1) if loss == "wasserstein" else {}
+    s = Setup(ring, packing=2, d_steps=2, loss=loss, **extra)
+    new, metrics = jax.jit(s.step(ema_decay=0.0))(s.state, s.batch, jax.random.key(1))
+    assert float(metrics["finite"]) == 1.0 and _count(new.opt_state["discriminator"]) == 2
+    assert not np.allclose(new.params["generator"]["Dense_0"]["kernel"], s.state.params["generator"]["Dense_0"]["kernel"])
+
+
+def test_packing_refuses_class_labels(ring):
+    config = _config(packing=2)
+    config.model.class_conditional = True
+    with pytest.raises(ValueError, match="config.gan.packing > 1 packs samples of different classes"):
         families.parse(config)
 
 

@@ -76,22 +76,56 @@ class DCGANDiscriminator(nn.Module):
         return out
 
 
+def _dense(features, init_std, use_bias=True):
+    """nn.Dense with N(0, init_std^2) weights and zero biases (init_std = 0: Flax's defaults)."""
+    if not init_std:
+        return nn.Dense(features, use_bias=use_bias)
+    return nn.Dense(features, use_bias=use_bias, kernel_init=nn.initializers.normal(init_std))
+
+
 class MLPGenerator(nn.Module):
-    """z [B, L] -> points [B, D] (2-D toys): an MLP with ReLU, linear output."""
+    """z [B, L] -> points [B, D] (2-D toys): hidden layers of Dense, `norm`, ReLU; a linear output.
+    With batch norm the hidden Dense layers have no bias (the norm's shift replaces it), as PacGAN's."""
     out_dim: int
     hidden: Tuple[int, ...] = (128, 128)
     num_classes: Optional[int] = None
+    norm: str = "none"
+    init_std: float = 0.0
 
     @nn.compact
     def __call__(self, z, y=None):
-        return MLP(self.hidden, self.out_dim)(_with_label(z, y, self.num_classes))
+        x = _with_label(z, y, self.num_classes)
+        for f in self.hidden:
+            x = nn.relu(_norm(self.norm)(_dense(f, self.init_std, use_bias=self.norm != "batch")(x)))
+        return _dense(self.out_dim, self.init_std)(x)
+
+
+class Maxout(nn.Module):
+    """[B, F] -> [B, features]: the max over `pieces` affine maps (Goodfellow et al. 2013)."""
+    features: int
+    pieces: int
+    init_std: float = 0.0
+
+    @nn.compact
+    def __call__(self, x):
+        h = _dense(self.features * self.pieces, self.init_std)(x)
+        return jnp.max(h.reshape(h.shape[:-1] + (self.features, self.pieces)), axis=-1)
 
 
 class MLPDiscriminator(nn.Module):
-    """Points [B, D] -> [B] logits: an MLP with ReLU."""
+    """Points [B, D] (or packs [B, m D]) -> [B] logits: hidden layers of ReLU units, or of maxout units
+    with `maxout_pieces` > 1 (as PacGAN's and ALI's toy discriminators); no normalisation."""
     hidden: Tuple[int, ...] = (128, 128)
     num_classes: Optional[int] = None
+    maxout_pieces: int = 1
+    init_std: float = 0.0
 
     @nn.compact
     def __call__(self, x, y=None):
-        return MLP(self.hidden, 1)(_with_label(x, y, self.num_classes))[:, 0]
+        x = _with_label(x.reshape(x.shape[0], -1), y, self.num_classes)
+        for f in self.hidden:
+            if self.maxout_pieces > 1:
+                x = Maxout(f, self.maxout_pieces, self.init_std)(x)
+            else:
+                x = nn.relu(_dense(f, self.init_std)(x))
+        return _dense(1, self.init_std)(x)[:, 0]
