@@ -9,8 +9,9 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
   one pipeline serves all of them. `DatasetInfo.num_bits` is the ONE bit depth that bits/dim is
   measured at (a discrete model's log-likelihood over `2**num_bits` levels per sub-pixel).
 * 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
-  the point was drawn from), `num_bits=None`. ring8 and grid25 are the sharp mixtures (std 0.02) of the
-  GAN mode-collapse benchmarks; eight_gaussians and checkerboard are the smoother densities of the
+  the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
+  (PacGAN's and VEEGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points)
+  are the sharp mixtures of the GAN mode-collapse benchmarks (`TOY_MODES`, `TOY_STDS`); eight_gaussians and checkerboard are the smoother densities of the
   flow papers, with their exact log-density in `toy_log_density` (for plots and reverse-KL fitting).
 
 `train_batch(step=s)` returns what an uninterrupted run saw at step `s`, so resuming needs only the step
@@ -28,7 +29,8 @@ from typing import Iterator
 
 import numpy as np
 
-DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard')
+DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard', 'pacgan_ring',
+            'pacgan_grid')
 
 
 class DataError(ValueError):
@@ -101,18 +103,25 @@ def _load_digits() -> Dataset:
 
 TOY_STD = 0.02
 _ANGLES = 2 * np.pi * np.arange(8) / 8
+_GRID = np.array([(x, y) for x in range(-4, 5, 2) for y in range(-4, 5, 2)], np.float32)
 TOY_MODES: dict[str, np.ndarray] = {
     'ring8': _readonly(np.stack([2 * np.cos(_ANGLES), 2 * np.sin(_ANGLES)], 1).astype(np.float32)),
-    'grid25': _readonly(np.array([(x, y) for x in range(-4, 5, 2) for y in range(-4, 5, 2)],
-                                 np.float32)),
+    'grid25': _readonly(_GRID),
+    # PacGAN's (and VEEGAN's) 2D-ring and 2D-grid: radius 1, std 0.01; spacing 2, std 0.05
+    # (fjxmlzn/PacGAN, synthetic_data_experiments/2D*_GAN&PacGAN/config.py).
+    'pacgan_ring': _readonly(np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], 1).astype(np.float32)),
+    'pacgan_grid': _readonly(_GRID),
 }
+# Each mode's standard deviation (isotropic), by toy.
+TOY_STDS: dict[str, float] = {'ring8': TOY_STD, 'grid25': TOY_STD, 'pacgan_ring': 0.01, 'pacgan_grid': 0.05}
 _TOY_NUM_TRAIN, _TOY_NUM_TEST = 50_000, 10_000
+_TOY_SIZES = {'pacgan_ring': (100_000, 10_000), 'pacgan_grid': (100_000, 10_000)}  # PacGAN's num_sample
 
 
-def _toy_split(modes: np.ndarray, n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _toy_split(modes: np.ndarray, n: int, rng: np.random.Generator, std: float = TOY_STD) -> dict[str, np.ndarray]:
     """n points from the equal-weight mixture: {'x': float32[n, 2], 'label': int32[n] mode index}."""
     label = rng.integers(len(modes), size=n).astype(np.int32)
-    x = modes[label] + TOY_STD * rng.standard_normal((n, 2))
+    x = modes[label] + std * rng.standard_normal((n, 2))
     return {'x': x.astype(np.float32), 'label': label}
 
 
@@ -161,18 +170,20 @@ def toy_log_density(name: str, x):
 
 
 _TOY_SPLITS = {
-    'ring8': lambda n, rng: _toy_split(TOY_MODES['ring8'], n, rng),
-    'grid25': lambda n, rng: _toy_split(TOY_MODES['grid25'], n, rng),
+    **{name: functools.partial(lambda name, n, rng: _toy_split(TOY_MODES[name], n, rng, TOY_STDS[name]), name)
+       for name in TOY_STDS},
     'eight_gaussians': _eight_gaussians_split,
     'checkerboard': _checkerboard_split,
 }
-_TOY_CLASSES = {'ring8': 8, 'grid25': 25, 'eight_gaussians': 8, 'checkerboard': len(_CHECKER_SQUARES)}
+_TOY_CLASSES = {'ring8': 8, 'grid25': 25, 'eight_gaussians': 8, 'checkerboard': len(_CHECKER_SQUARES),
+                'pacgan_ring': 8, 'pacgan_grid': 25}
 
 
 def _load_toy(name: str) -> Dataset:
     rng = np.random.default_rng([DATASETS.index(name), 2024])  # fixed: the data never depends on a run
-    train = _TOY_SPLITS[name](_TOY_NUM_TRAIN, rng)
-    test = _TOY_SPLITS[name](_TOY_NUM_TEST, rng)
+    num_train, num_test = _TOY_SIZES.get(name, (_TOY_NUM_TRAIN, _TOY_NUM_TEST))
+    train = _TOY_SPLITS[name](num_train, rng)
+    test = _TOY_SPLITS[name](num_test, rng)
     return _make(name, (2,), None, _TOY_CLASSES[name], train, test)
 
 

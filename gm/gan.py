@@ -41,9 +41,9 @@ ARCHITECTURES = ("dcgan", "mlp")
 class GANModelConfig:
     """config.model: the two networks. arch 'dcgan' (a generator from a 4x4 grid of 8 g_features
     channels through stride-2 transposed convolutions to tanh, a discriminator of stride-2 convolutions
-    from d_features channels, each with g_norm / d_norm) or 'mlp' (layers of `hidden` each way: the
-    generator's Dense, g_norm, ReLU; the discriminator's ReLU units, or maxout units of maxout_pieces
-    pieces when > 1; no d_norm); init_std > 0 draws the MLPs' weights from N(0, init_std^2) with zero
+    from d_features channels, each with g_norm / d_norm) or 'mlp' (the generator's layers of `hidden`:
+    Dense, g_norm, ReLU; the discriminator's of `d_hidden`, or `hidden` when empty: ReLU units, or
+    maxout units of maxout_pieces pieces when > 1; no d_norm); init_std > 0 draws the MLPs' weights from N(0, init_std^2) with zero
     biases (PacGAN's and ALI's 0.02); z ~ N(0, I) of latent_dim dimensions; class_conditional adds the
     label to both players."""
     arch: Literal[ARCHITECTURES] = "dcgan"
@@ -53,6 +53,7 @@ class GANModelConfig:
     g_norm: Literal[dcgan.NORMS] = "batch"
     d_norm: Literal[dcgan.NORMS] = "batch"
     hidden: Tuple[int, ...] = setting((128, 128), positive_entries)
+    d_hidden: Tuple[int, ...] = setting((), positive_entries)
     maxout_pieces: int = setting(1, positive)
     init_std: float = setting(0.0, interval(0.0, None))
     class_conditional: bool = False
@@ -61,9 +62,9 @@ class GANModelConfig:
         if self.arch == "mlp" and self.d_norm != "none":
             raise ValueError(f"{name}.d_norm={self.d_norm!r}: the 'mlp' discriminator has no normalisation; "
                              f"set it to 'none'.")
-        if self.arch != "mlp" and (self.maxout_pieces > 1 or self.init_std):
-            raise ValueError(f"{name}.maxout_pieces and {name}.init_std apply to arch='mlp'; "
-                             f"leave them at 1 and 0 for {self.arch!r}.")
+        if self.arch != "mlp" and (self.maxout_pieces > 1 or self.init_std or self.d_hidden):
+            raise ValueError(f"{name}.d_hidden, maxout_pieces and init_std apply to arch='mlp'; "
+                             f"leave them at (), 1 and 0 for {self.arch!r}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +154,7 @@ def gan_from_config(model: GANModelConfig, info, packing: int = 1):
     else:
         out_dim = info.num_dims
         g = dcgan.MLPGenerator(out_dim, model.hidden, num_classes, model.g_norm, model.init_std)
-        d = dcgan.MLPDiscriminator(model.hidden, num_classes, model.maxout_pieces, model.init_std)
+        d = dcgan.MLPDiscriminator(model.d_hidden or model.hidden, num_classes, model.maxout_pieces, model.init_std)
     shape = tuple(info.shape)
     m = packing
 

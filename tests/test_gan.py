@@ -342,3 +342,9 @@ def test_mode_coverage():
     result = mode_coverage(np.concatenate([near, far]), modes, std=0.02)
     assert result["modes_covered"] == 3 and result["num_modes"] == 8
     np.testing.assert_allclose(result["high_quality"], 300 / 350)
+    # Three equal shares of eight modes: KL(q || uniform) = log(8 / 3).
+    np.testing.assert_allclose(result["reverse_kl"], np.log(8 / 3), rtol=1e-12)
+    # PacGAN counts a mode from one high-quality sample.
+    one_more = np.concatenate([near, modes[5:6]])
+    assert mode_coverage(one_more, modes, std=0.02)["modes_covered"] == 3
+    assert mode_coverage(one_more, modes, std=0.02, min_count=1)["modes_covered"] == 4
