@@ -10,9 +10,9 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
   measured at (a discrete model's log-likelihood over `2**num_bits` levels per sub-pixel).
 * 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
   the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
-  (PacGAN's and VEEGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points)
-  are the sharp mixtures of the GAN mode-collapse benchmarks (`TOY_MODES`, `TOY_STDS`); eight_gaussians and checkerboard are the smoother densities of the
-  flow papers, with their exact log-density in `toy_log_density` (for plots and reverse-KL fitting).
+  (PacGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points) are the sharp
+  mixtures of the GAN mode-collapse benchmarks (`TOY_MODES`, `TOY_STDS`); eight_gaussians and
+  checkerboard are the smoother densities of the flow papers, with their exact log-density in `toy_log_density` (for plots and reverse-KL fitting).
 
 `train_batch(step=s)` returns what an uninterrupted run saw at step `s`, so resuming needs only the step
 and the seed. Examples are visited in a fresh permutation per epoch, batches run straight across epoch
@@ -107,7 +107,7 @@ _GRID = np.array([(x, y) for x in range(-4, 5, 2) for y in range(-4, 5, 2)], np.
 TOY_MODES: dict[str, np.ndarray] = {
     'ring8': _readonly(np.stack([2 * np.cos(_ANGLES), 2 * np.sin(_ANGLES)], 1).astype(np.float32)),
     'grid25': _readonly(_GRID),
-    # PacGAN's (and VEEGAN's) 2D-ring and 2D-grid: radius 1, std 0.01; spacing 2, std 0.05
+    # PacGAN's 2D-ring and 2D-grid: radius 1, std 0.01; spacing 2, std 0.05
     # (fjxmlzn/PacGAN, synthetic_data_experiments/2D*_GAN&PacGAN/config.py).
     'pacgan_ring': _readonly(np.stack([np.cos(_ANGLES), np.sin(_ANGLES)], 1).astype(np.float32)),
     'pacgan_grid': _readonly(_GRID),

@@ -43,9 +43,9 @@ class GANModelConfig:
     channels through stride-2 transposed convolutions to tanh, a discriminator of stride-2 convolutions
     from d_features channels, each with g_norm / d_norm) or 'mlp' (the generator's layers of `hidden`:
     Dense, g_norm, ReLU; the discriminator's of `d_hidden`, or `hidden` when empty: ReLU units, or
-    maxout units of maxout_pieces pieces when > 1; no d_norm); init_std > 0 draws the MLPs' weights from N(0, init_std^2) with zero
-    biases (PacGAN's and ALI's 0.02); z ~ N(0, I) of latent_dim dimensions; class_conditional adds the
-    label to both players."""
+    maxout units of maxout_pieces pieces when > 1; no d_norm); init_std > 0 draws the MLPs' weights
+    from N(0, init_std^2) with zero biases (PacGAN's and ALI's 0.02); z ~ N(0, I) of latent_dim
+    dimensions; class_conditional adds the label to both players."""
     arch: Literal[ARCHITECTURES] = "dcgan"
     latent_dim: int = setting(100, positive)
     g_features: int = setting(64, positive)

@@ -24,7 +24,7 @@ def test_pacgan_protocol_builds_the_papers_networks(monkeypatch, name, m):
     params = jax.eval_shape(init, jax.random.key(0), batch)
     g, d = params["generator"], params["discriminator"]
     # Four Dense(400) without bias (batch norm follows), each with its norm's scale and offset; linear out.
-    assert [g[f"Dense_{i}"]["kernel"].shape for i in range(5)] == [(2, 400), (400, 400), (400, 400), (400, 400), (400, 2)]
+    assert [g[f"Dense_{i}"]["kernel"].shape for i in range(5)] == [(2, 400)] + [(400, 400)] * 3 + [(400, 2)]
     assert "bias" not in g["Dense_0"] and "bias" in g["Dense_4"] and g["BatchNorm_0"]["scale"].shape == (400,)
     # Three maxout layers of 200 units x 5 pieces on a pack of m points, then a linear output.
     assert [d[f"Maxout_{i}"]["Dense_0"]["kernel"].shape for i in range(3)] == [(2 * m, 1000), (200, 1000), (200, 1000)]
@@ -46,7 +46,8 @@ def test_pacgan_initialisation_draws_weights_with_std_0_02(monkeypatch):
 
 def test_summary_is_the_mean_and_standard_error_over_seeds_next_to_the_paper():
     rows = [dict(toy="pacgan_grid", variant="gan", seed=s, step=400_000, modes_covered=c, num_modes=25,
-                 high_quality=q, reverse_kl=k) for s, (c, q, k) in enumerate([(16, 0.9, 0.8), (18, 0.95, 0.6), (17, 0.92, 0.7)])]
+                 high_quality=q, reverse_kl=k)
+            for s, (c, q, k) in enumerate([(16, 0.9, 0.8), (18, 0.95, 0.6), (17, 0.92, 0.7)])]
     (summary,) = gan_toy.summarize(rows, {("pacgan_grid", "gan"): dict(modes=(17.3, 0.8))})
     assert summary["seeds"] == 3 and summary["modes_covered"] == pytest.approx(17.0)
     assert summary["modes_covered_se"] == pytest.approx(1.0 / math.sqrt(3))  # std 1 over 3 seeds

@@ -229,7 +229,7 @@ def test_missing_weights_file_says_where_to_get_it(monkeypatch, tmp_path):
     assert issubclass(inc.InceptionWeightsError, FileNotFoundError)
 
 
-def test_load_variables_reads_a_pth_without_torch(fake_torch, monkeypatch, tmp_path, random_state_dict):
+def test_load_variables_reads_a_pth_without_torch(fake_torch, monkeypatch, tmp_path, random_state_dict):  # noqa: F811
     # The .pth is written here as torch.save writes it; reading it imports no torch.
     storages, obj = [], {}
     for i, (name, value) in enumerate(random_state_dict.items()):

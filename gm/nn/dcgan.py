@@ -5,7 +5,7 @@ from typing import Optional, Tuple
 import flax.linen as nn
 import jax.numpy as jnp
 
-from gm.nn.convnets import MLP, UpConv2x, _with_label
+from gm.nn.convnets import UpConv2x, _with_label
 
 
 def dcgan_stages(size):
