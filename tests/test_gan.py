@@ -303,7 +303,7 @@ def test_packed_discriminator_loss_is_the_loss_on_hand_made_packs(ring):
     s = Setup(ring, packing=m, loss="minimax", gradient_penalty=1.0)
     model, params, key = s.method_gan, s.state.params, jax.random.key(3)
     d, g = params["discriminator"], params["generator"]
-    assert d["Dense_0"]["kernel"].shape[0] == 2 * m  # the first layer sees m points
+    assert d["MLP_0"]["Dense_0"]["kernel"].shape[0] == 2 * m  # the first layer sees m points
     real = ring.train["x"][:16]
     got = gan.discriminator_objective(model, s.settings.gan, d, g, key, real)
 
@@ -323,7 +323,7 @@ def test_packing_trains_with_every_loss_and_k_steps(ring, loss):
     s = Setup(ring, packing=2, d_steps=2, loss=loss, **extra)
     new, metrics = jax.jit(s.step(ema_decay=0.0))(s.state, s.batch, jax.random.key(1))
     assert float(metrics["finite"]) == 1.0 and _count(new.opt_state["discriminator"]) == 2
-    kernel = lambda state_params: state_params["generator"]["Dense_0"]["kernel"]  # noqa: E731
+    kernel = lambda state_params: state_params["generator"]["MLP_0"]["Dense_0"]["kernel"]  # noqa: E731
     assert not np.allclose(kernel(new.params), kernel(s.state.params))
 
 

@@ -22,7 +22,7 @@ def test_pacgan_protocol_builds_the_papers_networks(monkeypatch, name, m):
     _, init = gan.gan_from_config(setup.settings.model, data.info, m)
     batch = {k: v[:4 * m] for k, v in data.train.items()}
     params = jax.eval_shape(init, jax.random.key(0), batch)
-    g, d = params["generator"], params["discriminator"]
+    g, d = params["generator"]["MLP_0"], params["discriminator"]["MLP_0"]
     # Four Dense(400) without bias (batch norm follows), each with its norm's scale and offset; linear out.
     assert [g[f"Dense_{i}"]["kernel"].shape for i in range(5)] == [(2, 400)] + [(400, 400)] * 3 + [(400, 2)]
     assert "bias" not in g["Dense_0"] and "bias" in g["Dense_4"] and g["BatchNorm_0"]["scale"].shape == (400,)
@@ -39,9 +39,8 @@ def test_pacgan_initialisation_draws_weights_with_std_0_02(monkeypatch):
     data = gm_data.load("pacgan_ring")
     _, init = gan.gan_from_config(families.parse(config).settings.model, data.info)
     params = init(jax.random.key(0), {k: v[:8] for k, v in data.train.items()})
-    kernel = np.asarray(params["discriminator"]["Maxout_1"]["Dense_0"]["kernel"])
-    assert kernel.std() == pytest.approx(0.02, rel=0.02)
-    assert not np.any(params["discriminator"]["Maxout_1"]["Dense_0"]["bias"])
+    maxout = params["discriminator"]["MLP_0"]["Maxout_1"]["Dense_0"]
+    assert np.asarray(maxout["kernel"]).std() == pytest.approx(0.02, rel=0.02) and not np.any(maxout["bias"])
 
 
 def test_summary_is_the_mean_and_standard_error_over_seeds_next_to_the_paper():

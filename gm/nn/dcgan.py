@@ -83,6 +83,19 @@ def _dense(features, init_std, use_bias=True):
     return nn.Dense(features, use_bias=use_bias, kernel_init=nn.initializers.normal(init_std))
 
 
+class _GeneratorLayers(nn.Module):
+    hidden: Tuple[int, ...]
+    out_dim: int
+    norm: str
+    init_std: float
+
+    @nn.compact
+    def __call__(self, x):
+        for f in self.hidden:
+            x = nn.relu(_norm(self.norm)(_dense(f, self.init_std, use_bias=self.norm != "batch")(x)))
+        return _dense(self.out_dim, self.init_std)(x)
+
+
 class MLPGenerator(nn.Module):
     """z [B, L] -> points [B, D] (2-D toys): hidden layers of Dense, `norm`, ReLU; a linear output.
     With batch norm the hidden Dense layers have no bias (the norm's shift replaces it), as PacGAN's."""
@@ -94,10 +107,9 @@ class MLPGenerator(nn.Module):
 
     @nn.compact
     def __call__(self, z, y=None):
-        x = _with_label(z, y, self.num_classes)
-        for f in self.hidden:
-            x = nn.relu(_norm(self.norm)(_dense(f, self.init_std, use_bias=self.norm != "batch")(x)))
-        return _dense(self.out_dim, self.init_std)(x)
+        # Named as the plain MLP was, so checkpoints keep their parameter paths.
+        layers = _GeneratorLayers(self.hidden, self.out_dim, self.norm, self.init_std, name="MLP_0")
+        return layers(_with_label(z, y, self.num_classes))
 
 
 class Maxout(nn.Module):
@@ -112,6 +124,21 @@ class Maxout(nn.Module):
         return jnp.max(h.reshape(h.shape[:-1] + (self.features, self.pieces)), axis=-1)
 
 
+class _DiscriminatorLayers(nn.Module):
+    hidden: Tuple[int, ...]
+    maxout_pieces: int
+    init_std: float
+
+    @nn.compact
+    def __call__(self, x):
+        for f in self.hidden:
+            if self.maxout_pieces > 1:
+                x = Maxout(f, self.maxout_pieces, self.init_std)(x)
+            else:
+                x = nn.relu(_dense(f, self.init_std)(x))
+        return _dense(1, self.init_std)(x)
+
+
 class MLPDiscriminator(nn.Module):
     """Points [B, D] (or packs [B, m D]) -> [B] logits: hidden layers of ReLU units, or of maxout units
     with `maxout_pieces` > 1 (as PacGAN's and ALI's toy discriminators); no normalisation."""
@@ -123,9 +150,4 @@ class MLPDiscriminator(nn.Module):
     @nn.compact
     def __call__(self, x, y=None):
         x = _with_label(x.reshape(x.shape[0], -1), y, self.num_classes)
-        for f in self.hidden:
-            if self.maxout_pieces > 1:
-                x = Maxout(f, self.maxout_pieces, self.init_std)(x)
-            else:
-                x = nn.relu(_dense(f, self.init_std)(x))
-        return _dense(1, self.init_std)(x)[:, 0]
+        return _DiscriminatorLayers(self.hidden, self.maxout_pieces, self.init_std, name="MLP_0")(x)[:, 0]
