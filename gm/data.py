@@ -175,6 +175,7 @@ _TOY_SPLITS = {
     'eight_gaussians': _eight_gaussians_split,
     'checkerboard': _checkerboard_split,
 }
+TOYS = tuple(_TOY_SPLITS)  # the 2-D point sets
 _TOY_CLASSES = {'ring8': 8, 'grid25': 25, 'eight_gaussians': 8, 'checkerboard': len(_CHECKER_SQUARES),
                 'pacgan_ring': 8, 'pacgan_grid': 25}
 

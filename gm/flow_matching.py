@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gm import data as gm_data
 from gm import distributions as dist
 from gm import ode
 from gm.config import interval, positive, positive_entries, setting
@@ -34,7 +35,7 @@ from gm.method import Method
 from gm.nn import convnets
 from gm.nn.unet import UNetConfig, unet_from_config
 
-PATHS = ("ot", "vp")
+PATHS = ("ot", "linear", "vp")
 COUPLINGS = ("independent", "ot")
 DIVERGENCES = ("auto",) + ode.DIVERGENCES
 TIME_SCALE = 1000.0  # t in [0, 1] reaches the networks as 1000 t, the range of DDPM's timesteps
@@ -53,20 +54,25 @@ def _per_example(t, x):
 
 
 class Path(NamedTuple):
-    """A conditional Gaussian path x_t = a(t) x1 + b(t) x0, with noise x0 at t = 0 and data x1 at t = 1.
+    """A conditional path x_t = a(t) x1 + b(t) x0 + noise_std eps, from the source point x0 at t = 0 to
+    the datum x1 at t = 1, eps ~ N(0, I) (Tong et al.'s constant sigma; 0 for Lipman's paths).
 
     coefficients: t -> (a, b, da/dt, db/dt), elementwise in t.
     t_max: the loss draws t ~ U[0, t_max].
     In both methods x0 and x1 are float [B, ...] and t is a float scalar or [B] in [0, 1]; the result
-    has x's shape.
+    has x's shape. A constant noise_std moves x_t but not its velocity.
     """
     coefficients: Callable
     t_max: float = 1.0
+    noise_std: float = 0.0
 
-    def sample_xt(self, x0, x1, t):
-        """x_t = a(t) x1 + b(t) x0: a draw from p_t(x | x1) given the noise x0."""
+    def sample_xt(self, x0, x1, t, eps=None):
+        """x_t = a(t) x1 + b(t) x0 (+ noise_std eps): a draw from p_t(x | x0, x1)."""
         a, b, _, _ = self.coefficients(_per_example(t, x1))
-        return a * x1 + b * x0
+        xt = a * x1 + b * x0
+        if self.noise_std:
+            xt = xt + self.noise_std * eps
+        return xt
 
     def target_velocity(self, x0, x1, t):
         """u_t = d x_t / dt = a'(t) x1 + b'(t) x0, the conditional velocity at x_t."""
@@ -78,6 +84,12 @@ def ot_coefficients(t, sigma_min):
     """The OT path's (a, b, a', b'): mu_t = t x1, sigma_t = 1 - (1 - sigma_min) t."""
     one = jnp.ones_like(t)
     return t, 1.0 - (1.0 - sigma_min) * t, one, -(1.0 - sigma_min) * one
+
+
+def linear_coefficients(t):
+    """The straight interpolant's (a, b, a', b'): x_t = t x1 + (1 - t) x0."""
+    one = jnp.ones_like(t)
+    return t, 1.0 - t, one, -one
 
 
 def vp_log_alpha(s, beta_min=0.1, beta_max=20.0):
@@ -105,10 +117,18 @@ def vp_path(beta_min=0.1, beta_max=20.0):
     return Path(functools.partial(vp_coefficients, beta_min=beta_min, beta_max=beta_max), VP_T_MAX)
 
 
+def linear_path(sigma=0.1):
+    """Tong et al.'s CFM path: x_t = t x1 + (1 - t) x0 + sigma eps, u_t = x1 - x0, for any source x0
+    (I-CFM with independent pairs, OT-CFM with the minibatch OT coupling)."""
+    return Path(linear_coefficients, noise_std=sigma)
+
+
 def path_from_name(name, sigma_min=1e-4):
-    """'ot' or 'vp' -> Path."""
+    """'ot', 'linear' (sigma_min is then its constant sigma) or 'vp' -> Path."""
     if name == "ot":
         return ot_path(sigma_min)
+    if name == "linear":
+        return linear_path(sigma_min)
     if name == "vp":
         return vp_path()
     raise ValueError(f"Unknown config.flow_matching.path {name!r}; use one of {PATHS}.")
@@ -154,29 +174,38 @@ def ot_couple_noise(x0, x1):
 # Loss, sampling and likelihood for any velocity field v(x, t) (t a scalar or float [B] in [0, 1]).
 # ---------------------------------------------------------------------------------------------------
 
-def cfm_loss(velocity_fn, path, key, x1, coupling="independent"):
-    """Conditional flow matching: E_{t ~ U[0, t_max], x0 ~ N(0, I)} ||v(x_t, t) - u_t||^2 / D.
+def cfm_loss(velocity_fn, path, key, x1, coupling="independent", source=None):
+    """Conditional flow matching: E_{t ~ U[0, t_max], x0 ~ q0} ||v(x_t, t) - u_t||^2 / D.
 
-    x1: data float [B, ...] in model space. Returns a scalar: the squared velocity error averaged over
-    dimensions and the batch, in (model-space units per unit time)^2.
+    x1: data float [B, ...] in model space. source: (key, num) -> x0 float [num, ...], draws from the
+    source q0 (None: N(0, I)). Returns a scalar: the squared velocity error averaged over dimensions and
+    the batch, in (model-space units per unit time)^2.
     """
     t_key, noise_key = jax.random.split(key)
-    x0 = jax.random.normal(noise_key, x1.shape, jnp.float32)
+    if source is None:
+        x0 = jax.random.normal(noise_key, x1.shape, jnp.float32)
+    else:
+        x0 = source(noise_key, x1.shape[0]).astype(jnp.float32)
     if coupling == "ot":
         x0 = ot_couple_noise(x0, x1)
     elif coupling != "independent":
         raise ValueError(f"Unknown config.flow_matching.coupling {coupling!r}; use one of {COUPLINGS}.")
     t = jax.random.uniform(t_key, (x1.shape[0],), jnp.float32, 0.0, path.t_max)
-    v = velocity_fn(path.sample_xt(x0, x1, t), t)
+    eps = jax.random.normal(jax.random.fold_in(key, 2), x1.shape, jnp.float32) if path.noise_std else None
+    v = velocity_fn(path.sample_xt(x0, x1, t, eps), t)
     return jnp.mean((v.astype(jnp.float32) - path.target_velocity(x0, x1, t)) ** 2)
 
 
-def sample(velocity_fn, key, shape, *, temperature=1.0, **solver):
-    """x0 ~ N(0, temperature^2 I) of `shape` carried from t = 0 to 1 -> (x1 float32, nfe).
+def sample(velocity_fn, key, shape, *, temperature=1.0, source=None, **solver):
+    """x0 ~ N(0, temperature^2 I) of `shape` (or `source(key, shape[0])`, see `cfm_loss`) carried from
+    t = 0 to 1 -> (x1 float32, nfe).
 
     `solver` holds `gm.ode.solve`'s keywords (method, num_steps, rtol, atol).
     """
-    x0 = temperature * jax.random.normal(key, shape, jnp.float32)
+    if source is None:
+        x0 = temperature * jax.random.normal(key, shape, jnp.float32)
+    else:
+        x0 = source(key, shape[0]).astype(jnp.float32)
     return ode.solve(velocity_fn, x0, 0.0, 1.0, **solver)
 
 
@@ -207,15 +236,19 @@ class VelocityConfig(UNetConfig):
 class FlowMatchingConfig:
     """config.flow_matching: Lipman et al.'s CIFAR-10 settings by default.
 
-    path 'ot' | 'vp'; sigma_min in [0, 1) (the OT path's final noise); coupling 'independent' | 'ot'
-    (minibatch OT pairing of noise and data); solver 'euler' | 'heun' | 'rk4' | 'dopri5', num_steps
+    path 'ot' | 'linear' | 'vp'; sigma_min in [0, 1) (the OT path's final noise, the linear path's
+    constant sigma); coupling 'independent' | 'ot' (minibatch OT pairing of source and data points);
+    source 'gaussian' (N(0, I)) or a 2-D point set of `gm.data` (Tong et al.: flow matching needs no
+    Gaussian source; the loss draws x0 from its train split, sampling from its test split, and there is
+    then no log-likelihood); solver 'euler' | 'heun' | 'rk4' | 'dopri5', num_steps
     (fixed-step solvers), rtol, atol (dopri5); divergence 'auto' | 'exact' | 'hutchinson' ('auto': the
     exact trace up to EXACT_TRACE_MAX_DIMS dimensions) with a 'rademacher' | 'gaussian' probe;
-    temperature scales the sampler's noise.
+    temperature scales the sampler's Gaussian noise.
     """
     path: Literal[PATHS] = "ot"
     sigma_min: float = setting(1e-4, interval(0.0, 1.0))
     coupling: Literal[COUPLINGS] = "independent"
+    source: Literal[("gaussian",) + gm_data.TOYS] = "gaussian"
     solver: Literal[ode.METHODS] = "dopri5"
     num_steps: int = setting(100, positive)
     rtol: float = setting(1e-5, interval(0.0, None, low_open=True))
@@ -305,6 +338,24 @@ def data_log_prob(field, params, key, batch, info, fm: FlowMatchingConfig):
     return log_density, nfe
 
 
+def point_sampler(points):
+    """(key, num) -> num rows of `points` [N, ...] drawn uniformly with replacement, float32."""
+    points = jnp.asarray(points, jnp.float32)
+    return lambda key, num: points[jax.random.randint(key, (num,), 0, points.shape[0])]
+
+
+def source_samplers(source: str, info):
+    """(train, test) samplers of config.flow_matching.source for `info`'s data; (None, None) for
+    'gaussian' (N(0, I))."""
+    if source == "gaussian":
+        return None, None
+    points = gm_data.load(source)
+    if info.num_bits is not None or tuple(points.info.shape) != tuple(info.shape):
+        raise ValueError(f"config.flow_matching.source={source!r} has points of shape {tuple(points.info.shape)}, "
+                         f"not the data's {tuple(info.shape)}; use 'gaussian' or a point set of the data's shape.")
+    return point_sampler(points.train["x"]), point_sampler(points.test["x"])
+
+
 def make(settings: Settings, info) -> Method:
     """Flow matching on `info`'s data -> Method (see `VelocityConfig` and `FlowMatchingConfig`).
 
@@ -312,6 +363,7 @@ def make(settings: Settings, info) -> Method:
     info.num_bits (noisy but unbiased with Hutchinson), for 2-D data the continuous log-density.
     """
     fm = settings.flow_matching
+    train_source, test_source = source_samplers(fm.source, info)
     path = path_from_name(fm.path, fm.sigma_min)
     field = velocity_field(settings.model, info)
     images = field.images
@@ -322,14 +374,14 @@ def make(settings: Settings, info) -> Method:
     def loss(params, key, batch):
         data_key, loss_key, dropout_key = jax.random.split(key, 3)
         velocity = field.bind(params, batch.get("label"), train=True, dropout_key=dropout_key)
-        value = cfm_loss(velocity, path, loss_key, to_model_space(data_key, batch, info), fm.coupling)
+        value = cfm_loss(velocity, path, loss_key, to_model_space(data_key, batch, info), fm.coupling, train_source)
         return value, {"loss": value}
 
     def sample_fn(params, key, num):
         label_key, noise_key = jax.random.split(key)
         labels = jax.random.randint(label_key, (num,), 0, info.num_classes)
         x, _ = sample(field.bind(params, labels), noise_key, (num,) + tuple(info.shape),
-                      temperature=fm.temperature, **fm.solver_options())
+                      temperature=fm.temperature, source=test_source, **fm.solver_options())
         if images:
             return dist.dequantized_to_levels((x + 1.0) / 2.0, info.num_bits)  # model space is [-1, 1)
         return x
@@ -337,4 +389,5 @@ def make(settings: Settings, info) -> Method:
     def log_prob(params, key, batch):
         return data_log_prob(field, params, key, batch, info, fm)[0]
 
-    return Method(init=init, loss=loss, sample=sample_fn, log_prob=log_prob, log_prob_is_bound=images)
+    return Method(init=init, loss=loss, sample=sample_fn, log_prob=log_prob if train_source is None else None,
+                  log_prob_is_bound=images)

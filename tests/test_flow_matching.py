@@ -17,7 +17,7 @@ from gm.data import DatasetInfo
 quick_jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
 
 
-PATHS = {"ot": fm.ot_path(sigma_min=0.01), "vp": fm.vp_path()}
+PATHS = {"ot": fm.ot_path(sigma_min=0.01), "vp": fm.vp_path(), "linear": fm.linear_path(sigma=0.0)}
 
 
 @pytest.mark.parametrize("name", PATHS)
@@ -182,8 +182,60 @@ def test_image_method_runs_under_jit_with_the_right_shapes():
     assert method.log_prob_is_bound
 
 
+def test_linear_path_adds_constant_noise_and_its_velocity_is_the_difference():
+    x0, x1, eps = np.random.default_rng(2).standard_normal((3, 4, 2)).astype(np.float32)
+    path, t = fm.linear_path(sigma=0.1), np.float32(0.3)
+    np.testing.assert_allclose(path.sample_xt(x0, x1, t, eps), 0.3 * x1 + 0.7 * x0 + 0.1 * eps, rtol=1e-6)
+    np.testing.assert_allclose(path.target_velocity(x0, x1, t), x1 - x0, rtol=1e-6)
+
+
+def test_cfm_loss_draws_the_source_from_the_given_sampler():
+    # A source that is one point s: with the straight path from s, the exact velocity of a single
+    # datum x1 is x1 - s everywhere, so the loss vanishes; from N(0, I) it would not.
+    s, x1 = jnp.array([3.0, -1.0]), jnp.array([[1.5, -0.5]] * 8)
+    source = lambda key, num: jnp.broadcast_to(s, (num, 2))  # noqa: E731
+    velocity = lambda x, t: jnp.broadcast_to(x1[0] - s, x.shape)  # noqa: E731
+    path = fm.linear_path(sigma=0.0)
+    loss = quick_jit(lambda key: fm.cfm_loss(velocity, path, key, x1, "independent", source))(jax.random.key(0))
+    assert float(loss) < 1e-12
+    assert float(quick_jit(lambda key: fm.cfm_loss(velocity, path, key, x1))(jax.random.key(0))) > 1.0
+
+
+def test_a_point_set_source_flows_to_the_target_and_has_no_likelihood():
+    # eight_gaussians (radius 2, std 0.2) -> pacgan_ring (radius 1, std 0.01) with OT-CFM: the learned
+    # map carries the source halfway to the ring's centre and sharpens it onto its modes.
+    from gm import data as gm_data
+    from gm.metrics.wasserstein import wasserstein2
+    target, source = gm_data.load("pacgan_ring"), gm_data.load("eight_gaussians")
+    method = _make(toy_config(path="linear", sigma_min=0.01, coupling="ot", source="eight_gaussians"), TOY_INFO)
+    assert method.log_prob is None
+    rng = np.random.default_rng(0)
+    batch = lambda: {"x": target.train["x"][rng.integers(0, 100_000, 256)], "label": np.zeros(256, np.int32)}  # noqa: E731
+    params = quick_jit(method.init)(jax.random.key(0), batch())
+    opt = optax.adam(3e-3)
+    opt_state = opt.init(params)
+
+    @quick_jit
+    def step(params, opt_state, batch, key):
+        grads = jax.grad(lambda p: method.loss(p, key, batch)[0])(params)
+        updates, opt_state = opt.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state
+
+    for i in range(300):
+        params, opt_state = step(params, opt_state, batch(), jax.random.key(i))
+    samples = np.asarray(quick_jit(method.sample, static_argnums=2)(params, jax.random.key(1), 500))
+    test = target.test["x"][:500]
+    before, after = wasserstein2(source.test["x"][:500], test), wasserstein2(samples, test)
+    assert after < 0.3 * before, (before, after)  # 1.05 -> 0.22 when written
+
+
+def test_a_source_of_another_shape_is_one_sentence():
+    with pytest.raises(ValueError, match=r"config.flow_matching.source='ring8' has points of shape \(2,\)"):
+        _make(toy_config(source="ring8"), DatasetInfo("digits", (8, 8, 1), 4, 10, 1000, 100))
+
+
 @pytest.mark.parametrize("field, value", [
-    ("path", "cosine"), ("coupling", "sinkhorn"), ("solver", "midpoint"), ("divergence", "trace"),
+    ("path", "cosine"), ("source", "moons"), ("coupling", "sinkhorn"), ("solver", "midpoint"), ("divergence", "trace"),
     ("num_steps", 0), ("num_steps", 2.5), ("sigma_min", 1.0), ("sigma_min", -0.1), ("rtol", 0.0),
     ("temperature", -1.0), ("probe", "uniform")])
 def test_bad_config_values_raise_one_clear_error(field, value):

@@ -139,3 +139,16 @@ def test_reconstruction_error_psnr_and_code_statistics_over_a_padded_split():
     p = np.bincount(labels % 4) / 100
     assert result["codes_used"] == 4
     np.testing.assert_allclose(result["code_perplexity"], np.exp(-np.sum(p * np.log(p))), rtol=1e-6)
+
+
+def test_wasserstein2_is_the_optimal_matching_distance():
+    from gm.metrics.wasserstein import wasserstein2
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(200, 2))
+    assert wasserstein2(x, x[::-1]) == pytest.approx(0.0, abs=1e-9)
+    assert wasserstein2(x, x + np.array([3.0, 4.0])) == pytest.approx(5.0, rel=1e-9)  # a translation
+    a, b = rng.normal(size=(300, 1)), 2.0 * rng.normal(size=(300, 1)) + 1.0
+    sorted_match = np.sqrt(np.mean((np.sort(a[:, 0]) - np.sort(b[:, 0])) ** 2))  # 1-D: sorted pairs
+    assert wasserstein2(a, b) == pytest.approx(sorted_match, rel=1e-9)
+    with pytest.raises(ValueError, match="as many points"):
+        wasserstein2(x, x[:10])
