@@ -38,12 +38,12 @@ Protocols (config.protocol):
   points (PacGAN draws 100,000 packs of m fresh points). A trial costs about 1.5 h (m = 1) to 2.3 h
   (m = 4) on a 2-core CPU (benchmarks/RESULTS.md), so the full protocol is a GPU job.
 """
-import math
 import os
 
 import jax
 import numpy as np
 
+from experiments import published
 from gm import data as gm_data
 from gm import families
 from gm.config import variant
@@ -75,18 +75,17 @@ VARIANTS = {
 }
 TOYS = {"gm": ("ring8", "grid25"), "pacgan": ("pacgan_ring", "pacgan_grid")}
 
-# Published cells as (mean, standard error or None where the source gives none): modes covered,
-# high-quality samples (a share), reverse KL (nats). Only cells checked against the paper's text are
+# Published cells (`experiments.published`): modes covered, high-quality samples (a share), reverse
+# KL (nats). Only cells checked against the paper's text are
 # here: PacGAN's Table 1 is an image in its release (fjxmlzn/PacGAN, synthetic_data_experiments/results/
 # Table1.png); its other cells are left to be filled from it.
 PAPER = {
     "pacgan": {
-        ("pacgan_grid", "gan"): dict(modes=(17.3, 0.8)),
-        ("pacgan_grid", "pacgan4"): dict(modes=(24.8, None)),
+        ("pacgan_grid", "gan"): dict(modes_covered=(17.3, 0.8)),
+        ("pacgan_grid", "pacgan4"): dict(modes_covered=(24.8, None)),
     },
 }
 METRICS = ("modes_covered", "high_quality", "reverse_kl")
-_PAPER_KEYS = {"modes_covered": "modes", "high_quality": "high_quality", "reverse_kl": "reverse_kl"}
 
 
 def get_config(arg=None):
@@ -157,58 +156,19 @@ def score(restored, num_samples, min_count):
     return dict(result, step=int(step)), points
 
 
-def mean_and_stderr(values):
-    """(mean, standard error of the mean) of a list; the error is 0 for one value."""
-    values = np.asarray(values, np.float64)
-    if len(values) < 2:
-        return float(values.mean()), 0.0
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values)))
-
-
-def summarize(rows, paper):
-    """One row per (toy, variant): mean and standard error over seeds of every metric, the paper's
-    (mean, se) and whether they agree within two combined standard errors."""
-    groups = {}
-    for r in rows:
-        groups.setdefault((r["toy"], r["variant"]), []).append(r)
-    out = []
-    for (toy, name), runs in groups.items():
-        row = dict(toy=toy, variant=name, seeds=len(runs), step=min(r["step"] for r in runs))
-        published = paper.get((toy, name), {})
-        for metric in METRICS:
-            mean, se = mean_and_stderr([r[metric] for r in runs])
-            row[metric], row[metric + "_se"] = mean, se
-            if _PAPER_KEYS[metric] in published:
-                p_mean, p_se = published[_PAPER_KEYS[metric]]
-                row[metric + "_paper"], row[metric + "_paper_se"] = p_mean, p_se
-                row[metric + "_agrees"] = bool(abs(mean - p_mean) <= 2 * math.hypot(se, p_se or 0.0))
-        out.append(row)
-    return out
-
-
-def _cell(row, metric, scale=1.0, digits=2):
-    text = f"{scale * row[metric]:.{digits}f} ± {scale * row[metric + '_se']:.{digits}f}"
-    if metric + "_paper" in row:
-        paper_se = row[metric + "_paper_se"]
-        text += (f" ({scale * row[metric + '_paper']:.{digits}f}"
-                 f"{'' if paper_se is None else f' ± {scale * paper_se:.{digits}f}'}"
-                 f"{'' if row[metric + '_agrees'] else ', differs'})")
-    return text
-
-
 def table(rows, summary):
     lines = ["| toy | variant | seed | step | modes covered | high-quality samples | reverse KL |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         lines.append(f"| {r['toy']} | {r['variant']} | {r['seed']} | {r['step']} | {r['modes_covered']} / "
                      f"{r['num_modes']} | {100 * r['high_quality']:.1f}% | {r['reverse_kl']:.3f} |")
-    lines += ["", "Mean ± standard error over seeds (the paper's in brackets; 'differs': further apart than "
-              "two combined standard errors):", "",
+    lines += ["", published.AGREEMENT_NOTE, "",
               "| toy | variant | seeds | step | modes covered | high-quality samples (%) | reverse KL |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for s in summary:
-        lines.append(f"| {s['toy']} | {s['variant']} | {s['seeds']} | {s['step']} | {_cell(s, 'modes_covered', 1, 1)} | "
-                     f"{_cell(s, 'high_quality', 100, 1)} | {_cell(s, 'reverse_kl')} |")
+        lines.append(f"| {s['toy']} | {s['variant']} | {s['seeds']} | {s['step']} | "
+                     f"{published.cell(s, 'modes_covered', 1, 1)} | {published.cell(s, 'high_quality', 100, 1)} | "
+                     f"{published.cell(s, 'reverse_kl')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -230,7 +190,7 @@ def run_toys(config, workdir, mode="train"):
         rows.append(dict(result, toy=toy, variant=v, seed=int(seed)))
         print(f"{toy} {v} seed {seed}: {result['modes_covered']}/{result['num_modes']} modes, "
               f"{100 * result['high_quality']:.1f}% high quality, reverse KL {result['reverse_kl']:.3f}", flush=True)
-    summary = summarize(rows, PAPER.get(config.protocol, {}))
+    summary = published.summarize(rows, ("toy", "variant"), METRICS, PAPER.get(config.protocol, {}))
     save_table(workdir, "modes", rows, table(rows, summary))
     save_table(workdir, "modes_summary", summary, table([], summary))
     return rows

@@ -12,7 +12,9 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
   the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
   (PacGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points) are the sharp
   mixtures of the GAN mode-collapse benchmarks (`TOY_MODES`, `TOY_STDS`); eight_gaussians and
-  checkerboard are the smoother densities of the flow papers, with their exact log-density in `toy_log_density` (for plots and reverse-KL fitting).
+  checkerboard are the smoother densities of the flow papers, with their exact log-density in
+  `toy_log_density` (for plots and reverse-KL fitting); cfm_* and dsb_* are the sources and targets of
+  Tong et al.'s flow-matching table (`gm.point_sets`).
 
 `train_batch(step=s)` returns what an uninterrupted run saw at step `s`, so resuming needs only the step
 and the seed. Examples are visited in a fresh permutation per epoch, batches run straight across epoch
@@ -29,8 +31,10 @@ from typing import Iterator
 
 import numpy as np
 
+from gm import point_sets
+
 DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard', 'pacgan_ring',
-            'pacgan_grid')
+            'pacgan_grid') + tuple(point_sets.SPLITS)
 
 
 class DataError(ValueError):
@@ -115,7 +119,8 @@ TOY_MODES: dict[str, np.ndarray] = {
 # Each mode's standard deviation (isotropic), by toy.
 TOY_STDS: dict[str, float] = {'ring8': TOY_STD, 'grid25': TOY_STD, 'pacgan_ring': 0.01, 'pacgan_grid': 0.05}
 _TOY_NUM_TRAIN, _TOY_NUM_TEST = 50_000, 10_000
-_TOY_SIZES = {'pacgan_ring': (100_000, 10_000), 'pacgan_grid': (100_000, 10_000)}  # PacGAN's num_sample
+_TOY_SIZES = {'pacgan_ring': (100_000, 10_000), 'pacgan_grid': (100_000, 10_000),  # PacGAN's num_sample
+              **{name: (point_sets.NUM_TRAIN, point_sets.NUM_TEST) for name in point_sets.SPLITS}}
 
 
 def _toy_split(modes: np.ndarray, n: int, rng: np.random.Generator, std: float = TOY_STD) -> dict[str, np.ndarray]:
@@ -174,10 +179,11 @@ _TOY_SPLITS = {
        for name in TOY_STDS},
     'eight_gaussians': _eight_gaussians_split,
     'checkerboard': _checkerboard_split,
+    **point_sets.SPLITS,
 }
 TOYS = tuple(_TOY_SPLITS)  # the 2-D point sets
 _TOY_CLASSES = {'ring8': 8, 'grid25': 25, 'eight_gaussians': 8, 'checkerboard': len(_CHECKER_SQUARES),
-                'pacgan_ring': 8, 'pacgan_grid': 25}
+                'pacgan_ring': 8, 'pacgan_grid': 25, **point_sets.CLASSES}
 
 
 def _load_toy(name: str) -> Dataset:

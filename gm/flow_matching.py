@@ -30,7 +30,7 @@ import numpy as np
 from gm import data as gm_data
 from gm import distributions as dist
 from gm import ode
-from gm.config import interval, positive, positive_entries, setting
+from gm.config import interval, nonnegative, positive, positive_entries, setting
 from gm.method import Method
 from gm.nn import convnets
 from gm.nn.unet import UNetConfig, unet_from_config
@@ -138,11 +138,13 @@ def path_from_name(name, sigma_min=1e-4):
 # Minibatch OT coupling.
 # ---------------------------------------------------------------------------------------------------
 
-def _linear_assignment(cost):
-    """Host side: the column assigned to each row of a square cost matrix, int32 [B]."""
+def _ot_assignment(x0, x1):
+    """Host side: for flat x0, x1 [B, D], the row of x0 assigned to each row of x1, int32 [B]."""
     from scipy.optimize import linear_sum_assignment  # imported on first use; scipy is slow to load
 
-    rows, cols = linear_sum_assignment(np.asarray(cost, np.float64))
+    x0, x1 = np.asarray(x0, np.float64), np.asarray(x1, np.float64)
+    cost = np.sum(x1 ** 2, 1)[:, None] + np.sum(x0 ** 2, 1)[None, :] - 2.0 * x1 @ x0.T
+    rows, cols = linear_sum_assignment(cost)
     assert np.array_equal(rows, np.arange(len(rows)))  # square cost: every row is assigned, in order
     return cols.astype(np.int32)
 
@@ -153,16 +155,16 @@ def ot_permutation(x0, x1):
     With equal batch sizes and uniform weights an optimal plan is a permutation matrix, so the
     discrete OT problem of Tong et al. is a linear assignment, solved by scipy on the host through
     `jax.pure_callback` (so it runs inside jit). x0, x1: float [B, ...]. Within a data-parallel step the
-    assignment covers the whole global batch under gm.parallel's `sharded` strategy (the [B, B] cost
-    is gathered for the host) and each device's slice under `pmap`.
+    assignment covers the whole global batch under gm.parallel's `sharded` strategy (the points are
+    gathered for the host) and each device's slice under `pmap`. The [B, B] squared distances are
+    computed on the host too, in float64: no reduced-precision matmul can reorder near-ties, and the
+    device program around the callback stays small (a large matmul there, split over the threads that
+    several CPU devices' collectives wait on, deadlocked XLA's CPU runtime at batch 512 on 8 devices).
     """
     n0, n1 = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
-    # Squared distances by expansion, [B, B] without a [B, B, D] intermediate; full-precision matmul
-    # (accelerators default to reduced precision, which could reorder near-ties badly).
-    cross = jnp.matmul(n1, n0.T, precision=jax.lax.Precision.HIGHEST)
-    cost = jnp.sum(n1 ** 2, -1)[:, None] + jnp.sum(n0 ** 2, -1)[None, :] - 2.0 * cross
     result = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
-    return jax.pure_callback(_linear_assignment, result, jax.lax.stop_gradient(cost), vmap_method="sequential")
+    return jax.pure_callback(_ot_assignment, result, jax.lax.stop_gradient(n0), jax.lax.stop_gradient(n1),
+                             vmap_method="sequential")
 
 
 def ot_couple_noise(x0, x1):
@@ -227,9 +229,11 @@ def log_likelihood(velocity_fn, x1, key=None, *, divergence="exact", probe="rade
 @dataclasses.dataclass(frozen=True)
 class VelocityConfig(UNetConfig):
     """config.model: the UNet's fields for images (t fed as 1000 t); for other data (the 2-D toys) a
-    VelocityMLP of `hidden` widths and `activation`."""
+    VelocityMLP of `hidden` widths and `activation`, seeing t and `time_features` sinusoidal features
+    of it (0: t alone)."""
     hidden: Tuple[int, ...] = setting((256, 256, 256), positive_entries)
     activation: Literal[tuple(convnets.ACTIVATIONS)] = "swish"
+    time_features: int = setting(32, nonnegative)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -310,8 +314,8 @@ def velocity_field(model: VelocityConfig, info) -> VelocityField:
     if images:
         return VelocityField(unet_from_config(model, num_classes, image_shape=info.shape), True, num_classes)
     from gm.nn.velocity import VelocityMLP
-    return VelocityField(VelocityMLP(hidden=model.hidden, time_scale=TIME_SCALE, activation=model.activation),
-                         False, None)
+    return VelocityField(VelocityMLP(hidden=model.hidden, time_features=model.time_features, time_scale=TIME_SCALE,
+                                     activation=model.activation), False, None)
 
 
 def to_model_space(key, batch, info):
@@ -339,9 +343,17 @@ def data_log_prob(field, params, key, batch, info, fm: FlowMatchingConfig):
 
 
 def point_sampler(points):
-    """(key, num) -> num rows of `points` [N, ...] drawn uniformly with replacement, float32."""
+    """(key, num) -> num rows of `points` [N, ...], float32: distinct rows in random order when num <= N
+    (a batch of a shuffled set; every test point once when num = N), else drawn with replacement."""
     points = jnp.asarray(points, jnp.float32)
-    return lambda key, num: points[jax.random.randint(key, (num,), 0, points.shape[0])]
+    n = points.shape[0]
+
+    def draw(key, num):
+        if num <= n:
+            return points[jax.random.permutation(key, n)[:num]]
+        return points[jax.random.randint(key, (num,), 0, n)]
+
+    return draw
 
 
 def source_samplers(source: str, info):

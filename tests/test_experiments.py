@@ -386,6 +386,20 @@ def test_compare_trains_every_family_and_writes_the_table(tmp_path):
     assert open(tmp_path / "compare.csv").readline().startswith("family,")
 
 
+def test_fm_toy_writes_the_w2_table_and_plots(tmp_path):
+    # A point-set source (the DSB moons) and two seeds: the table's mean and standard error over them.
+    proc = _ar_run("fm_toy", tmp_path, "--config.train.num_steps=4", "--config.train.log_every=2",
+                   "--config.train.checkpoint_every=4", "--config.train.sample_every=4", "--config.seeds=(0,1)",
+                   "--config.pairs=('moons->8gaussians',)", "--config.methods=('ot_cfm','fm')",
+                   "--config.num_eval_samples=200")
+    rows = json.load(open(tmp_path / "w2.json"))
+    assert [(r["method"], r["seed"]) for r in rows] == [("ot_cfm", 0), ("ot_cfm", 1)]  # FM needs N(0, I)
+    assert all(r["w2"] > 0 for r in rows) and "W2" in proc.stdout
+    (summary,) = json.load(open(tmp_path / "w2_summary.json"))
+    assert summary["seeds"] == 2 and summary["w2"] == pytest.approx(np.mean([r["w2"] for r in rows]))
+    assert os.path.exists(tmp_path / "moons_to_8gaussians_ot_cfm_seed1.png")
+
+
 def test_gan_toy_writes_the_mode_table_and_plots(tmp_path):
     # 40: a multiple of the test's 8 devices and of WGAN-GP's 5 critic steps.
     proc = _ar_run("gan_toy", tmp_path, "--config.train.batch_size=40", "--config.train.num_steps=4",

@@ -5,7 +5,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments import gan_toy
+from experiments import gan_toy, published
 from gm import data as gm_data
 from gm import families, gan
 
@@ -47,12 +47,14 @@ def test_summary_is_the_mean_and_standard_error_over_seeds_next_to_the_paper():
     rows = [dict(toy="pacgan_grid", variant="gan", seed=s, step=400_000, modes_covered=c, num_modes=25,
                  high_quality=q, reverse_kl=k)
             for s, (c, q, k) in enumerate([(16, 0.9, 0.8), (18, 0.95, 0.6), (17, 0.92, 0.7)])]
-    (summary,) = gan_toy.summarize(rows, {("pacgan_grid", "gan"): dict(modes=(17.3, 0.8))})
+    (summary,) = published.summarize(rows, ("toy", "variant"), gan_toy.METRICS,
+                                     {("pacgan_grid", "gan"): dict(modes_covered=(17.3, 0.8))})
     assert summary["seeds"] == 3 and summary["modes_covered"] == pytest.approx(17.0)
     assert summary["modes_covered_se"] == pytest.approx(1.0 / math.sqrt(3))  # std 1 over 3 seeds
     assert summary["modes_covered_paper"] == 17.3 and summary["modes_covered_agrees"]
     assert "high_quality_paper" not in summary
-    (far,) = gan_toy.summarize(rows, {("pacgan_grid", "gan"): dict(modes=(24.8, None))})
+    (far,) = published.summarize(rows, ("toy", "variant"), gan_toy.METRICS,
+                                 {("pacgan_grid", "gan"): dict(modes_covered=(24.8, None))})
     assert not far["modes_covered_agrees"]  # 7.8 apart, 2 x 0.58 allowed
     table = gan_toy.table(rows, [summary, far])
     assert "17.0 ± 0.6 (17.3 ± 0.8)" in table and "17.0 ± 0.6 (24.8, differs)" in table

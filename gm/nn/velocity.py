@@ -14,7 +14,7 @@ class VelocityMLP(nn.Module):
 
     The MLP (`hidden` layers with `activation`, then a linear output) sees x flattened, t itself and
     `time_features` sinusoidal features of `time_scale` t (1000 t: the range of DDPM's timesteps, as
-    the UNet sees it).
+    the UNet sees it); time_features = 0: t alone, as Tong et al.'s 2-D networks.
     """
     hidden: Sequence[int]
     time_features: int = 32
@@ -25,5 +25,7 @@ class VelocityMLP(nn.Module):
     def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
         flat = x.reshape(x.shape[0], -1).astype(jnp.float32)
         t = t.astype(jnp.float32)
-        features = [flat, t[:, None], timestep_embedding(self.time_scale * t, self.time_features)]
+        features = [flat, t[:, None]]
+        if self.time_features:
+            features.append(timestep_embedding(self.time_scale * t, self.time_features))
         return MLP(tuple(self.hidden), flat.shape[-1], self.activation)(jnp.concatenate(features, -1)).reshape(x.shape)
