@@ -397,7 +397,7 @@ def test_fm_toy_writes_the_w2_table_and_plots(tmp_path):
     assert all(r["w2"] > 0 for r in rows) and "W2" in proc.stdout
     (summary,) = json.load(open(tmp_path / "w2_summary.json"))
     assert summary["seeds"] == 2 and summary["w2"] == pytest.approx(np.mean([r["w2"] for r in rows]))
-    assert 0 < summary["w2_floor"] < 5 and "| floor |" in open(tmp_path / "w2.md").read()
+    assert 0 < summary["w2_data"] < 5 and "| data vs data |" in open(tmp_path / "w2.md").read()
     assert os.path.exists(tmp_path / "moons_to_8gaussians_ot_cfm_seed1.png")
 
 
