@@ -1,6 +1,7 @@
 """Layered configs, typed and checked at the boundary; the registry; the direction of imports."""
 import ast
 import dataclasses
+import gc
 import glob
 import os
 from typing import Literal, Tuple, Union
@@ -115,10 +116,22 @@ def test_an_unknown_family_is_one_sentence():
         families.parse(config)
 
 
+def _parse(source):
+    """ast.parse with the garbage collector paused: CPython 3.11 raises "AST constructor recursion depth
+    mismatch" when a finalizer runs Python code (e.g. asyncio logging a task an earlier test left behind)
+    while the tree is being built."""
+    gc.collect()
+    gc.disable()
+    try:
+        return ast.parse(source)
+    finally:
+        gc.enable()
+
+
 def _imports(path):
     """Every module a Python file imports (absolute names; `from gm import x` gives gm.x)."""
     names = set()
-    for node in ast.walk(ast.parse(open(path).read())):
+    for node in ast.walk(_parse(open(path).read())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
