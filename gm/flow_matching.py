@@ -261,6 +261,14 @@ class FlowMatchingConfig:
     probe: Literal[ode.PROBES] = "rademacher"
     temperature: float = setting(1.0, interval(0.0, None))
 
+    def check(self, name):
+        if self.source != "gaussian" and self.path != "linear":
+            raise ValueError(f"{name}.source={self.source!r} needs {name}.path='linear': the '{self.path}' "
+                             f"path starts from N(0, I).")
+        if self.source != "gaussian" and self.temperature != 1.0:
+            raise ValueError(f"{name}.temperature scales Gaussian noise; leave it at 1 with {name}.source="
+                             f"{self.source!r}.")
+
     def solver_options(self) -> dict:
         """`gm.ode.solve`'s keywords: method, num_steps, rtol, atol."""
         return dict(method=self.solver, num_steps=self.num_steps, rtol=self.rtol, atol=self.atol)

@@ -231,7 +231,15 @@ def test_a_point_set_source_flows_to_the_target_and_has_no_likelihood():
 
 def test_a_source_of_another_shape_is_one_sentence():
     with pytest.raises(ValueError, match=r"config.flow_matching.source='ring8' has points of shape \(2,\)"):
-        _make(toy_config(source="ring8"), DatasetInfo("digits", (8, 8, 1), 4, 10, 1000, 100))
+        _make(toy_config(source="ring8", path="linear"), DatasetInfo("digits", (8, 8, 1), 4, 10, 1000, 100))
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(source="eight_gaussians"), r"source='eight_gaussians' needs config.flow_matching.path='linear'"),
+    (dict(source="eight_gaussians", path="linear", temperature=0.5), "config.flow_matching.temperature")])
+def test_a_point_set_source_refuses_gaussian_only_settings(fields, match):
+    with pytest.raises(ValueError, match=match):
+        _make(toy_config(**fields), TOY_INFO)
 
 
 @pytest.mark.parametrize("field, value", [
