@@ -34,6 +34,7 @@ from gm.config import interval, nonnegative, positive, positive_entries, setting
 from gm.method import Method
 from gm.nn import convnets
 from gm.nn.unet import UNetConfig, unet_from_config
+from gm.optimal_transport import assignment, squared_distances
 
 PATHS = ("ot", "linear", "vp")
 COUPLINGS = ("independent", "ot")
@@ -140,26 +141,21 @@ def path_from_name(name, sigma_min=1e-4):
 
 def _ot_assignment(x0, x1):
     """Host side: for flat x0, x1 [B, D], the row of x0 assigned to each row of x1, int32 [B]."""
-    from scipy.optimize import linear_sum_assignment  # imported on first use; scipy is slow to load
-
-    x0, x1 = np.asarray(x0, np.float64), np.asarray(x1, np.float64)
-    cost = np.sum(x1 ** 2, 1)[:, None] + np.sum(x0 ** 2, 1)[None, :] - 2.0 * x1 @ x0.T
-    rows, cols = linear_sum_assignment(cost)
-    assert np.array_equal(rows, np.arange(len(rows)))  # square cost: every row is assigned, in order
-    return cols.astype(np.int32)
+    return assignment(squared_distances(x1, x0)).astype(np.int32)
 
 
 def ot_permutation(x0, x1):
     """The permutation p, int32 [B], minimising sum_i ||x0[p[i]] - x1[i]||^2 (an exact OT plan).
 
     With equal batch sizes and uniform weights an optimal plan is a permutation matrix, so the
-    discrete OT problem of Tong et al. is a linear assignment, solved by scipy on the host through
-    `jax.pure_callback` (so it runs inside jit). x0, x1: float [B, ...]. Within a data-parallel step the
-    assignment covers the whole global batch under gm.parallel's `sharded` strategy (the points are
-    gathered for the host) and each device's slice under `pmap`. The [B, B] squared distances are
-    computed on the host too, in float64: no reduced-precision matmul can reorder near-ties, and the
-    device program around the callback stays small (a large matmul there, split over the threads that
-    several CPU devices' collectives wait on, deadlocked XLA's CPU runtime at batch 512 on 8 devices).
+    discrete OT problem of Tong et al. is a linear assignment, solved exactly on the host
+    (`gm.optimal_transport`) through `jax.pure_callback` (so it runs inside jit). x0, x1: float
+    [B, ...]. Within a data-parallel step the assignment covers the whole global batch under
+    gm.parallel's `sharded` strategy (the points are gathered for the host) and each device's slice
+    under `pmap`. The [B, B] squared distances are computed on the host too, in float64: no
+    reduced-precision matmul can reorder near-ties, and the device program around the callback stays
+    small (a large matmul there, split over the threads that several CPU devices' collectives wait
+    on, deadlocked XLA's CPU runtime at batch 512 on 8 devices).
     """
     n0, n1 = x0.reshape(x0.shape[0], -1), x1.reshape(x1.shape[0], -1)
     result = jax.ShapeDtypeStruct((x1.shape[0],), jnp.int32)
