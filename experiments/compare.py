@@ -34,8 +34,8 @@ from gm.metrics import sample_quality
 from gm.train import evaluators, loop, run
 from gm.train.logging import save_table
 
-# Compared by default: every registered family (`gm.families`).
-FAMILIES = tuple(families.FAMILIES)
+# Compared by default: every registered image family (`gm.families`).
+FAMILIES = tuple(name for name, family in families.FAMILIES.items() if family.modality == "image")
 
 
 def get_config(arg=None):
@@ -132,7 +132,7 @@ def measure_family(config, family, workdir, dataset, extractor, reference):
     row["sample_ms_per_image"] = 1000 * sampling_seconds_per_image(method, params, sample_key, config.timing_batch)
     grid = parallel.to_host(parallel.jit_sampler(method.sample, 64)(params, jax.random.fold_in(sample_key, 7)))
     if parallel.process_index() == 0:
-        loop.write_samples(os.path.join(workdir, "samples", f"{family}.png"), grid, dataset.info.num_bits)
+        loop.write_samples(os.path.join(workdir, "samples", f"{family}.png"), grid, dataset.info)
     return row
 
 

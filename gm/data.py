@@ -8,6 +8,9 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
   digits). Nothing here scales, centres or dequantizes: each model family does that for itself, so
   one pipeline serves all of them. `DatasetInfo.num_bits` is the ONE bit depth that bits/dim is
   measured at (a discrete model's log-likelihood over `2**num_bits` levels per sub-pixel).
+* Audio is `{'audio': int16[N, T], 'label': int32[N]}`, 16-bit PCM (`num_bits=16`) at
+  `DatasetInfo.sample_rate` Hz: the generated `notes` (offline, 8 kHz) and SC09 (16 kHz), see
+  `gm.audio_datasets`. Each audio family chooses its own quantization (e.g. 8-bit mu-law).
 * 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
   the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
   (PacGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points) are the sharp
@@ -31,10 +34,11 @@ from typing import Iterator
 
 import numpy as np
 
-from gm import point_sets
+from gm import audio_datasets, point_sets
 
 DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard', 'pacgan_ring',
-            'pacgan_grid') + tuple(point_sets.SPLITS)
+            'pacgan_grid') + tuple(point_sets.SPLITS) + ('notes', 'sc09')
+AUDIO = ('notes', 'sc09')
 
 
 class DataError(ValueError):
@@ -49,6 +53,15 @@ class DatasetInfo:
     num_classes: int
     num_train: int
     num_test: int
+    sample_rate: int | None = None  # Hz, for audio; None otherwise
+
+    @property
+    def is_audio(self) -> bool:
+        return self.sample_rate is not None
+
+    @property
+    def is_image(self) -> bool:
+        return self.num_bits is not None and self.sample_rate is None
 
     @property
     def num_dims(self) -> int:
@@ -74,12 +87,12 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def _make(name: str, shape: tuple[int, ...], num_bits: int | None, num_classes: int,
-          train: dict[str, np.ndarray], test: dict[str, np.ndarray]) -> Dataset:
+          train: dict[str, np.ndarray], test: dict[str, np.ndarray], sample_rate: int | None = None) -> Dataset:
     """Freezes the arrays and derives the split sizes."""
     train = {k: _readonly(v) for k, v in train.items()}
     test = {k: _readonly(v) for k, v in test.items()}
     info = DatasetInfo(name, tuple(shape), num_bits, num_classes,
-                       len(train['label']), len(test['label']))
+                       len(train['label']), len(test['label']), sample_rate)
     return Dataset(info, train, test)
 
 
@@ -247,6 +260,25 @@ def _load_tfds(name: str, data_dir: str | None, manual_dir: str | None) -> Datas
     return _make(name, shape, 8, 10, arrays(train), arrays(test))
 
 
+# --- audio ---------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)  # the notes take a couple of seconds to generate; the arrays are read-only
+def _load_notes() -> Dataset:
+    return _load_audio('notes', None, None)
+
+
+def _load_audio(name: str, data_dir: str | None, manual_dir: str | None) -> Dataset:
+    if name == 'notes':
+        rng = np.random.default_rng([DATASETS.index(name), 2024])  # fixed: the data never depends on a run
+        num_train, num_test = audio_datasets.NOTES_SIZES
+        train, test = audio_datasets.notes_split(num_train, rng), audio_datasets.notes_split(num_test, rng)
+        rate, length, classes = audio_datasets.NOTES_RATE, audio_datasets.NOTES_LENGTH, len(audio_datasets.NOTES_MIDI)
+    else:
+        train, test = audio_datasets.load_sc09(data_dir, manual_dir, DataError)
+        rate, length, classes = audio_datasets.SC09_RATE, audio_datasets.SC09_LENGTH, len(audio_datasets.SC09_WORDS)
+    return _make(name, (length,), 16, classes, train, test, sample_rate=rate)
+
+
 def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
     """Loads dataset `name` (one of DATASETS) whole into memory.
 
@@ -259,6 +291,10 @@ def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = Non
         return _load_toy(name)
     if name in _TFDS:
         return _load_tfds(name, data_dir, manual_dir)
+    if name == 'notes':
+        return _load_notes()
+    if name in AUDIO:
+        return _load_audio(name, data_dir, manual_dir)
     raise DataError(f'Unknown dataset {name!r} in config.data.name: use one of {", ".join(DATASETS)}.')
 
 

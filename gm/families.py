@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import ml_collections
 
-from gm import autoregressive, diffusion, flow_matching, flows, gan, vae, vqvae
+from gm import autoregressive, diffusion, flow_matching, flows, gan, vae, vqvae, wavenet
 from gm import config as config_lib
 from gm.config import RunConfig
 from gm.method import Method
@@ -40,7 +40,8 @@ class Family:
     dataclass whose fields are the family's config sections; stages: what is trained, in order;
     experiment: the module under experiments/ with its paper configuration; preset: (dotted field,
     value) pairs this entry sets on the sections' defaults (several entries share a module);
-    check(run, settings): rules that span the family's and the base sections."""
+    check(run, settings): rules that span the family's and the base sections; modality: what it models
+    ('image', which the image families also fit to 2-D points, or 'audio')."""
     name: str
     label: str
     settings: type
@@ -48,6 +49,7 @@ class Family:
     experiment: str
     preset: Tuple[Tuple[str, Any], ...] = ()
     check: Optional[Callable[[RunConfig, Any], None]] = None
+    modality: str = "image"
 
 
 def _one_stage(make):
@@ -72,6 +74,7 @@ FAMILIES = {f.name: f for f in (
     Family("ddpm", "DDPM", diffusion.Settings, _one_stage(diffusion.make), "ddpm_cifar"),
     Family("flow_matching", "flow matching", flow_matching.Settings, _one_stage(flow_matching.make),
            "flow_matching_cifar"),
+    Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio"),
 )}
 
 

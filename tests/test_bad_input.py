@@ -249,6 +249,11 @@ BAD_CONFIGS = [
     ("ddpm_cifar", {"eval.every": -1}, "config.eval.every"),
     ("ddpm_cifar", {"eval.metrics": ("nope",)}, "config.eval.metrics"),
     # diffusion and its UNet
+    # WaveNet
+    ("wavenet_sc09", {"model.max_dilation": 100}, "config.model.max_dilation"),
+    ("wavenet_sc09", {"model.output": "gaussian"}, "config.model.output"),
+    ("wavenet_sc09", {"model.condition": "text"}, "config.model.condition"),
+    ("wavenet_sc09", {"data.name": "digits"}, "config.data.name"),
     ("ddpm_cifar", {"diffusion.schedule": "quadratic"}, "config.diffusion.schedule"),
     ("ddpm_cifar", {"diffusion.num_timesteps": 0}, "config.diffusion.num_timesteps"),
     ("ddpm_cifar", {"diffusion.beta_end": 2.0}, "config.diffusion.beta_end"),

@@ -26,6 +26,7 @@ TINY = {
     "realnvp": {"model.num_scales": 1},
     "glow": {"model.num_levels": 1, "model.depth": 1},
     "pixelcnn": {"model.pixelcnn_pp.nr_resnet": 1, "model.pixelcnn_pp.nr_filters": 8},
+    "wavenet": {"model.max_dilation": 8},
 }
 BATCH = 16  # two examples per device under pmap on the suite's 8 devices
 STAGES = [(name, stage.name) for name, family in families.FAMILIES.items() for stage in family.stages]
@@ -114,7 +115,9 @@ def test_init_loss_samples_and_log_prob(stage):
     assert all(np.ndim(v) == 0 and np.isfinite(float(v)) for v in metrics.values())
     samples = jax.jit(method.sample, static_argnums=2)(stage.state.params, jax.random.key(2), 8)
     assert samples.shape == (8,) + tuple(info.shape)
-    if info.num_bits is not None:
+    if info.is_audio:
+        assert samples.dtype == jnp.int16  # 16-bit PCM
+    elif info.num_bits is not None:
         assert samples.dtype == jnp.uint8 and int(samples.max()) < 2 ** info.num_bits
     if method.log_prob is not None:
         log_p = jax.jit(method.log_prob)(stage.state.params, jax.random.key(4), stage.batch)

@@ -1,4 +1,5 @@
-"""What a run writes for people: metrics.jsonl, TensorBoard events and PNG sample grids.
+"""What a run writes for people: metrics.jsonl, TensorBoard events, PNG sample grids and, for audio,
+WAV files with a waveform / spectrogram picture.
 
 Only process 0 writes; the other processes get writers that do nothing, so callers never branch.
 """
@@ -36,6 +37,25 @@ def save_image_grid(path, images, ncol=None):
     grid = image_grid(images, ncol)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
+    return grid
+
+
+def save_audio_samples(path, pcm, sample_rate, ncol=2, max_pictures=16):
+    """int16 PCM clips [N, T] -> PATH_STEM_i.wav for each clip and, at `path`, one PNG of the first
+    `max_pictures` clips' waveforms above their log-mel spectrograms (`gm.audio.clip_picture`), `ncol`
+    per row, in file order. Returns the picture."""
+    from gm import audio  # jax.numpy for the spectrogram; only when audio is written
+
+    pcm = np.asarray(pcm)
+    if pcm.ndim != 2 or pcm.dtype != np.int16:
+        raise ValueError(f"save_audio_samples expects int16 PCM [N, T], got {pcm.dtype} {pcm.shape}.")
+    stem = os.path.splitext(path)[0]
+    for i, clip in enumerate(pcm):
+        audio.write_wav(f"{stem}_{i:03d}.wav", clip, sample_rate)
+    pictures = np.stack([audio.clip_picture(clip, sample_rate) for clip in pcm[:max_pictures]])
+    grid = image_grid(pictures, ncol=ncol, pad=4, min_cell=1)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid).save(path)
     return grid
 
 
@@ -184,6 +204,21 @@ class MetricWriter:
         """grid: uint8 [H, W, C]."""
         if self.enabled:
             self._tb.add_image(name, np.asarray(grid), int(step), dataformats="HWC")
+
+    def write_audio(self, step, name, pcm, sample_rate, max_clips=4):
+        """int16 PCM [N, T]: the first `max_clips` clips as TensorBoard audio NAME/i (WAV encoded here, so
+        tensorboardX needs no sound library)."""
+        if not self.enabled:
+            return
+        from tensorboardX.proto.summary_pb2 import Summary
+
+        from gm.audio import wav_bytes
+
+        for i, clip in enumerate(np.asarray(pcm)[:max_clips]):
+            sound = Summary.Audio(sample_rate=float(sample_rate), num_channels=1, length_frames=len(clip),
+                                  encoded_audio_string=wav_bytes(clip, sample_rate), content_type="audio/wav")
+            self._tb.file_writer.add_summary(Summary(value=[Summary.Value(tag=f"{name}/{i}", audio=sound)]),
+                                             int(step))
 
     def close(self):
         if self.enabled:

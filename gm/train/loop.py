@@ -28,7 +28,7 @@ from gm.config import RunConfig
 from gm.method import Method
 from gm.train import evaluators as evaluators_lib
 from gm.train import state as state_lib
-from gm.train.logging import MetricWriter, save_image_grid, save_scatter
+from gm.train.logging import MetricWriter, save_audio_samples, save_image_grid, save_scatter
 
 
 class NonFiniteLossError(RuntimeError):
@@ -153,12 +153,15 @@ def _summarize(pending, on_nonfinite, ckpt_dir):
     return {k: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan") for k, v in merged.items()}
 
 
-def write_samples(path, images, num_bits):
-    """uint8 levels [N, H, W, C] at num_bits -> PNG grid at `path`; 2-D points [N, 2] (num_bits None)
-    -> a scatter plot. Returns the image."""
-    if num_bits is None:
-        return save_scatter(path, images)
-    return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(images, num_bits)))
+def write_samples(path, samples, info):
+    """A model's samples as files for people, by the data `info` describes (`gm.data.DatasetInfo`): uint8
+    levels [N, H, W, C] -> a PNG grid at `path`; 2-D points [N, 2] -> a scatter plot; int16 PCM clips
+    [N, T] -> WAV files beside `path` and a waveform / spectrogram PNG at `path`. Returns the picture."""
+    if getattr(info, "is_audio", False):
+        return save_audio_samples(path, samples, info.sample_rate)
+    if info.num_bits is None:
+        return save_scatter(path, samples)
+    return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(samples, info.num_bits)))
 
 
 def reconstruction_grid(originals, reconstructions, ncol=8):
@@ -219,9 +222,10 @@ def train_and_evaluate(run: RunConfig, workdir: str, method: Method, dataset):
         ema = strategy.get_state(device_state).ema_params
         images = parallel.to_host(sampler(ema, jax.random.fold_in(sample_key, step)))
         if is_main:
-            grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images,
-                                 dataset.info.num_bits)
+            grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images, dataset.info)
             writer.write_images(step, "samples", grid)
+            if dataset.info.is_audio:
+                writer.write_audio(step, "samples", images, dataset.info.sample_rate)
 
     def evaluate(step):
         nonlocal window_time

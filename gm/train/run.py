@@ -65,8 +65,11 @@ def sample_to_files(run: RunConfig, workdir: str, method: Method, dataset):
     path = os.path.join(out_dir, f"samples_step_{step}_n{num}.npz")
     if parallel.process_index() == 0:
         os.makedirs(out_dir, exist_ok=True)
-        np.savez_compressed(path, levels=images, num_bits=dataset.info.num_bits)
-        loop.write_samples(path.replace(".npz", ".png"), images[:64], dataset.info.num_bits)
+        extra = {"sample_rate": dataset.info.sample_rate} if dataset.info.is_audio else {}
+        np.savez_compressed(path, levels=images, num_bits=dataset.info.num_bits, **extra)
+        # Every clip of audio becomes a WAV file; a picture shows at most 64 images.
+        loop.write_samples(path.replace(".npz", ".png"), images if dataset.info.is_audio else images[:64],
+                           dataset.info)
     logging.info("Wrote %d samples to %s", num, path)
     return path
 
