@@ -44,7 +44,7 @@ def smoke(config):
     config.optim.update(learning_rate=3e-3, lr_decay=1.0, ema_decay=0.99)
     config.train.update(batch_size=16, num_steps=300, log_every=25, checkpoint_every=100, sample_every=300,
                         num_samples=4)
-    config.eval.update(metrics=("bpd",), batch_size=64, num_samples=64, sample_batch_size=32)
+    config.eval.update(metrics=("bpd", "fid"), batch_size=64, num_samples=64, sample_batch_size=32)
     config.sample.update(num=4, batch_size=4)
 
 

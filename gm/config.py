@@ -244,8 +244,9 @@ class EvalConfig:
       / KID of samples, `gm.metrics.sample_quality`) and 'recon' (test reconstruction error); a model
       that cannot provide one skips it.
     batch_size, num_examples: test batches (a multiple of the device count) and how many examples (0: all).
-    features: 'auto' (Inception for CIFAR-10, the domain classifier for the digits and MNIST), 'inception',
-      'digits' or 'mnist'; num_samples, sample_batch_size: samples for FID / IS (50,000: the papers').
+    features: 'auto' (Inception for CIFAR-10, the domain classifier for the digits, MNIST and the audio
+      sets), 'inception', 'digits', 'mnist', 'notes' or 'sc09'; num_samples, sample_batch_size: samples
+      for FID / IS (50,000: the image papers').
     reference: 'train' or 'test' (that split's statistics) or an .npz of `gm.metrics.reference_stats`.
     inception_weights: the FID Inception weights file (else $GM_INCEPTION_WEIGHTS); kid: also report KID.
     """
@@ -253,7 +254,7 @@ class EvalConfig:
     every: int = setting(0, nonnegative)
     batch_size: int = setting(500, positive)
     num_examples: int = setting(0, nonnegative)
-    features: Literal["auto", "inception", "digits", "mnist"] = "auto"
+    features: Literal["auto", "inception", "digits", "mnist", "notes", "sc09"] = "auto"
     num_samples: int = setting(50_000, positive)
     sample_batch_size: int = setting(512, positive)
     reference: str = "train"

@@ -468,6 +468,9 @@ def test_wavenet_experiment_trains_resumes_evaluates_and_writes_wavs(tmp_path):
     # Exact, in bits per sample over the 256 mu-law levels; after 6 steps near a uniform model's 8 bits.
     assert result["kind"] == "exact" and result["per"] == "sample" and 0 < result["bpd"] < 8.5
     assert "bits/sample" in proc.stdout
+    quality = json.load(open(tmp_path / "eval_step_6_fid.json"))  # the notes classifier's, not Inception's
+    assert quality["num_samples"] == 64 and quality["fid_notes"] > 0 and 1 <= quality["is_notes"] <= 10
+    assert "notes train (4000 clips)" in quality["reference"]
     assert os.path.exists(tmp_path / "samples" / "step_00000004.png")
     assert os.path.exists(tmp_path / "samples" / "step_00000004_000.wav")
     _ar_run("wavenet_sc09", tmp_path, *_smoke_steps(6), *small, "--mode=sample", "--config.sample.num=3")

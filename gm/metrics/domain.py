@@ -7,6 +7,11 @@ models on the same data; they are NOT comparable with the Inception FID of the l
 * digits (8x8, 4-bit, always offline): an MLP 64 -> 256 (ReLU) -> 64 (SiLU, the features) -> 10.
 * mnist (28x28, 8-bit, through TFDS): two stride-2 3x3 convolutions (32, 64 channels, ReLU), then
   3136 -> 128 (SiLU, the features) -> 10.
+* notes (generated audio, offline) and sc09 (spoken digits, downloaded): the clip's log-mel spectrogram
+  (`gm.audio.log_mel_spectrogram`, standardised per clip), then stride-2 3x3 convolutions over (frames,
+  mels) and the SiLU feature layer, as WaveGAN's SC09 classifier reads spectrograms (smaller: the
+  features only need to rank models on the same data). `fid_sc09` / `is_sc09` are therefore NOT the
+  numbers of WaveGAN or DiffWave, whose classifiers differ.
 
 The feature layer is smooth (SiLU) rather than ReLU so that no unit is dead on a whole data set: a dead
 unit is a zero row of the covariance, which makes the matrix square root of FID ill-conditioned. 64 and
@@ -18,8 +23,9 @@ digits on a 2-core CPU and two to three minutes for MNIST. Parameters are cached
 (default ~/.cache/gm) as `domain_classifier_<name>_v1.npz`; the version string changes with the recipe,
 so a new recipe never reads old parameters. When that folder is not writable they stay in memory.
 
-Inputs are uint8 pixels [N, H, W, C] in [0, 255], the input convention of the Inception network; convert
-dataset levels with `gm.distributions.levels_to_uint8_pixels(levels, info.num_bits)`.
+Image inputs are uint8 pixels [N, H, W, C] in [0, 255], the input convention of the Inception network;
+convert dataset levels with `gm.distributions.levels_to_uint8_pixels(levels, info.num_bits)`. Audio
+inputs are int16 PCM [N, T], as `gm.data` holds it and WaveNet samples it.
 """
 import dataclasses
 import functools
@@ -29,7 +35,7 @@ import os
 import tempfile
 import warnings
 import zipfile
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -41,14 +47,15 @@ from flax import traverse_util
 from gm import data as gm_data
 from gm import distributions as dist
 
-DOMAIN_DATASETS = ("digits", "mnist")
+DOMAIN_DATASETS = ("digits", "mnist", "notes", "sc09")
 VERSION = "v1"  # in the cache file name: bump it whenever a recipe below changes
 
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Network and training of one dataset's classifier."""
-    shape: tuple[int, int, int]  # (H, W, C) of the images it takes
+    """Network and training of one dataset's classifier; audio recipes set sample_rate and the log-mel
+    settings their network computes first."""
+    shape: tuple[int, ...]  # (H, W, C) of the images it takes, or (T,) of the clips
     conv_channels: tuple[int, ...]  # stride-2 3x3 convolutions first; () for an MLP
     hidden: tuple[int, ...]  # ReLU Dense widths before the feature layer
     feature_dim: int
@@ -57,6 +64,23 @@ class Recipe:
     learning_rate: float = 1e-3  # peak; cosine-decayed to 0 over num_steps
     seed: int = 0
     num_classes: int = 10
+    sample_rate: int = 0  # Hz; 0 for images
+    n_fft: int = 0
+    hop: int = 0
+    num_mels: int = 0
+
+    @property
+    def is_audio(self) -> bool:
+        return self.sample_rate > 0
+
+    @property
+    def data_key(self) -> str:
+        """The batch field the classifier reads (`gm.data`): 'audio' or 'image'."""
+        return "audio" if self.is_audio else "image"
+
+    @property
+    def input_dtype(self):
+        return jnp.int16 if self.is_audio else jnp.uint8
 
 
 RECIPES = {
@@ -65,19 +89,35 @@ RECIPES = {
     "digits": Recipe(shape=(8, 8, 1), conv_channels=(), hidden=(256,), feature_dim=64, num_steps=1500),
     # 2,000 steps of 128 = 4.3 epochs of the 60,000 images.
     "mnist": Recipe(shape=(28, 28, 1), conv_channels=(32, 64), hidden=(), feature_dim=128, num_steps=2000),
+    # 600 steps of 64 = 9.6 epochs of the 4,000 clips; 32 frames x 32 mels.
+    "notes": Recipe(shape=(2000,), conv_channels=(16, 32), hidden=(), feature_dim=64, num_steps=600, batch_size=64,
+                    sample_rate=8000, n_fft=256, hop=64, num_mels=32),
+    # 4,000 steps of 64 = 14 epochs of WaveGAN's 18,620 training clips; 63 frames x 64 mels.
+    "sc09": Recipe(shape=(16000,), conv_channels=(32, 64, 128), hidden=(), feature_dim=128, num_steps=4000,
+                   batch_size=64, sample_rate=16000, n_fft=1024, hop=256, num_mels=64),
 }
 
 
 class DomainNet(nn.Module):
-    """uint8 pixels [N, H, W, C] in [0, 255] -> (features float32 [N, feature_dim], logits [N, classes])."""
+    """uint8 pixels [N, H, W, C] in [0, 255] (or, with `spectrogram` = (sample_rate, n_fft, hop, num_mels),
+    int16 PCM [N, T]) -> (features float32 [N, feature_dim], logits [N, classes])."""
     conv_channels: Sequence[int]
     hidden: Sequence[int]
     feature_dim: int
     num_classes: int
+    spectrogram: Optional[tuple] = None
 
     @nn.compact
-    def __call__(self, pixels):
-        x = pixels.astype(jnp.float32) / 255.0
+    def __call__(self, inputs):
+        if self.spectrogram:
+            from gm import audio
+
+            rate, n_fft, hop, num_mels = self.spectrogram
+            mel = audio.log_mel_spectrogram(audio.pcm_to_float(inputs), rate, n_fft, hop, num_mels)
+            mean = mel.mean(axis=(1, 2), keepdims=True)
+            x = ((mel - mean) / (mel.std(axis=(1, 2), keepdims=True) + 1e-3))[..., None]  # [N, frames, mels, 1]
+        else:
+            x = inputs.astype(jnp.float32) / 255.0
         for channels in self.conv_channels:
             # Strided convolutions rather than pooling: XLA's CPU backend runs pooling gradients slowly.
             x = nn.relu(nn.Conv(channels, (3, 3), strides=2)(x))
@@ -95,8 +135,14 @@ def _check_name(name):
 
 
 def _network(name):
-    recipe = RECIPES[name]
-    return DomainNet(recipe.conv_channels, recipe.hidden, recipe.feature_dim, recipe.num_classes)
+    r = RECIPES[name]
+    spectrogram = (r.sample_rate, r.n_fft, r.hop, r.num_mels) if r.is_audio else None
+    return DomainNet(r.conv_channels, r.hidden, r.feature_dim, r.num_classes, spectrogram)
+
+
+def _as_inputs(name, data, num_bits):
+    """A batch's data field -> what classifier `name` takes: PCM as it is, image levels as pixels."""
+    return data if RECIPES[name].is_audio else dist.levels_to_uint8_pixels(data, num_bits)
 
 
 def metric_names(name):
@@ -107,11 +153,17 @@ def metric_names(name):
 
 @functools.partial(jax.jit, static_argnames="name")
 def apply_classifier(name, params, images):
-    """Classifier `name` on uint8 pixels [N, H, W, C] in [0, 255] -> (features float32 [N, feature_dim],
-    logits float32 [N, num_classes]). Pure; the parameters are an argument, so
-    `jax.jit(functools.partial(apply_classifier, name))` compiles them as inputs, not constants."""
+    """Classifier `name` on uint8 pixels [N, H, W, C] in [0, 255] (audio classifiers: int16 PCM [N, T]) ->
+    (features float32 [N, feature_dim], logits float32 [N, num_classes]). Pure; the parameters are an
+    argument, so `jax.jit(functools.partial(apply_classifier, name))` compiles them as inputs, not constants."""
     _check_name(name)
-    shape = RECIPES[name].shape
+    recipe = RECIPES[name]
+    shape = recipe.shape
+    if recipe.is_audio:
+        if images.ndim != 2 or tuple(images.shape[1:]) != shape or images.dtype != jnp.int16:
+            raise ValueError(f"The {name} classifier takes int16 PCM [N, {shape[0]}], got "
+                             f"{images.dtype}{list(images.shape)}.")
+        return _network(name).apply(params, images)
     if images.ndim != 4 or tuple(images.shape[1:]) != shape or images.dtype != jnp.uint8:
         raise ValueError(f"The {name} classifier takes uint8 pixels [N, {', '.join(map(str, shape))}] in "
                          f"[0, 255], got {images.dtype}{list(images.shape)}; convert levels with "
@@ -121,15 +173,15 @@ def apply_classifier(name, params, images):
 
 class DomainClassifier(NamedTuple):
     """A trained classifier of dataset `name` and its accuracy on that dataset's test split in [0, 1]."""
-    name: str  # 'digits' or 'mnist'
+    name: str  # one of DOMAIN_DATASETS
     params: Any
     feature_dim: int
     num_classes: int
     test_accuracy: float
 
     def features_and_logits(self, images):
-        """uint8 pixels [N, H, W, C] in [0, 255] -> (features float32 [N, feature_dim], logits float32
-        [N, num_classes]). Pure and jit-able (it closes over the parameter arrays only); memory grows
+        """uint8 pixels [N, H, W, C] in [0, 255] (audio: int16 PCM [N, T]) -> (features float32
+        [N, feature_dim], logits float32 [N, num_classes]). Pure and jit-able (it closes over the parameter arrays only); memory grows
         with N, so feed batches (e.g. of `gm.data.eval_batches`)."""
         return apply_classifier(self.name, self.params, images)
 
@@ -142,8 +194,9 @@ def _optimizer(recipe, num_steps):
 
 @functools.partial(jax.jit, static_argnames=("name", "num_bits", "num_steps"))
 def _train_step(params, opt_state, levels, labels, *, name, num_bits, num_steps):
-    """One Adam step on the mean softmax cross-entropy of a batch of levels [B, H, W, C], labels [B]."""
-    pixels = dist.levels_to_uint8_pixels(levels, num_bits)
+    """One Adam step on the mean softmax cross-entropy of a batch of levels [B, H, W, C] (or PCM [B, T]),
+    labels [B]."""
+    pixels = _as_inputs(name, levels, num_bits)
 
     def loss_fn(p):
         _, logits = _network(name).apply(p, pixels)
@@ -163,12 +216,12 @@ def train(name, dataset, num_steps=None):
     recipe = RECIPES[name]
     num_steps = recipe.num_steps if num_steps is None else num_steps
     # Compiled: Flax's eager init dispatches op by op, seconds on a CPU.
-    dummy = jnp.zeros((1, *recipe.shape), jnp.uint8)
+    dummy = jnp.zeros((1, *recipe.shape), recipe.input_dtype)
     params = jax.jit(_network(name).init)(jax.random.key(recipe.seed), dummy)
     opt_state = _optimizer(recipe, num_steps).init(params)
     for step in range(num_steps):
         batch = gm_data.train_batch(dataset, step=step, batch_size=recipe.batch_size, seed=recipe.seed)
-        params, opt_state = _train_step(params, opt_state, batch["image"], batch["label"], name=name,
+        params, opt_state = _train_step(params, opt_state, batch[recipe.data_key], batch["label"], name=name,
                                         num_bits=dataset.info.num_bits, num_steps=num_steps)
     return params
 
@@ -177,8 +230,8 @@ def accuracy(name, params, dataset, split="test", batch_size=500):
     """Share of a split of `dataset` that classifier `name` labels correctly, in [0, 1]."""
     correct = 0
     for batch in gm_data.eval_batches(dataset, batch_size=batch_size, split=split):
-        pixels = dist.levels_to_uint8_pixels(batch["image"], dataset.info.num_bits)
-        _, logits = apply_classifier(name, params, pixels)
+        _, logits = apply_classifier(name, params, _as_inputs(name, batch[RECIPES[name].data_key],
+                                                              dataset.info.num_bits))
         correct += int(np.sum((np.argmax(logits, -1) == batch["label"]) & batch["mask"]))
     return correct / len(getattr(dataset, split)["label"])
 
@@ -199,7 +252,7 @@ def _description(name, dataset, num_steps):
     count and a SHA-256 of the training data, so a file trained on other data (a test's mock MNIST)
     is retrained rather than used."""
     digest = hashlib.sha256()
-    for key in ("image", "label"):
+    for key in (RECIPES[name].data_key, "label"):
         a = np.ascontiguousarray(dataset.train[key])
         digest.update(f"{key}{a.dtype}{a.shape}".encode())
         digest.update(a.tobytes())
@@ -237,7 +290,7 @@ def _load(path, name, description):
         return None
     params = traverse_util.unflatten_dict(flat)
     shapes = jax.eval_shape(_network(name).init, jax.random.key(0),
-                            jax.ShapeDtypeStruct((1, *RECIPES[name].shape), jnp.uint8))
+                            jax.ShapeDtypeStruct((1, *RECIPES[name].shape), RECIPES[name].input_dtype))
     same = lambda a, b: a.shape == b.shape and a.dtype == b.dtype  # noqa: E731
     try:
         if jax.tree.all(jax.tree.map(same, params, shapes)):
@@ -251,7 +304,7 @@ _IN_MEMORY: dict = {}  # (path, description) -> params, for cache folders that c
 
 
 def load_classifier(name, *, dataset=None, cache_dir=None, num_steps=None):
-    """The classifier of dataset `name` ('digits' or 'mnist'): read from the cache, else trained now.
+    """The classifier of dataset `name` (one of DOMAIN_DATASETS): read from the cache, else trained now.
 
     Args:
       name: one of DOMAIN_DATASETS.

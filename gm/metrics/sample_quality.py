@@ -7,9 +7,12 @@ One path serves every feature network:
 * 'digits' / 'mnist': a small classifier trained on that dataset (`gm.metrics.domain`), always
   available offline for the digits. Its statistics are named `fid_digits`, `is_digits`, ... and are NOT
   comparable with Inception FID: they only rank models on the same data.
+* 'notes' / 'sc09': the same for audio, a classifier of log-mel spectrograms (`fid_sc09`, `is_sc09`:
+  the classifier-based scores of WaveGAN and DiffWave, with gm's classifier, so not their numbers).
 
 Images enter every extractor as uint8 pixels [N, H, W, C] in [0, 255]; samples and datasets arrive as
-integer levels at the data's bit depth and are converted with `levels_to_uint8_pixels`. Features are
+integer levels at the data's bit depth and are converted with `levels_to_uint8_pixels`. Audio enters as
+int16 PCM [N, T], as it is. Features are
 computed in jit-compiled batches split over every device; statistics accumulate in float64
 (`StreamingMoments`). Reference statistics are a pytorch-fid style .npz (`mu`, `sigma`), here also
 holding the reference `features` so KID can be computed.
@@ -27,22 +30,24 @@ from gm import parallel
 from gm.metrics.fid import StreamingMoments, frechet_distance, kernel_inception_distance
 from gm.metrics.inception_score import inception_score
 
-FEATURES = ("auto", "inception", "digits", "mnist")
+FEATURES = ("auto", "inception", "digits", "mnist", "notes", "sc09")
+AUDIO_FEATURES = ("notes", "sc09")
 # The feature network 'auto' picks for each dataset: a domain classifier where one exists.
-AUTO_FEATURES = {"digits": "digits", "mnist": "mnist", "cifar10": "inception"}
+AUTO_FEATURES = {"digits": "digits", "mnist": "mnist", "cifar10": "inception", "notes": "notes", "sc09": "sc09"}
 
 
 class FeatureExtractor(NamedTuple):
     """A feature network for FID / IS.
 
-    name: 'inception', 'digits' or 'mnist'.
-    fn: (params, uint8 pixels [N, H, W, C] in [0, 255]) -> (features float32 [N, feature_dim], logits
-      float32 [N, K]); pure. The weights go in as an argument, not as constants of the compiled program
+    name: one of FEATURES but 'auto'.
+    fn: (params, uint8 pixels [N, H, W, C] in [0, 255], or int16 PCM [N, T] for audio) -> (features
+      float32 [N, feature_dim], logits float32 [N, K]); pure. The weights go in as an argument, not as constants of the compiled program
       (Inception's are 95 MB).
     params: the network's weights (a pytree), or None.
     feature_dim: D of the features.
     channels: image channels the network takes (grey images are repeated to 3 for Inception).
     fid_name, is_name, kid_name: the metric names its statistics are reported under.
+    audio: whether it takes PCM clips rather than images.
     """
     name: str
     fn: Callable[[Any, Any], Any]
@@ -52,6 +57,7 @@ class FeatureExtractor(NamedTuple):
     fid_name: str
     is_name: str
     kid_name: str
+    audio: bool = False
 
 
 def inception_extractor(weights=None, variables=None):
@@ -68,13 +74,14 @@ def inception_extractor(weights=None, variables=None):
 
 
 def domain_extractor(name, dataset=None):
-    """The small classifier trained on dataset `name` ('digits' or 'mnist'), trained on first use."""
+    """The small classifier trained on dataset `name` (a domain dataset), trained on first use."""
     from gm.metrics import domain
 
     clf = domain.load_classifier(name, dataset=dataset)
     fid_name, is_name = domain.metric_names(name)
     return FeatureExtractor(name, lambda params, pixels: clf.features_and_logits(pixels), None,
-                            clf.feature_dim, None, fid_name, is_name, fid_name.replace("fid", "kid", 1))
+                            clf.feature_dim, None, fid_name, is_name, fid_name.replace("fid", "kid", 1),
+                            audio=name in AUDIO_FEATURES)
 
 
 def resolve_features(features, data_name):
@@ -85,13 +92,15 @@ def resolve_features(features, data_name):
         return features
     if data_name not in AUTO_FEATURES:
         raise ValueError(f"No feature network for sample quality on config.data.name={data_name!r}; "
-                         "FID needs image data.")
+                         "FID needs image data or a dataset with a domain classifier (notes, sc09).")
     return AUTO_FEATURES[data_name]
 
 
 def make_extractor(features, dataset=None, inception_weights=None):
-    """A FeatureExtractor by name ('inception', 'digits', 'mnist'; 'auto' needs `dataset`)."""
+    """A FeatureExtractor by name (one of FEATURES; 'auto' needs `dataset`)."""
     name = resolve_features(features, dataset.info.name if dataset is not None else None)
+    if dataset is not None and (name in AUDIO_FEATURES) != dataset.info.is_audio:
+        raise ValueError(f"config.eval.features={features!r} cannot score {dataset.info.name!r} data; use 'auto'.")
     if name == "inception":
         return inception_extractor(inception_weights)
     same_data = dataset if dataset is not None and dataset.info.name == name else None
@@ -108,8 +117,11 @@ def _as_extractor_input(pixels, channels):
 
 
 def compiled_features(extractor, num_bits):
-    """jit: integer levels at `num_bits` [B, H, W, C] (split over devices) -> (features, logits)."""
+    """jit: integer levels at `num_bits` [B, H, W, C] or PCM clips [B, T] (split over devices) ->
+    (features, logits)."""
     def fn(params, levels):
+        if extractor.audio:
+            return extractor.fn(params, levels)
         pixels = dist.levels_to_uint8_pixels(levels, num_bits)
         return extractor.fn(params, _as_extractor_input(pixels, extractor.channels))
 
@@ -122,7 +134,7 @@ def compiled_features(extractor, num_bits):
 # ---------------------------------------------------------------------------------------------------
 
 def dataset_features(extractor, dataset, split="train", batch_size=500, limit=None):
-    """(features float64 [N, D], logits [N, K]) of a split's images, N = its size (or `limit`)."""
+    """(features float64 [N, D], logits [N, K]) of a split's images (or clips), N = its size (or `limit`)."""
     parallel.check_batch_size(batch_size, "config.eval.batch_size")
     compiled = compiled_features(extractor, dataset.info.num_bits)
     n = len(getattr(dataset, split)["label"]) if limit is None else min(limit, len(getattr(dataset, split)["label"]))
@@ -132,8 +144,9 @@ def dataset_features(extractor, dataset, split="train", batch_size=500, limit=No
     features, logits = [], []
     for batch in tqdm(batches, total=-(-n // batch_size), desc=f"{extractor.name} features ({split})",
                       mininterval=2.0, disable=parallel.process_index() != 0):
-        sharded = parallel.shard_batch({"image": batch["image"], "mask": batch["mask"]})
-        f, l, mask = parallel.to_host((*compiled(sharded["image"]), sharded["mask"]))
+        key = "audio" if dataset.info.is_audio else "image"
+        sharded = parallel.shard_batch({key: batch[key], "mask": batch["mask"]})
+        f, l, mask = parallel.to_host((*compiled(sharded[key]), sharded["mask"]))
         features.append(np.asarray(f, np.float64)[mask])
         logits.append(np.asarray(l, np.float64)[mask])
     return np.concatenate(features), np.concatenate(logits)
@@ -204,8 +217,9 @@ def dataset_reference(extractor, dataset, split="train", batch_size=500, limit=N
     features, _ = dataset_features(extractor, dataset, split, batch_size, limit)
     mu, sigma = moments(features)
     size = f"first {len(features)} of " if limit else ""
+    things = "clips" if dataset.info.is_audio else "images"
     return Reference(mu, sigma, features, f"{extractor.name} features of {size}{dataset.info.name} {split} "
-                                          f"({len(features)} images)")
+                                          f"({len(features)} {things})")
 
 
 def reference_for(extractor, dataset, spec, batch_size=500):
