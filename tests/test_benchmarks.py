@@ -107,3 +107,17 @@ def test_targets_refuses_unknown_parts_and_uneven_batches(tmp_path):
         targets.main(["--skip=sampling", f"--out={tmp_path / 'r.jsonl'}"])
     with pytest.raises(ValueError, match="--sample_batch=12 must be a positive multiple of the 8 devices"):
         targets.main(["--config=smoke", "--sample_batch=12", f"--out={tmp_path / 'r.jsonl'}"])
+
+
+def test_wavenet_fast_generation_is_timed_against_the_naive_sampler(tmp_path):
+    from benchmarks import wavenet as wavenet_bench
+
+    out = tmp_path / "results.jsonl"
+    row = wavenet_bench.main(["--config=smoke", "--length=300", "--num=2", "--repeats=1", f"--out={out}"])
+    assert row["naive_s_kind"] == "timed" and row["same_samples"] is True
+    assert row["fast_s"] > 0 and row["naive_s"] > 0 and row["receptive_field"] == 129
+    estimated = wavenet_bench.main(["--config=smoke", "--length=300", "--num=2", "--repeats=1", "--max_seconds=0",
+                                    f"--out={out}"])
+    assert estimated["naive_s_kind"] == "estimated" and "same_samples" not in estimated
+    assert estimated["naive_s"] == pytest.approx(300 * estimated["naive_pass_s"], rel=1e-2, abs=0.1)
+    assert len(out.read_text().splitlines()) == 2
