@@ -48,8 +48,9 @@ def measure(config_name="paper", length=16000, num=4, repeats=3, max_seconds=120
     pass_s = statistics.median(timed(one_pass, params, values)[1] for _ in range(repeats))
     estimate = length * pass_s
     row = {"benchmark": "wavenet_generation", **environment(), "config": config_name, "output": m.output,
-           "params": num_params(params), "layers": len(net.dilations), "receptive_field": receptive_field(net.dilations),
-           "residual_channels": m.residual_channels, "num": num, "length": length,
+           "params": num_params(params), "layers": len(net.dilations),
+           "receptive_field": receptive_field(net.dilations), "residual_channels": m.residual_channels,
+           "num": num, "length": length,
            "fast_compile_s": round(fast_compile_s, 3), "fast_s": round(fast_s, 3),
            "fast_samples_per_s": round(num * length / fast_s, 1),
            "naive_compile_s": round(naive_compile_s, 3), "naive_pass_s": round(pass_s, 5)}

@@ -3,11 +3,14 @@
     python -m experiments.independent_pixels --config=experiments/pixelcnn_cifar.py:smoke   # 4-bit digits
     python -m experiments.independent_pixels --config=experiments/nade_mnist.py:smoke       # binarized digits
     python -m experiments.independent_pixels --config=experiments/vae_mnist.py:smoke        # the same
+    python -m experiments.independent_pixels --config=experiments/wavenet_sc09.py:smoke     # audio: notes
 
 One categorical per sub-pixel, fitted by counting on the training split (one pseudo-count), then scored
 on the test split through the same harness, key and batches as `--mode=eval` of that experiment; for
 a NADE config (or a VAE with a Bernoulli decoder) the test images are binarized with the same evaluation key, so the two numbers are on
-the same binary test set. Prints test bits/dim and writes nothing.
+the same binary test set. For audio (a WaveNet config) the baseline is the unigram: one histogram of
+the model's values (its 256 mu-law levels, or 16-bit PCM) over every training sample, each sample of a
+clip independent, in bits per sample. Prints the test number and writes nothing.
 """
 import jax
 import jax.numpy as jnp
@@ -32,12 +35,27 @@ def binarize_mode(setup):
     return None
 
 
+def _audio_baseline(setup, dataset):
+    """The unigram of the WaveNet config's values: (log_prob(table, key, batch) -> [B] nats, table)."""
+    from gm import wavenet
+
+    quantizer = wavenet.Quantizer(setup.settings.model)
+    table = jnp.asarray(wavenet.fit_unigram(dataset.train["audio"], quantizer), jnp.float32)
+    return (lambda table, key, batch: wavenet.unigram_log_prob(table, batch["audio"], quantizer)), table
+
+
 def baseline(config):
     """Fit on the train split and evaluate on the test split; returns evaluate_log_prob's dict and the
-    binarization (None for integer levels)."""
+    binarization (None for integer levels, 'audio' for clips)."""
     setup = families.parse(config)
     dataset = run.load_dataset(setup.run)
     info = dataset.info
+    e = setup.run.eval
+    batches = gm_data.eval_batches(dataset, batch_size=e.batch_size, split="test", limit=e.num_examples or None)
+    key = loop.run_keys(setup.run.seed)[3]
+    if info.is_audio:
+        log_prob, table = _audio_baseline(setup, dataset)
+        return evaluate_log_prob(log_prob, table, key, batches, info.num_dims, is_bound=False), "audio"
     mode = binarize_mode(setup)
     train = dataset.train["image"]
     if mode is None:
@@ -53,19 +71,17 @@ def baseline(config):
         levels = batch["image"] if mode is None else ar.binarize(key, batch["image"], info.num_bits, mode)
         return ar.independent_pixels_log_prob(table, levels)
 
-    e = setup.run.eval
-    batches = gm_data.eval_batches(dataset, batch_size=e.batch_size, split="test", limit=e.num_examples or None)
-    result = evaluate_log_prob(log_prob, table, loop.run_keys(setup.run.seed)[3], batches, info.num_dims,
-                               is_bound=False)
+    result = evaluate_log_prob(log_prob, table, key, batches, info.num_dims, is_bound=False)
     return result, mode
 
 
 def report(config, workdir=None, mode="eval"):
     """Print the baseline's test bits/dim (the command line's runner; it writes nothing)."""
     result, binarization = baseline(config)
-    print(f"independent pixels on {config.data.name}{' (binarized)' if binarization else ''}: test "
-          f"{result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/dim ({result['nll_nats']:.2f} nats per "
-          f"example, {result['num_examples']} examples)")
+    name, per = (("independent samples (unigram)", "sample") if binarization == "audio" else
+                 ("independent pixels" + (" (binarized)" if binarization else ""), "dim"))
+    print(f"{name} on {config.data.name}: test {result['bpd']:.4f} ± {result['bpd_stderr']:.4f} bits/{per} "
+          f"({result['nll_nats']:.2f} nats per example, {result['num_examples']} examples)")
 
 
 if __name__ == "__main__":

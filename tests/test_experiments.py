@@ -258,7 +258,8 @@ def test_autoregressive_bad_model_name_is_one_sentence(tmp_path):
     assert last.startswith("error: ") and "config.model.name" in last and "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("config, limit", [("nade_mnist.py:smoke", 1.0), ("pixelcnn_cifar.py:smoke", 4.0)])
+@pytest.mark.parametrize("config, limit", [("nade_mnist.py:smoke", 1.0), ("pixelcnn_cifar.py:smoke", 4.0),
+                                           ("wavenet_sc09.py:smoke", 8.0)])
 def test_independent_pixels_baseline_command(config, limit):
     proc = subprocess.run([sys.executable, "-m", "experiments.independent_pixels",
                            f"--config=experiments/{config}", "--config.eval.num_examples=100"],

@@ -181,8 +181,8 @@ class DomainClassifier(NamedTuple):
 
     def features_and_logits(self, images):
         """uint8 pixels [N, H, W, C] in [0, 255] (audio: int16 PCM [N, T]) -> (features float32
-        [N, feature_dim], logits float32 [N, num_classes]). Pure and jit-able (it closes over the parameter arrays only); memory grows
-        with N, so feed batches (e.g. of `gm.data.eval_batches`)."""
+        [N, feature_dim], logits float32 [N, num_classes]). Pure and jit-able (it closes over the
+        parameter arrays only); memory grows with N, so feed batches (e.g. of `gm.data.eval_batches`)."""
         return apply_classifier(self.name, self.params, images)
 
 

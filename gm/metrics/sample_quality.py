@@ -41,8 +41,8 @@ class FeatureExtractor(NamedTuple):
 
     name: one of FEATURES but 'auto'.
     fn: (params, uint8 pixels [N, H, W, C] in [0, 255], or int16 PCM [N, T] for audio) -> (features
-      float32 [N, feature_dim], logits float32 [N, K]); pure. The weights go in as an argument, not as constants of the compiled program
-      (Inception's are 95 MB).
+      float32 [N, feature_dim], logits float32 [N, K]); pure. The weights go in as an argument, not as
+      constants of the compiled program (Inception's are 95 MB).
     params: the network's weights (a pytree), or None.
     feature_dim: D of the features.
     channels: image channels the network takes (grey images are repeated to 3 for Inception).
