@@ -141,7 +141,7 @@ def _imports(path):
 
 
 FAMILY_MODULES = ("gm.autoregressive", "gm.vae", "gm.vqvae", "gm.gan", "gm.flows", "gm.diffusion",
-                  "gm.flow_matching")
+                  "gm.flow_matching", "gm.wavenet")
 
 
 def test_imports_point_down():
