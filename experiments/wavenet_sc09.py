@@ -13,11 +13,13 @@ every 200k steps, batch 16, 1M steps. Where the paper is silent gm takes the Wav
 three cycles of dilations 1, 2, ..., 512 (receptive field 3,071 samples, 0.19 s), width-2 convolutions,
 256 dilation and skip channels, a 256-way mu-law softmax. The learning rate decays smoothly with the same
 half-life (x 0.5^(1/200,000) per step) rather than in steps. Sample quality is scored with gm's own SC09
-classifier (`gm.metrics.audio_domain`: `fid_sc09`, `is_sc09`), so its numbers rank models on SC09 but are
-not DiffWave's. Test bits per sample (over the 256 mu-law levels) come with every evaluation.
+classifier (`gm.metrics.domain`, recipe `sc09`: `fid_sc09`, `is_sc09`), so its numbers rank models on
+SC09 but are not DiffWave's. Test bits per sample (over the 256 mu-law levels) come with every evaluation.
+The EMA (0.999), warm-up (none) and gradient clipping (none) are gm's defaults; DiffWave does not state
+them for its WaveNet.
 
 SC09 is WaveGAN's sc09.tar.gz (`gm.audio_datasets`), downloaded on first use; the smoke variant uses the
-generated `notes` (0.25 s at 8 kHz, offline) with a tiny network and trains in about a minute on 2 cores.
+generated `notes` (0.25 s at 8 kHz, offline) with a tiny network and trains in about 75 s on 2 cores.
 --mode=sample writes WAV files and a waveform/spectrogram picture per sample.
 """
 from gm import families
