@@ -98,8 +98,8 @@ class Quantizer:
         return dist.levels_to_symmetric(pcm.astype(jnp.int32) + 32768, PCM_BITS)
 
     def log_prob(self, out, values):
-        if self.mu_law:
-            return dist.categorical_log_prob(out, values)
+        if self.mu_law:  # the softmax in float32 whatever the network computes in
+            return dist.categorical_log_prob(out.astype(jnp.float32), values)
         return dist.discretized_logistic_mixture_log_prob(values[..., None], out, PCM_BITS)
 
     def draw(self, key, out):
