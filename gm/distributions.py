@@ -186,6 +186,31 @@ def categorical_log_prob(logits, x):
     return jnp.take_along_axis(log_p, x[..., None].astype(jnp.int32), axis=-1)[..., 0]
 
 
+def filter_logits(logits, temperature=1.0, top_k: int = 0, top_p: float = 1.0):
+    """The logits a sampler draws from: divided by `temperature` (> 0), then every class outside the
+    `top_k` most likely (0: no limit) and outside the nucleus (Holtzman et al. 2020: the fewest most
+    likely classes whose probability reaches `top_p`; 1: no limit) set to -inf. logits [..., K] ->
+    float32 [..., K]. The most likely class always survives; ties at the k-th logit all survive."""
+    logits = jnp.asarray(logits, jnp.float32) / temperature
+    if top_k:
+        kth = jax.lax.top_k(logits, min(int(top_k), logits.shape[-1]))[0][..., -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if top_p < 1.0:
+        ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+        probs = jax.nn.softmax(ordered, axis=-1)
+        # A class is kept when the classes strictly more likely than it hold less than top_p.
+        before = jnp.cumsum(probs, axis=-1) - probs
+        kept = jnp.where(before < top_p, ordered, jnp.inf)
+        threshold = jnp.min(kept, axis=-1, keepdims=True)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return logits
+
+
+def sample_categorical(key, logits, temperature=1.0, top_k: int = 0, top_p: float = 1.0):
+    """Draw int32 classes [...] from logits [..., K] through `filter_logits` (Gumbel-max)."""
+    return jax.random.categorical(key, filter_logits(logits, temperature, top_k, top_p)).astype(jnp.int32)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Discretized logistic mixture (PixelCNN++, Salimans et al. 2017).
 #

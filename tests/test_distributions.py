@@ -227,3 +227,25 @@ def test_dequantized_values_map_back_to_their_levels():
     np.testing.assert_array_equal(dist.dequantized_to_levels(jnp.array([-0.1, 1.0, 1.3]), 4), [0, 15, 15])
     draws = dist.uniform_dequantize(jax.random.key(1), jnp.tile(levels, 100), 4)
     np.testing.assert_array_equal(dist.dequantized_to_levels(draws, 4), jnp.tile(levels, 100))
+
+
+def test_filter_logits_keeps_the_top_k_and_the_nucleus_and_draws_only_from_them():
+    from gm.distributions import filter_logits, sample_categorical
+
+    p = jnp.array([0.5, 0.2, 0.15, 0.1, 0.05])
+    logits = jnp.log(p)
+    kept = lambda **kw: np.isfinite(np.asarray(filter_logits(logits, **kw))).astype(int).tolist()
+    assert kept(top_k=2) == [1, 1, 0, 0, 0] and kept(top_k=9) == [1, 1, 1, 1, 1]
+    # The nucleus: the fewest most likely classes whose mass reaches top_p.
+    assert kept(top_p=0.3) == [1, 0, 0, 0, 0] and kept(top_p=0.6) == [1, 1, 0, 0, 0]
+    assert kept(top_p=0.86) == [1, 1, 1, 1, 0] and kept(top_p=1.0) == [1] * 5
+    assert kept(top_k=3, top_p=0.99) == [1, 1, 1, 0, 0]
+    np.testing.assert_allclose(filter_logits(logits, temperature=2.0), logits / 2.0, rtol=1e-6)
+    # Random logits, many draws: never a class outside the top k or the nucleus.
+    rng = np.random.default_rng(0)
+    many = jnp.asarray(rng.normal(size=(2000, 7)) * 2.0, jnp.float32)
+    for kw in (dict(top_k=3), dict(top_p=0.7), dict(top_k=4, top_p=0.5)):
+        draws = sample_categorical(jax.random.key(1), many, **kw)
+        allowed = np.isfinite(np.asarray(filter_logits(many, **kw)))
+        assert allowed[np.arange(2000), np.asarray(draws)].all(), kw
+        assert allowed.sum(-1).min() >= 1

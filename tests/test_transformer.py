@@ -298,3 +298,15 @@ def test_adam_steps_reduce_nll():
     print(f"NLL {before:.3f} -> {after:.3f} nats (uniform: {T * math.log(V):.3f})")
     assert abs(before - T * math.log(V)) < 0.5  # a small init predicts ~uniform
     assert after < 0.5 * before
+
+
+def test_top_k_one_is_greedy_and_top_k_never_emits_an_excluded_token(params):
+    y = _labels(B, seed=9)
+    greedy = _sample(params, _key(2), B, y, 1e-6)
+    top1 = jax.jit(functools.partial(sample_tokens, MODEL, num=B, top_k=1))(params, _key(3), y=y)
+    np.testing.assert_array_equal(np.asarray(top1), np.asarray(greedy))
+    # Each drawn token is among the 2 most likely given the drawn prefix (one full pass checks them all).
+    x = jax.jit(functools.partial(sample_tokens, MODEL, num=B, top_k=2))(params, _key(4), y=y)
+    logits = _logits(params, x, y)
+    rank = jnp.sum(logits > jnp.take_along_axis(logits, x[..., None], -1), axis=-1)
+    assert int(rank.max()) <= 1

@@ -26,7 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gm.distributions import categorical_log_prob
+from gm.distributions import categorical_log_prob, sample_categorical
 
 Dtype = Any
 # Per layer, {"k": [B, T, heads, head_dim], "v": [B, T, heads, head_dim]} in the compute dtype.
@@ -301,7 +301,8 @@ def init_cache(model: CausalTransformer, batch_size: int) -> Cache:
 
 
 def sample_tokens(model: CausalTransformer, params, key: jax.Array, num: int,
-                  y: Optional[jax.Array] = None, temperature: float = 1.0) -> jax.Array:
+                  y: Optional[jax.Array] = None, temperature: float = 1.0, top_k: int = 0,
+                  top_p: float = 1.0) -> jax.Array:
     """Draw ``num`` sequences x ~ p(x | y) with cached decoding, as one `lax.scan` over positions.
 
     Args:
@@ -311,6 +312,8 @@ def sample_tokens(model: CausalTransformer, params, key: jax.Array, num: int,
       num: number of sequences (a Python int).
       y: int [num] class labels, or None when the model is unconditional.
       temperature: > 0; logits are divided by it (-> 0 approaches greedy decoding).
+      top_k, top_p: draw from the k most likely tokens only (0: all) and from the nucleus holding
+        probability top_p (1: all), as `gm.distributions.filter_logits`.
 
     Returns:
       int32 [num, T] in [0, vocab_size). Jit-compatible (``model`` and ``num`` static).
@@ -320,8 +323,7 @@ def sample_tokens(model: CausalTransformer, params, key: jax.Array, num: int,
     def step(carry, i):
         prev, cache = carry
         logits, cache = model.apply(variables, prev, i, cache, y, method="decode")
-        token = jax.random.categorical(jax.random.fold_in(key, i), logits / temperature)
-        token = token.astype(jnp.int32)
+        token = sample_categorical(jax.random.fold_in(key, i), logits, temperature, top_k, top_p)
         return (token, cache), token
 
     carry = (jnp.zeros((num,), jnp.int32), init_cache(model, num))
