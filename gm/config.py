@@ -210,13 +210,16 @@ def check_multiple(period, field, steps_per_call, train_name):
 @dataclasses.dataclass(frozen=True)
 class OptimConfig:
     """config.optim: global-norm clipping (grad_clip, 0: none) -> Adam(W) or RMSProp (decay b2) on a
-    learning rate warmed up linearly over warmup_steps, then times lr_decay every step; eps_root > 0
+    learning rate warmed up linearly over warmup_steps, then times lr_decay every step, or (cosine_steps
+    > 0) cosine-decayed over cosine_steps to learning_rate * final_lr_fraction and held there; eps_root > 0
     keeps Adam's square root differentiable at 0 (needed to differentiate through updates); ema_decay:
     the parameter EMA that samples and evaluations use (0: the parameters themselves)."""
     name: Literal["adam", "rmsprop"] = "adam"
     learning_rate: float = setting(1e-3, interval(0.0, None, low_open=True))
     warmup_steps: int = setting(0, nonnegative)
     lr_decay: float = setting(1.0, interval(0.0, 1.0, low_open=True, high_open=False))
+    cosine_steps: int = setting(0, nonnegative)
+    final_lr_fraction: float = setting(0.0, interval(0.0, 1.0, high_open=False))
     grad_clip: float = setting(0.0, interval(0.0, None))
     b1: float = setting(0.9, interval(0.0, 1.0))
     b2: float = setting(0.999, interval(0.0, 1.0))
@@ -224,6 +227,11 @@ class OptimConfig:
     eps_root: float = setting(0.0, interval(0.0, None))
     weight_decay: float = setting(0.0, interval(0.0, None))
     ema_decay: float = setting(0.999, interval(0.0, 1.0))
+
+    def check(self, name):
+        if self.cosine_steps and self.lr_decay != 1.0:
+            raise ValueError(f"{name}.lr_decay={self.lr_decay} and {name}.cosine_steps={self.cosine_steps} are two "
+                             f"decays; set {name}.lr_decay=1.0 for the cosine one or {name}.cosine_steps=0.")
 
 
 @dataclasses.dataclass(frozen=True)

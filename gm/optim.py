@@ -14,9 +14,15 @@ import optax
 from gm.config import OptimConfig
 
 
-def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0, lr_decay: float = 1.0):
+def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0, lr_decay: float = 1.0,
+                           cosine_steps: int = 0, final_lr_fraction: float = 0.0):
     """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then times `lr_decay` every step
-    (PixelCNN++'s 0.999995; 1.0 keeps it constant). A float when nothing varies."""
+    (PixelCNN++'s 0.999995; 1.0 keeps it constant), or, with cosine_steps > 0, half a cosine from
+    `learning_rate` down to learning_rate * final_lr_fraction over cosine_steps, then held there (GPT's
+    schedule). A float when nothing varies."""
+    if cosine_steps:
+        return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, warmup_steps + cosine_steps,
+                                                  end_value=learning_rate * final_lr_fraction)
     if lr_decay == 1.0:
         return optax.warmup_constant_schedule(0.0, learning_rate, warmup_steps) if warmup_steps else learning_rate
     decay = optax.exponential_decay(learning_rate, transition_steps=1, decay_rate=lr_decay)
@@ -29,7 +35,7 @@ def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
     """Global-norm clipping (o.grad_clip > 0) -> Adam(W) (or RMSProp with decay o.b2, as WGAN uses) on
     `learning_rate_schedule`. o.eps_root > 0 keeps Adam's square root differentiable where a second
     moment is 0 (needed to differentiate through updates)."""
-    schedule = learning_rate_schedule(o.learning_rate, o.warmup_steps, o.lr_decay)
+    schedule = learning_rate_schedule(o.learning_rate, o.warmup_steps, o.lr_decay, o.cosine_steps, o.final_lr_fraction)
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
     if o.name == "rmsprop":
         parts.append(optax.rmsprop(schedule, decay=o.b2, eps=o.eps))

@@ -50,6 +50,21 @@ def test_warmup_then_constant_learning_rate():
     np.testing.assert_allclose(sizes, [0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-4)
 
 
+def test_warmup_then_cosine_decay_to_a_floor():
+    o = OptimConfig(learning_rate=1e-2, warmup_steps=2, cosine_steps=4, final_lr_fraction=0.1)
+    opt = optim.make_optimizer(o)
+    params = jnp.zeros(())
+    opt_state = opt.init(params)
+    sizes = []
+    for _ in range(8):
+        updates, opt_state = opt.update(jnp.ones(()), opt_state, params)
+        sizes.append(-float(updates))
+    cosine = [1e-3 + 9e-3 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(5)]  # from the peak to the floor
+    np.testing.assert_allclose(sizes, [0.0, 5e-3] + cosine + [1e-3], rtol=1e-4)
+    with pytest.raises(ValueError, match=r"config.optim.lr_decay=0.9 and config.optim.cosine_steps=4 are two decays"):
+        config_lib.parse(OptimConfig, {"lr_decay": 0.9, "cosine_steps": 4}, "config.optim")
+
+
 def test_gradients_are_clipped_to_the_global_norm_before_adam():
     opt = optim.make_optimizer(OptimConfig(learning_rate=1e-3, grad_clip=1.0, b1=0.9))
     params = {"a": jnp.zeros(4), "b": jnp.zeros(2)}
