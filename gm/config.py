@@ -174,11 +174,14 @@ def parse_sections(cls, config):
 class DataConfig:
     """config.data. name: a dataset of `gm.data.DATASETS` (checked when it loads); data_dir: the TFDS
     folder; manual_dir: a folder holding the raw download (offline machines); random_flip: mirror
-    training images left-right with probability 1/2."""
+    training images left-right with probability 1/2; context and tokenizer ('bytes' or 'bpeN'): the
+    tokens per example and how text becomes tokens (text datasets only)."""
     name: str = "digits"
     data_dir: str = ""
     manual_dir: str = ""
     random_flip: bool = False
+    context: int = setting(256, positive)
+    tokenizer: str = "bytes"
 
 
 @dataclasses.dataclass(frozen=True)

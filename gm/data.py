@@ -11,6 +11,9 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
 * Audio is `{'audio': int16[N, T], 'label': int32[N]}`, 16-bit PCM (`num_bits=16`) at
   `DatasetInfo.sample_rate` Hz: the generated `notes` (offline, 8 kHz) and SC09 (16 kHz), see
   `gm.audio_datasets`. Each audio family chooses its own quantization (e.g. 8-bit mu-law).
+* Text is `{'tokens': int32[N, context], 'label': int32[N]}`, windows of a tokenized corpus
+  (`DatasetInfo.vocab_size` symbols; `bytes_per_token` of the test text converts likelihoods to bits
+  per byte): the offline `pydoc` and TFDS `tiny_shakespeare`, see `gm.text_datasets`.
 * 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
   the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
   (PacGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points) are the sharp
@@ -34,11 +37,12 @@ from typing import Iterator
 
 import numpy as np
 
-from gm import audio_datasets, point_sets
+from gm import audio_datasets, point_sets, text_datasets
 
 DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard', 'pacgan_ring',
-            'pacgan_grid') + tuple(point_sets.SPLITS) + ('notes', 'sc09')
+            'pacgan_grid') + tuple(point_sets.SPLITS) + ('notes', 'sc09') + text_datasets.TEXT_DATASETS
 AUDIO = ('notes', 'sc09')
+TEXT = text_datasets.TEXT_DATASETS
 
 
 class DataError(ValueError):
@@ -54,10 +58,16 @@ class DatasetInfo:
     num_train: int
     num_test: int
     sample_rate: int | None = None  # Hz, for audio; None otherwise
+    vocab_size: int | None = None  # token symbols, for text; None otherwise
+    bytes_per_token: float | None = None  # UTF-8 bytes per token of the test text, for text
 
     @property
     def is_audio(self) -> bool:
         return self.sample_rate is not None
+
+    @property
+    def is_text(self) -> bool:
+        return self.vocab_size is not None
 
     @property
     def is_image(self) -> bool:
@@ -87,12 +97,12 @@ def _readonly(a: np.ndarray) -> np.ndarray:
 
 
 def _make(name: str, shape: tuple[int, ...], num_bits: int | None, num_classes: int,
-          train: dict[str, np.ndarray], test: dict[str, np.ndarray], sample_rate: int | None = None) -> Dataset:
-    """Freezes the arrays and derives the split sizes."""
+          train: dict[str, np.ndarray], test: dict[str, np.ndarray], **extra) -> Dataset:
+    """Freezes the arrays and derives the split sizes; `extra`: DatasetInfo's modality fields."""
     train = {k: _readonly(v) for k, v in train.items()}
     test = {k: _readonly(v) for k, v in test.items()}
     info = DatasetInfo(name, tuple(shape), num_bits, num_classes,
-                       len(train['label']), len(test['label']), sample_rate)
+                       len(train['label']), len(test['label']), **extra)
     return Dataset(info, train, test)
 
 
@@ -279,11 +289,31 @@ def _load_audio(name: str, data_dir: str | None, manual_dir: str | None) -> Data
     return _make(name, (length,), 16, classes, train, test, sample_rate=rate)
 
 
-def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None) -> Dataset:
+# --- text ----------------------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=2)
+def _load_text(name: str, data_dir: str | None, context: int, tokenizer: str) -> Dataset:
+    if context < 1:
+        raise DataError(f'config.data.context={context} must be a positive number of tokens.')
+    if name == 'pydoc':
+        train_text, test_text = text_datasets.pydoc_texts()
+    else:
+        train_text, test_text = text_datasets.tiny_shakespeare_texts(data_dir, DataError, _reachable)
+    tok = text_datasets.make_tokenizer(tokenizer, train_text, DataError)
+    try:
+        train, test, bytes_per_token = text_datasets.text_splits(train_text, test_text, tok, context)
+    except ValueError as e:
+        raise DataError(f'{e} Lower it.') from None
+    return _make(name, (context,), None, 1, train, test, vocab_size=tok.vocab_size, bytes_per_token=bytes_per_token)
+
+
+def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None, context: int = 256,
+         tokenizer: str = 'bytes') -> Dataset:
     """Loads dataset `name` (one of DATASETS) whole into memory.
 
     `data_dir` is the TFDS data dir; `manual_dir` a folder holding the raw download files, for
-    machines without network.
+    machines without network. Text datasets only: `context`, the tokens per example, and `tokenizer`,
+    'bytes' or 'bpeN' (`gm.text_datasets`).
     """
     if name == 'digits':
         return _load_digits()
@@ -295,6 +325,8 @@ def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = Non
         return _load_notes()
     if name in AUDIO:
         return _load_audio(name, data_dir, manual_dir)
+    if name in TEXT:
+        return _load_text(name, data_dir, int(context), tokenizer)
     raise DataError(f'Unknown dataset {name!r} in config.data.name: use one of {", ".join(DATASETS)}.')
 
 

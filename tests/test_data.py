@@ -291,3 +291,53 @@ def test_failed_manual_dir_build_is_one_sentence(tmp_path, monkeypatch, no_netwo
     _assert_one_sentence(str(e.value), str(empty), 'could not be built', type(failure).__name__,
                          'config.data.manual_dir')
     assert e.value.__cause__ is None and e.value.__suppress_context__
+
+
+# --- text -------------------------------------------------------------------------------------------------
+
+def test_pydoc_text_is_every_training_window_and_non_overlapping_test_windows():
+    from gm import text_datasets
+
+    ds = data.load("pydoc", context=32)
+    info = ds.info
+    assert info.is_text and not info.is_image and not info.is_audio
+    assert info.vocab_size == 256 and info.bytes_per_token == 1.0 and info.shape == (32,)
+    train_text, test_text = text_datasets.pydoc_texts()
+    stream = np.frombuffer(train_text.encode("utf-8"), np.uint8)
+    assert info.num_train == len(stream) - 31  # every offset
+    np.testing.assert_array_equal(ds.train["tokens"][1000], stream[1000:1032])
+    test = np.frombuffer(test_text.encode("utf-8"), np.uint8)
+    np.testing.assert_array_equal(ds.test["tokens"].ravel(), test[:info.num_test * 32])  # each byte once
+    assert not set(test_text.split("\n\n")[:3]) & set(train_text.split("\n\n"))  # held-out topics
+    batch = data.train_batch(ds, step=5, batch_size=8, seed=0)
+    assert batch["tokens"].shape == (8, 32) and batch["tokens"].dtype == np.int32
+    np.testing.assert_array_equal(batch["tokens"], data.train_batch(ds, step=5, batch_size=8, seed=0)["tokens"])
+
+
+def test_pydoc_with_a_trained_bpe_and_bad_text_settings():
+    ds = data.load("pydoc", context=16, tokenizer="bpe300")
+    assert ds.info.vocab_size == 300 and 1.2 < ds.info.bytes_per_token < 3.0  # 44 merges: measured 1.37
+    assert ds.train["tokens"].max() < 300 and ds.train["tokens"].min() >= 0
+    with pytest.raises(data.DataError, match=r"config.data.tokenizer='words' is not a tokenizer; use 'bytes'"):
+        data.load("pydoc", tokenizer="words")
+    with pytest.raises(data.DataError, match=r"fewer than config.data.context=10000000"):
+        data.load("pydoc", context=10_000_000)
+
+
+def test_tiny_shakespeare_through_tfds_and_offline(tmp_path, monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    metadata = str(tmp_path / "metadata")
+    builder = tfds.builder("tiny_shakespeare", data_dir=metadata)
+    builder.info.set_splits(tfds.core.SplitDict([
+        tfds.core.SplitInfo(name=s, shard_lengths=[1], num_bytes=0, filename_template=None)
+        for s in ("train", "validation", "test")]))
+    os.makedirs(builder.data_dir, exist_ok=True)
+    builder.info.write_to_directory(builder.data_dir)
+    with tfds.testing.mock_data(num_examples=1, data_dir=metadata):
+        ds = data.load("tiny_shakespeare", data_dir=str(tmp_path / "unused"), context=4)
+    assert ds.info.vocab_size == 256 and ds.train["tokens"].shape[1] == 4 and ds.info.num_test >= 1
+    monkeypatch.setattr(data, "_reachable", lambda host, timeout=5.0: False)
+    with pytest.raises(data.DataError, match=r"^tiny_shakespeare is not prepared in .* cannot be reached to "
+                                             r"download it: run `tfds build tiny_shakespeare` .*"
+                                             r"--config.data.name=pydoc"):
+        data.load("tiny_shakespeare", data_dir=str(tmp_path / "empty"), context=8)

@@ -38,7 +38,9 @@ USER_ERRORS = (ValueError, gm_data.DataError, loop.NonFiniteLossError, FileNotFo
 
 
 def load_dataset(run: RunConfig):
-    return gm_data.load(run.data.name, data_dir=run.data.data_dir or None, manual_dir=run.data.manual_dir or None)
+    d = run.data
+    return gm_data.load(d.name, data_dir=d.data_dir or None, manual_dir=d.manual_dir or None, context=d.context,
+                        tokenizer=d.tokenizer)
 
 
 def restore_latest(run: RunConfig, workdir: str, method: Method, dataset):
