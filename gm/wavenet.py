@@ -169,7 +169,7 @@ def generate_naive(net: WaveNet, params, quantizer: Quantizer, key, num: int, le
 
 def make(settings: Settings, info) -> Method:
     """A WaveNet of clips of `info.shape` = (T,) at `info.sample_rate` -> Method (exact likelihood)."""
-    if not getattr(info, "is_audio", False):
+    if not info.is_audio:
         raise ValueError(f"WaveNet models audio; config.data.name={info.name!r} is not an audio dataset "
                          "(use notes or sc09).")
     m = settings.model

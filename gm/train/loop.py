@@ -157,7 +157,7 @@ def write_samples(path, samples, info):
     """A model's samples as files for people, by the data `info` describes (`gm.data.DatasetInfo`): uint8
     levels [N, H, W, C] -> a PNG grid at `path`; 2-D points [N, 2] -> a scatter plot; int16 PCM clips
     [N, T] -> WAV files beside `path` and a waveform / spectrogram PNG at `path`. Returns the picture."""
-    if getattr(info, "is_audio", False):
+    if info.is_audio:
         return save_audio_samples(path, samples, info.sample_rate)
     if info.num_bits is None:
         return save_scatter(path, samples)
