@@ -28,17 +28,21 @@ _INFOS = {
                                    num_train=50_000, num_test=10_000),
     "mnist": gm_data.DatasetInfo(name="mnist", shape=(28, 28, 1), num_bits=8, num_classes=10,
                                  num_train=60_000, num_test=10_000),
+    # WaveGAN's SC09 training split; its test size is not needed for timing (0: not stated here).
+    "sc09": gm_data.DatasetInfo(name="sc09", shape=(16000,), num_bits=16, num_classes=10, num_train=18_620,
+                                num_test=0, sample_rate=16_000),
 }
 
 
 def dataset_info(name):
-    """DatasetInfo of `name`: the bundled digits are loaded (they are on disk), MNIST and CIFAR-10 are
-    described from their known shapes, so a benchmark needs no data."""
+    """DatasetInfo of `name`: the bundled digits and the generated notes are loaded (no download), MNIST,
+    CIFAR-10 and SC09 are described from their known shapes, so a benchmark needs no data."""
     if name in _INFOS:
         return _INFOS[name]
-    if name == "digits":
-        return gm_data.load("digits").info
-    raise ValueError(f"No benchmark shape for config.data.name {name!r}; use one of {('digits',) + tuple(_INFOS)}.")
+    if name in ("digits", "notes"):
+        return gm_data.load(name).info
+    raise ValueError(f"No benchmark shape for config.data.name {name!r}; use one of "
+                     f"{('digits', 'notes') + tuple(_INFOS)}.")
 
 
 def fake_cifar_info():
@@ -46,8 +50,13 @@ def fake_cifar_info():
 
 
 def random_batch(info, batch_size, seed=0):
-    """{'image': uint8 [B, H, W, C] uniform over the info's levels, 'label': int32 [B]}."""
+    """{'image': uint8 [B, H, W, C] uniform over the info's levels, 'label': int32 [B]}; for audio
+    {'audio': int16 [B, T] (Gaussian, a tenth of full scale), 'label'}."""
     rng = np.random.default_rng(seed)
+    if info.is_audio:
+        audio = np.clip(rng.normal(0.0, 3277.0, (batch_size,) + tuple(info.shape)), -32768, 32767)
+        return {"audio": audio.astype(np.int16),
+                "label": rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)}
     return {"image": rng.integers(0, info.num_levels, (batch_size,) + tuple(info.shape), dtype=np.uint8),
             "label": rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)}
 
@@ -121,7 +130,7 @@ def measure_train_step(optim_config: OptimConfig, method, batch, steps, repeats,
     `repeats` windows of `steps` calls) and each window's, and under 'sharded' XLA's memory analysis
     of the compiled step (argument, output and temporary MB) and its FLOP count per image.
     """
-    batch_size = len(batch["image"])
+    batch_size = len(batch["label"])
     parallel.check_batch_size(batch_size, "--batch_size")
     optimizer = optim.make_optimizer(optim_config)
     training = state_lib.training_of(method)

@@ -121,3 +121,10 @@ def test_wavenet_fast_generation_is_timed_against_the_naive_sampler(tmp_path):
     assert estimated["naive_s_kind"] == "estimated" and "same_samples" not in estimated
     assert estimated["naive_s"] == pytest.approx(300 * estimated["naive_pass_s"], rel=1e-2, abs=0.1)
     assert len(out.read_text().splitlines()) == 2
+
+
+def test_family_wavenet_train_step_and_fast_sampler(tmp_path):
+    (row,) = _run_family(tmp_path, "--family=wavenet", "--set", "model.max_dilation=8", "--batch_size=8")
+    _check_train(row, 8)
+    assert row["family"] == "wavenet" and row["shape"] == [2000] and row["sample_images_per_s"] > 0
+    assert dataset_info("sc09").sample_rate == 16000 and dataset_info("sc09").shape == (16000,)
