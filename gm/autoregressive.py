@@ -66,13 +66,16 @@ class PixelCNNPPConfig:
 @dataclasses.dataclass(frozen=True)
 class TransformerConfig:
     """A causal transformer over the sub-pixels as tokens; attention_block: queries attended at a time
-    (memory O(block T) per layer, the same numbers)."""
+    (memory O(block T) per layer, the same numbers); positions: 'learned' or 'rotary'; tie_embeddings:
+    the output layer is the token embedding transposed."""
     num_layers: int = setting(8, positive)
     num_heads: int = setting(8, positive)
     embed_dim: int = setting(256, positive)
     mlp_ratio: int = setting(4, positive)
     dropout: float = setting(0.1, interval(0.0, 1.0))
     attention_block: int = setting(512, positive)
+    positions: Literal["learned", "rotary"] = "learned"
+    tie_embeddings: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -310,3 +310,43 @@ def test_top_k_one_is_greedy_and_top_k_never_emits_an_excluded_token(params):
     logits = _logits(params, x, y)
     rank = jnp.sum(logits > jnp.take_along_axis(logits, x[..., None], -1), axis=-1)
     assert int(rank.max()) <= 1
+
+
+def test_rotary_scores_depend_only_on_the_offset():
+    q = jax.random.normal(_key(10), (1, 1, 2, 8))
+    k = jax.random.normal(_key(11), (1, 1, 2, 8))
+    rot = transformer.rotary
+    score = lambda p, s: float(jnp.sum(rot(q, jnp.array([p])) * rot(k, jnp.array([s]))))
+    assert score(5, 2) == pytest.approx(score(105, 102), abs=1e-4) == pytest.approx(score(3, 0), abs=1e-4)
+    assert abs(score(5, 2) - score(5, 4)) > 1e-3  # not position-blind
+    np.testing.assert_allclose(transformer.rotary(q, jnp.array([0])), q, atol=1e-7)  # position 0: identity
+    with pytest.raises(ValueError, match="even head_dim"):
+        transformer.rotary(jnp.zeros((1, 1, 1, 3)), jnp.array([0]))
+
+
+def test_rotary_positions_and_tied_embeddings_keep_causality_and_the_cache():
+    model = CausalTransformer(vocab_size=V, seq_len=T, num_layers=2, num_heads=2, embed_dim=16,
+                              positions="rotary", tie_embeddings=True)
+    params = _random_params(model)
+    assert "pos_embed" not in params and "head" not in params  # no position or output parameters
+    tokens = _tokens((B, T), seed=12)
+    full = model.apply({"params": params}, tokens, train=False)
+    # The output layer is the token embedding, transposed: zeroing token 6's row (never an input here)
+    # zeroes its logit everywhere and nothing else.
+    zeros = jnp.zeros((B, T), jnp.int32)
+    table = params["token_embed"]["embedding"]
+    cut = dict(params, token_embed={"embedding": table.at[6].set(0.0)})
+    a = model.apply({"params": params}, zeros, train=False)
+    b = model.apply({"params": cut}, zeros, train=False)
+    np.testing.assert_array_equal(np.asarray(b[..., 6]), 0.0)
+    np.testing.assert_allclose(np.asarray(b[..., :6]), np.asarray(a[..., :6]), rtol=1e-6, atol=1e-6)
+    assert _max_abs(a[..., 6]) > 1e-3
+    cached = _teacher_forced_decode(model, params, tokens, None)
+    np.testing.assert_allclose(np.asarray(cached), np.asarray(full), rtol=1e-5, atol=1e-5)
+    changed = tokens.at[:, 5:].set((tokens[:, 5:] + 1) % V)
+    after = model.apply({"params": params}, changed, train=False)
+    np.testing.assert_array_equal(np.asarray(after[:, :6]), np.asarray(full[:, :6]))
+    assert _max_abs(after[:, 6:] - full[:, 6:]) > 1e-4
+    # Rotary attention sees positions: the same token twice gives different outputs at different places.
+    same = model.apply({"params": params}, jnp.full((1, T), 3, jnp.int32), train=False)[0]
+    assert _max_abs(same[2] - same[5]) > 1e-4

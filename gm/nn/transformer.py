@@ -61,6 +61,21 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, query_positions: jax.Array
     return jnp.einsum("bhqk,bkhd->bqhd", weights, v)
 
 
+def rotary(x: jax.Array, positions: jax.Array, base: float = 10_000.0) -> jax.Array:
+    """Rotary position embedding (Su et al. 2021, RoFormer; GPT-NeoX's half-split layout): x [B, n,
+    heads, head_dim] at int positions [n] -> x with each pair (i, i + head_dim/2) rotated by the angle
+    position * base^(-2i / head_dim). A query at p and a key at s then score q.k as a function of p - s
+    only. head_dim must be even."""
+    half = x.shape[-1] // 2
+    if 2 * half != x.shape[-1]:
+        raise ValueError(f"rotary positions need an even head_dim, got {x.shape[-1]}.")
+    freq = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle = positions.astype(jnp.float32)[:, None] * freq[None, :]  # [n, half]
+    cos, sin = jnp.cos(angle)[None, :, None, :], jnp.sin(angle)[None, :, None, :]
+    x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+    return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1).astype(x.dtype)
+
+
 # Queries per block of full-sequence attention: a block's scores are [B, heads, block, T] float32.
 ATTENTION_BLOCK = 512
 
@@ -103,6 +118,7 @@ class CausalSelfAttention(nn.Module):
     num_heads: int
     out_init_std: float = _INIT_STD
     attention_block: int = ATTENTION_BLOCK
+    rotary: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
@@ -112,17 +128,20 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Dense(3 * self.embed_dim, kernel_init=_normal(_INIT_STD), dtype=self.dtype)
         self.out = nn.Dense(self.embed_dim, kernel_init=_normal(self.out_init_std), dtype=self.dtype)
 
-    def _qkv(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    def _qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         b, n, _ = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.embed_dim // self.num_heads)
-        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+        if self.rotary:
+            q, k = rotary(q, positions), rotary(k, positions)
+        return q, k, v
 
     def _merge(self, h: jax.Array) -> jax.Array:
         return self.out(h.reshape(h.shape[0], h.shape[1], self.embed_dim))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         """Full sequence: x [B, T, D] at positions 0..T-1 -> [B, T, D]."""
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, jnp.arange(x.shape[1]))
         return self._merge(causal_attention(q, k, v, self.attention_block))
 
     def step(self, x: jax.Array, position: jax.Array,
@@ -132,7 +151,7 @@ class CausalSelfAttention(nn.Module):
         The new key and value are written into the cache at ``position``; the query then attends to
         cache entries 0..position. Entries after ``position`` may hold anything: they are masked.
         """
-        q, k, v = self._qkv(x)
+        q, k, v = self._qkv(x, jnp.reshape(position, (1,)))
         start = (0, position, 0, 0)
         cache = {"k": jax.lax.dynamic_update_slice(cache["k"], k.astype(cache["k"].dtype), start),
                  "v": jax.lax.dynamic_update_slice(cache["v"], v.astype(cache["v"].dtype), start)}
@@ -149,12 +168,13 @@ class TransformerBlock(nn.Module):
     dropout: float = 0.0
     out_init_std: float = _INIT_STD
     attention_block: int = ATTENTION_BLOCK
+    rotary: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
         self.ln_attn = nn.LayerNorm(dtype=self.dtype)
         self.attn = CausalSelfAttention(self.embed_dim, self.num_heads, self.out_init_std,
-                                        self.attention_block, dtype=self.dtype)
+                                        self.attention_block, self.rotary, dtype=self.dtype)
         self.ln_mlp = nn.LayerNorm(dtype=self.dtype)
         self.mlp_in = nn.Dense(self.mlp_ratio * self.embed_dim, kernel_init=_normal(_INIT_STD),
                                dtype=self.dtype)
@@ -189,6 +209,9 @@ class CausalTransformer(nn.Module):
         given; every later position sees it through attention.
       attention_block: queries per block of the full-sequence attention (`causal_attention`): memory
         against speed; the result does not depend on it.
+      positions: 'learned' (an embedding per position added to the input, GPT-2) or 'rotary' (queries
+        and keys rotated by their position in every layer, `rotary`; no position parameters).
+      tie_embeddings: the output layer is the token embedding transposed (GPT-2; no head parameters).
       dtype: compute dtype; parameters stay float32 and logits are returned in float32.
     """
 
@@ -201,13 +224,18 @@ class CausalTransformer(nn.Module):
     dropout: float = 0.0
     num_classes: Optional[int] = None
     attention_block: int = ATTENTION_BLOCK
+    positions: str = "learned"
+    tie_embeddings: bool = False
     dtype: Dtype = jnp.float32
 
     def setup(self):
         d = self.embed_dim
+        if self.positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be 'learned' or 'rotary', got {self.positions!r}.")
         self.token_embed = nn.Embed(self.vocab_size, d, embedding_init=_normal(_INIT_STD),
                                     dtype=self.dtype)
-        self.pos_embed = self.param("pos_embed", _normal(_INIT_STD), (self.seq_len, d))
+        if self.positions == "learned":
+            self.pos_embed = self.param("pos_embed", _normal(_INIT_STD), (self.seq_len, d))
         self.start_embed = self.param("start_embed", _normal(_INIT_STD), (d,))
         if self.num_classes is not None:
             self.class_embed = nn.Embed(self.num_classes, d, embedding_init=_normal(_INIT_STD),
@@ -215,11 +243,12 @@ class CausalTransformer(nn.Module):
         out_std = _INIT_STD / math.sqrt(2 * self.num_layers)
         self.blocks = [
             TransformerBlock(d, self.num_heads, self.mlp_ratio, self.dropout, out_std, self.attention_block,
-                             dtype=self.dtype)
+                             self.positions == "rotary", dtype=self.dtype)
             for _ in range(self.num_layers)
         ]
         self.ln_final = nn.LayerNorm(dtype=self.dtype)
-        self.head = nn.Dense(self.vocab_size, kernel_init=_normal(_INIT_STD), dtype=self.dtype)
+        if not self.tie_embeddings:
+            self.head = nn.Dense(self.vocab_size, kernel_init=_normal(_INIT_STD), dtype=self.dtype)
 
     def __call__(self, tokens: jax.Array, y: Optional[jax.Array] = None, *,
                  train: bool) -> jax.Array:
@@ -273,10 +302,14 @@ class CausalTransformer(nn.Module):
         if self.num_classes is not None:
             start = start + self.class_embed(y)[:, None, :]  # [B, 1, D]
         h = jnp.where((positions == 0)[None, :, None], start, self.token_embed(prev))
+        if self.positions == "rotary":
+            return h  # positions enter every attention layer instead
         return h + self.pos_embed[positions].astype(self.dtype)[None]
 
     def _logits(self, h: jax.Array) -> jax.Array:
-        return self.head(self.ln_final(h)).astype(jnp.float32)
+        h = self.ln_final(h)
+        out = self.token_embed.attend(h) if self.tie_embeddings else self.head(h)
+        return out.astype(jnp.float32)
 
     def _check_labels(self, y: Optional[jax.Array], batch: int) -> None:
         if self.num_classes is None and y is not None:
