@@ -181,6 +181,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr[-3000:]
+    assert "run the same command again to resume" in stderr and "Traceback" not in stderr
     steps = [int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit()]
     last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
     assert steps and max(steps) == last_logged >= 4 and max(steps) % 1000 != 0

@@ -271,6 +271,27 @@ def test_nonfinite_skip_counts_and_finishes(tmp_path, digits, smoke_config):
     assert records[-1]["num_nonfinite"] == 5
 
 
+def test_a_sigterm_saves_then_raises_preempted_so_nothing_after_the_run_goes_on(tmp_path, digits, smoke_config,
+                                                                               monkeypatch):
+    class RaisedAtOnce:  # as if SIGTERM arrived during the first step
+        raised = True
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(loop, "_SigtermFlag", RaisedAtOnce)
+    config = _toy_config(smoke_config)
+    with pytest.raises(loop.Preempted, match=r"^Stopped by SIGTERM at step 1 of 6; the checkpoint is saved in .*"
+                                             r"run the same command again to resume\.$"):
+        loop.train_and_evaluate(config, str(tmp_path), _noisy_linear_method(), digits)
+    ckpt = Checkpointer(tmp_path / "checkpoints")
+    assert ckpt.all_steps() == [1]  # saved before stopping
+    ckpt.close()
+
+
 def test_histogram_log_density_is_a_normalised_density_on_the_picture_grid():
     from gm.train.logging import density_grid, histogram_log_density
     points = np.random.default_rng(0).uniform(-1.0, 1.0, (20_000, 2))  # density 1/4 on [-1, 1]^2

@@ -31,6 +31,11 @@ from gm.train import state as state_lib
 from gm.train.logging import MetricWriter, save_audio_samples, save_image_grid, save_scatter
 
 
+class Preempted(Exception):
+    """Raised once a SIGTERM's checkpoint is saved: nothing after this run may go on (a later stage, the
+    next run of a sweep, scoring a half-trained model); running the same command again resumes."""
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss or a gradient became NaN/inf and config.train.on_nonfinite='stop'."""
 
@@ -278,6 +283,9 @@ def train_and_evaluate(run: RunConfig, workdir: str, method: Method, dataset):
                     break
         if last_saved != step or ckpt.latest_step() is None:
             checkpoint(step, force=True)
+        if step < t.num_steps:  # only a SIGTERM leaves the loop early
+            raise Preempted(f"Stopped by SIGTERM at step {step} of {t.num_steps}; the checkpoint is saved in "
+                            f"{ckpt.directory}: run the same command again to resume.")
     finally:
         # Also on an error: let a save in flight commit, so the last good checkpoint is complete.
         bar.close()

@@ -256,6 +256,8 @@ def main(experiment_file, runner=None):
                 run(f.config, f.workdir, f.mode, stage=f.stage)
             else:
                 runner(f.config, f.workdir, f.mode)
+        except loop.Preempted as e:  # a clean stop: the checkpoint is saved
+            logging.warning("%s", e)
         except USER_ERRORS as e:
             if os.environ.get("GM_DEBUG"):
                 raise
