@@ -38,27 +38,26 @@ def smoke_config():
     return ddpm_cifar.get_config("smoke")
 
 
-def test_warmup_then_constant_learning_rate():
-    opt = optim.make_optimizer(OptimConfig(learning_rate=1e-2, warmup_steps=4))
-    params = jnp.zeros(())
-    opt_state = opt.init(params)
-    sizes = []
-    for _ in range(6):
-        updates, opt_state = opt.update(jnp.ones(()), opt_state, params)
-        sizes.append(-float(updates))
-    # Adam's first steps with a constant gradient move by exactly the learning rate.
-    np.testing.assert_allclose(sizes, [0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-4)
-
-
-def test_warmup_then_cosine_decay_to_a_floor():
-    o = OptimConfig(learning_rate=1e-2, warmup_steps=2, cosine_steps=4, final_lr_fraction=0.1)
+def _step_sizes(o: OptimConfig, n):
+    """The first n step sizes of the optimizer `o` describes on a constant gradient of 1: Adam's steps
+    then move by exactly the learning rate."""
     opt = optim.make_optimizer(o)
     params = jnp.zeros(())
     opt_state = opt.init(params)
     sizes = []
-    for _ in range(8):
+    for _ in range(n):
         updates, opt_state = opt.update(jnp.ones(()), opt_state, params)
         sizes.append(-float(updates))
+    return sizes
+
+
+def test_warmup_then_constant_learning_rate():
+    sizes = _step_sizes(OptimConfig(learning_rate=1e-2, warmup_steps=4), 6)
+    np.testing.assert_allclose(sizes, [0.0, 2.5e-3, 5e-3, 7.5e-3, 1e-2, 1e-2], rtol=1e-4)
+
+
+def test_warmup_then_cosine_decay_to_a_floor():
+    sizes = _step_sizes(OptimConfig(learning_rate=1e-2, warmup_steps=2, cosine_steps=4, final_lr_fraction=0.1), 8)
     cosine = [1e-3 + 9e-3 * 0.5 * (1 + np.cos(np.pi * k / 4)) for k in range(5)]  # from the peak to the floor
     np.testing.assert_allclose(sizes, [0.0, 5e-3] + cosine + [1e-3], rtol=1e-4)
     with pytest.raises(ValueError, match=r"config.optim.lr_decay=0.9 and config.optim.cosine_steps=4 are two decays"):
