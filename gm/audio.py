@@ -24,8 +24,8 @@ def pcm_to_float(pcm):
 
 
 def float_to_pcm(x):
-    """float in [-1, 1] -> int16 PCM, rounded and clipped to [-32768, 32767]; NumPy in, NumPy out."""
-    return np.clip(np.round(np.asarray(x, np.float64) * PCM_SCALE), -32768, 32767).astype(np.int16)
+    """float in [-1, 1] -> int16 PCM, rounded and clipped to [-32768, 32767]; jit-compatible."""
+    return jnp.clip(jnp.round(jnp.asarray(x, jnp.float32) * PCM_SCALE), -32768, 32767).astype(jnp.int16)
 
 
 def mu_law_compress(x, mu=MU):

@@ -294,7 +294,7 @@ def make(settings: Settings, info) -> Method:
     fresh key in training, and with the key `log_prob` is given when evaluating (fixed by the run's seed,
     so a test set is binarized once).
     """
-    if info.num_bits is None:
+    if not info.is_image:
         raise ValueError(f"Autoregressive models need image data; config.data.name={info.name!r} is not one.")
     m = settings.model
     model = model_from_config(m, info)

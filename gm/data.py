@@ -74,6 +74,15 @@ class DatasetInfo:
         return self.num_bits is not None and self.sample_rate is None
 
     @property
+    def modality(self) -> str:
+        """'image', 'audio', 'text' or 'points' (the 2-D toys)."""
+        if self.is_audio:
+            return 'audio'
+        if self.is_text:
+            return 'text'
+        return 'image' if self.is_image else 'points'
+
+    @property
     def num_dims(self) -> int:
         """Scalars per example, the denominator of bits/dim."""
         return math.prod(self.shape)

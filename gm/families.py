@@ -78,6 +78,17 @@ FAMILIES = {f.name: f for f in (
 )}
 
 
+# The data each modality of family fits (`gm.data.DatasetInfo.modality`).
+DATA_MODALITIES = {"image": ("image", "points"), "audio": ("audio",)}
+
+
+def check_data(family: Family, info) -> None:
+    """One sentence when `family` cannot model the data `info` describes (e.g. an image family on audio)."""
+    if info.modality not in DATA_MODALITIES[family.modality]:
+        raise ValueError(f"{family.label} does not model {info.modality}; config.data.name={info.name!r} is "
+                         f"{info.modality} data, use a dataset of {' or '.join(DATA_MODALITIES[family.modality])}.")
+
+
 def get(name: str) -> Family:
     """The registered family `name`; one sentence for an unknown one."""
     if name not in FAMILIES:
@@ -146,4 +157,5 @@ def make(config, info, stage: str = "", previous=None) -> Method:
     """The Method of `stage` (default: the first) for data described by `info`, from a run's config;
     `previous`: the trained parameters of the stage before, for a later stage."""
     setup = parse(config)
+    check_data(setup.family, info)
     return setup.stage(stage).make(setup.settings, info, previous)

@@ -285,7 +285,7 @@ def make(settings: Settings, info) -> Method:
     step and with `log_prob`'s key in evaluation. `reconstruct` shows the data as the model sees them
     and the decoder's mean at their encodings.
     """
-    if info.num_bits is None:
+    if not info.is_image:
         raise ValueError(f"The VAE models images; config.data.name={info.name!r} is not an image dataset.")
     m = settings.model
     vae, init_params = vae_from_config(m, info)

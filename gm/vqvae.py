@@ -284,7 +284,7 @@ def make(settings: Settings, info) -> Method:
     `sample` decodes uniformly drawn codes (stage 1's prior); there is no `log_prob`; `reconstruct`
     gives the reconstruction through the code grid and the codes.
     """
-    if info.num_bits is None:
+    if not info.is_image:
         raise ValueError(f"The VQ-VAE models images; config.data.name={info.name!r} is not an image dataset.")
     m = settings.model
     vq, init_params = vqvae_from_config(m, info)

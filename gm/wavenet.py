@@ -104,7 +104,7 @@ class Quantizer:
 
     def draw(self, key, out):
         if self.mu_law:
-            return jax.random.categorical(key, out.astype(jnp.float32)).astype(jnp.int32)
+            return dist.sample_categorical(key, out)
         return dist.sample_discretized_logistic_mixture(key, out.astype(jnp.float32), PCM_BITS, 1)[..., 0]
 
 
@@ -216,7 +216,7 @@ def make(settings: Settings, info) -> Method:
 def to_pcm(quantizer: Quantizer, values):
     """The model's values [..., T] -> int16 PCM, on device (jit-compatible)."""
     if quantizer.mu_law:
-        return jnp.clip(jnp.round(audio.mu_law_decode(values) * audio.PCM_SCALE), -32768, 32767).astype(jnp.int16)
+        return audio.float_to_pcm(audio.mu_law_decode(values))
     top = 2 ** PCM_BITS - 1
     return (jnp.round((values + 1.0) * (top / 2.0)) - 32768).astype(jnp.int16)
 

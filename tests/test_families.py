@@ -8,6 +8,7 @@ computed here on one device with `jax.vmap` over a named axis); samples of the r
 range; `log_prob` of shape [B] where there is one. A family added to `gm.families` gets these checks.
 """
 import importlib
+import re
 
 import jax
 import jax.numpy as jnp
@@ -138,3 +139,12 @@ def test_one_train_step_under_pmap_averages_the_per_device_slices_and_keys(stage
     pmapped, pmapped_metrics = stage.under("pmap")
     _allclose(pmapped, reference, rtol=2e-4, atol=2e-6)
     _allclose(pmapped_metrics, jax.device_get(metrics), rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("name", list(families.FAMILIES))
+def test_a_family_refuses_data_it_does_not_model_in_one_sentence(name):
+    other = "digits" if families.get(name).modality == "audio" else "notes"
+    info = gm_data.load(other).info
+    with pytest.raises(ValueError, match=rf"^{re.escape(families.get(name).label)} does not model \w+; "
+                                         rf"config.data.name='{other}' is \w+ data, use a dataset of .*\.$"):
+        families.make(_config(name), info)

@@ -255,7 +255,7 @@ def test_wavenet_refuses_image_data():
 
     config = wavenet_sc09.get_config("smoke")
     with pytest.raises(ValueError, match=r"config.data.name='digits' is not an audio dataset"):
-        families.make(config, gm_data.load("digits").info)
+        wavenet.make(families.parse(config).settings, gm_data.load("digits").info)  # its own guard too
 
 
 def test_audio_samples_become_wav_files_a_picture_and_tensorboard_audio(tmp_path):
@@ -297,7 +297,8 @@ def test_every_output_and_conditioning_trains_and_samples_through_the_method(out
     batch = gm_data.train_batch(ds, step=0, batch_size=4, seed=0)
     params = jax.jit(method.init)(jax.random.key(0), batch)
     loss, metrics = jax.jit(jax.value_and_grad(lambda p: method.loss(p, jax.random.key(1), batch)[0]))(params)
-    assert np.isfinite(float(loss)) and float(loss) < (20.0 if output == "mixture" else 9.0)  # about uniform at init: 16 or 8 bits
+    # About uniform at initialisation: 16 or 8 bits.
+    assert np.isfinite(float(loss)) and float(loss) < (20.0 if output == "mixture" else 9.0)
     samples = jax.jit(method.sample, static_argnums=2)(params, jax.random.key(2), 2)
     assert samples.shape == (2, 2000) and samples.dtype == jnp.int16
     log_p = jax.jit(method.log_prob)(params, jax.random.key(3), batch)

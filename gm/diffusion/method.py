@@ -104,7 +104,7 @@ class Diffusion(NamedTuple):
 
 def build(settings: Settings, info) -> Diffusion:
     """Settings + dataset info -> Diffusion (the UNet checked against the data's shape)."""
-    if info.num_bits is None:
+    if not info.is_image:
         raise ValueError(f"Diffusion needs image data; config.data.name={info.name!r} is not an image dataset.")
     d, m = settings.diffusion, settings.model
     betas = schedule_lib.betas_from_name(d.schedule, d.num_timesteps, d.beta_start, d.beta_end)

@@ -158,16 +158,13 @@ def apply_classifier(name, params, images):
     argument, so `jax.jit(functools.partial(apply_classifier, name))` compiles them as inputs, not constants."""
     _check_name(name)
     recipe = RECIPES[name]
-    shape = recipe.shape
-    if recipe.is_audio:
-        if images.ndim != 2 or tuple(images.shape[1:]) != shape or images.dtype != jnp.int16:
-            raise ValueError(f"The {name} classifier takes int16 PCM [N, {shape[0]}], got "
-                             f"{images.dtype}{list(images.shape)}.")
-        return _network(name).apply(params, images)
-    if images.ndim != 4 or tuple(images.shape[1:]) != shape or images.dtype != jnp.uint8:
-        raise ValueError(f"The {name} classifier takes uint8 pixels [N, {', '.join(map(str, shape))}] in "
-                         f"[0, 255], got {images.dtype}{list(images.shape)}; convert levels with "
-                         "gm.distributions.levels_to_uint8_pixels(levels, info.num_bits).")
+    shape = ", ".join(map(str, recipe.shape))
+    if tuple(images.shape[1:]) != recipe.shape or images.dtype != recipe.input_dtype:
+        takes = (f"int16 PCM [N, {shape}]" if recipe.is_audio else
+                 f"uint8 pixels [N, {shape}] in [0, 255]")
+        how = "" if recipe.is_audio else ("; convert levels with gm.distributions.levels_to_uint8_pixels(levels, "
+                                          "info.num_bits)")
+        raise ValueError(f"The {name} classifier takes {takes}, got {images.dtype}{list(images.shape)}{how}.")
     return _network(name).apply(params, images)
 
 

@@ -195,6 +195,7 @@ def run(config, workdir: str, mode: str = "train", stage: str = "", eval_name: s
     start_processes(config)
     setup = families.parse(config)
     dataset = prepare(setup.run, workdir, mode)
+    families.check_data(setup.family, dataset.info)
     stages = setup.family.stages
     chosen = [setup.stage(stage)] if stage else list(stages)
     if mode == "sample":
