@@ -296,7 +296,7 @@ def test_every_output_and_conditioning_trains_and_samples_through_the_method(out
     method = families.make(config, ds.info)
     batch = gm_data.train_batch(ds, step=0, batch_size=4, seed=0)
     params = jax.jit(method.init)(jax.random.key(0), batch)
-    loss, metrics = jax.jit(jax.value_and_grad(lambda p: method.loss(p, jax.random.key(1), batch)[0]))(params)
+    loss, _ = jax.jit(jax.value_and_grad(lambda p: method.loss(p, jax.random.key(1), batch)[0]))(params)
     # About uniform at initialisation: 16 or 8 bits.
     assert np.isfinite(float(loss)) and float(loss) < (20.0 if output == "mixture" else 9.0)
     samples = jax.jit(method.sample, static_argnums=2)(params, jax.random.key(2), 2)
