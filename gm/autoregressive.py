@@ -24,7 +24,7 @@ import numpy as np
 
 from gm import checks
 from gm import distributions as dist
-from gm.config import interval, positive, setting
+from gm.config import interval, nonnegative, positive, setting
 from gm.distributions import BINARIZE, binarize  # noqa: F401  (re-exported: part of this family's API)
 from gm.method import Method
 
@@ -76,6 +76,15 @@ class TransformerConfig:
     attention_block: int = setting(512, positive)
     positions: Literal["learned", "rotary"] = "learned"
     tie_embeddings: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How a token model draws (`gm.nn.transformer.sample_tokens`): logits divided by temperature, then
+    only the top_k most likely tokens (0: all) and the nucleus holding probability top_p (1: all)."""
+    temperature: float = setting(1.0, interval(0.0, None, low_open=True))
+    top_k: int = setting(0, nonnegative)
+    top_p: float = setting(1.0, interval(0.0, 1.0, low_open=True, high_open=False))
 
 
 @dataclasses.dataclass(frozen=True)

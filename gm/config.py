@@ -187,7 +187,9 @@ class DataConfig:
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """config.train: the global batch (split over every device of every process), the loop's length and
-    periods, what a non-finite update does, and how many steps one compiled call runs."""
+    periods, what a non-finite update does, how many steps one compiled call runs, and micro_batches: each
+    step's gradient averaged over that many slices of the batch, one slice in memory at a time (gradient
+    accumulation: the batch's step at a fraction of its activation memory)."""
     batch_size: int = setting(128, positive)
     num_steps: int = setting(100_000, nonnegative)
     log_every: int = setting(100, positive)
@@ -197,9 +199,12 @@ class TrainConfig:
     num_samples: int = setting(64, positive)  # images in each sample grid
     on_nonfinite: Literal["stop", "skip"] = "stop"
     steps_per_call: int = setting(1, positive)
+    micro_batches: int = setting(1, positive)
 
     def check(self, name):
         parallel.check_batch_size(self.batch_size, f"{name}.batch_size")
+        parallel.check_micro_batches(self.batch_size, self.micro_batches, f"{name}.micro_batches",
+                                     f"{name}.batch_size")
         for field in ("log_every", "checkpoint_every", "sample_every"):
             check_multiple(getattr(self, field), f"{name}.{field}", self.steps_per_call, name)
 
@@ -215,7 +220,9 @@ class OptimConfig:
     """config.optim: global-norm clipping (grad_clip, 0: none) -> Adam(W) or RMSProp (decay b2) on a
     learning rate warmed up linearly over warmup_steps, then times lr_decay every step, or (cosine_steps
     > 0) cosine-decayed over cosine_steps to learning_rate * final_lr_fraction and held there; eps_root > 0
-    keeps Adam's square root differentiable at 0 (needed to differentiate through updates); ema_decay:
+    keeps Adam's square root differentiable at 0 (needed to differentiate through updates); weight_decay
+    (AdamW, decoupled) applies to every parameter or (weight_decay_on='matrices', GPT-2's choice) to
+    those of two or more dimensions only; ema_decay:
     the parameter EMA that samples and evaluations use (0: the parameters themselves)."""
     name: Literal["adam", "rmsprop"] = "adam"
     learning_rate: float = setting(1e-3, interval(0.0, None, low_open=True))
@@ -229,6 +236,7 @@ class OptimConfig:
     eps: float = setting(1e-8, interval(0.0, None))
     eps_root: float = setting(0.0, interval(0.0, None))
     weight_decay: float = setting(0.0, interval(0.0, None))
+    weight_decay_on: Literal["all", "matrices"] = "all"
     ema_decay: float = setting(0.999, interval(0.0, 1.0))
 
     def check(self, name):

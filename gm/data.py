@@ -33,7 +33,7 @@ which (and with it TensorFlow) is imported only when one of them is asked for.
 import dataclasses
 import functools
 import math
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -60,6 +60,8 @@ class DatasetInfo:
     sample_rate: int | None = None  # Hz, for audio; None otherwise
     vocab_size: int | None = None  # token symbols, for text; None otherwise
     bytes_per_token: float | None = None  # UTF-8 bytes per token of the test text, for text
+    # The text's `gm.tokenize` tokenizer (ids <-> text), for text; not part of the dataset's identity.
+    tokenizer: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def is_audio(self) -> bool:
@@ -313,7 +315,8 @@ def _load_text(name: str, data_dir: str | None, context: int, tokenizer: str) ->
         train, test, bytes_per_token = text_datasets.text_splits(train_text, test_text, tok, context)
     except ValueError as e:
         raise DataError(f'{e} Lower it.') from None
-    return _make(name, (context,), None, 1, train, test, vocab_size=tok.vocab_size, bytes_per_token=bytes_per_token)
+    return _make(name, (context,), None, 1, train, test, vocab_size=tok.vocab_size,
+                 bytes_per_token=bytes_per_token, tokenizer=tok)
 
 
 def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None, context: int = 256,

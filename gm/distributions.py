@@ -29,6 +29,14 @@ def bits_per_dim(nll_nats, num_dims):
     return nll_nats / (num_dims * LN2)
 
 
+def bits_per_unit(nll_nats, num_units):
+    """`bits_per_dim` over a positive real count: the UTF-8 bytes a window of text tokens stands for
+    (`gm.tokenize`: bits per byte whatever the tokenizer), or any integer count of dimensions."""
+    checks.require(isinstance(num_units, (int, float)) and not isinstance(num_units, bool) and num_units > 0,
+                   "num_units", num_units, "a positive number")
+    return nll_nats / (num_units * LN2)
+
+
 def sum_per_example(x):
     """[B, ...] -> [B]: the sum over every axis but the first (per-example log-probs from per-element ones)."""
     if jnp.ndim(x) < 1:

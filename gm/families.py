@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import ml_collections
 
-from gm import autoregressive, diffusion, flow_matching, flows, gan, vae, vqvae, wavenet
+from gm import autoregressive, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
 from gm import config as config_lib
 from gm.config import RunConfig
 from gm.method import Method
@@ -41,7 +41,7 @@ class Family:
     experiment: the module under experiments/ with its paper configuration; preset: (dotted field,
     value) pairs this entry sets on the sections' defaults (several entries share a module);
     check(run, settings): rules that span the family's and the base sections; modality: what it models
-    ('image', which the image families also fit to 2-D points, or 'audio')."""
+    ('image', which the image families also fit to 2-D points, 'audio' or 'text')."""
     name: str
     label: str
     settings: type
@@ -57,7 +57,7 @@ def _one_stage(make):
 
 
 def _check_gan_batch(run, settings):
-    gan.check_batch_size(settings, run.train.batch_size)
+    gan.check_batch_size(settings, run.train.batch_size, run.train.micro_batches)
 
 
 FAMILIES = {f.name: f for f in (
@@ -75,11 +75,12 @@ FAMILIES = {f.name: f for f in (
     Family("flow_matching", "flow matching", flow_matching.Settings, _one_stage(flow_matching.make),
            "flow_matching_cifar"),
     Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio"),
+    Family("gpt", "GPT", gpt.Settings, _one_stage(gpt.make), "gpt_text", modality="text"),
 )}
 
 
 # The data each modality of family fits (`gm.data.DatasetInfo.modality`).
-DATA_MODALITIES = {"image": ("image", "points"), "audio": ("audio",)}
+DATA_MODALITIES = {"image": ("image", "points"), "audio": ("audio",), "text": ("text",)}
 
 
 def check_data(family: Family, info) -> None:

@@ -102,9 +102,12 @@ class Settings:
                              "derivative at 0: set config.optim_d.eps_root > 0 (e.g. 1e-8).")
 
 
-def check_batch_size(settings: Settings, batch_size: int) -> None:
+def check_batch_size(settings: Settings, batch_size: int, micro_batches: int = 1) -> None:
     """The k discriminator updates split the training batch (config.train.batch_size) in k slices, each
-    of whole packs of m."""
+    of whole packs of m; the players' alternating updates are not one gradient, so they do not
+    accumulate over micro-batches."""
+    checks.require(micro_batches == 1, "config.train.micro_batches", micro_batches,
+                   "1 for a GAN (its generator and discriminator steps alternate within a batch)")
     k, m = settings.gan.d_steps, settings.gan.packing
     checks.require(batch_size % (k * m) == 0, "config.train.batch_size", batch_size,
                    f"a multiple of config.gan.d_steps x config.gan.packing = {k} x {m}")

@@ -69,8 +69,14 @@ class Method(NamedTuple):
     log_prob: Optional[LogProbFn] = None
     log_prob_is_bound: bool = False
     # What log_prob's nats are spread over when it is not the data's dimensions, as (count, name): a prior
-    # over an 8x8 code grid is (64, 'code'), and evaluations report bits per code.
-    log_prob_per: Optional[Tuple[int, str]] = None
+    # over an 8x8 code grid is (64, 'code'), and evaluations report bits per code; a language model's is
+    # (the UTF-8 bytes a window of tokens stands for, a real number, 'byte').
+    log_prob_per: Optional[Tuple[float, str]] = None
     # Encoder-decoder families: the data and its reconstruction, for the 'recon' evaluation and grids.
     reconstruct: Optional[ReconstructFn] = None
     training: Optional[Training] = None
+    # Conditional samplers: what sample(params, key, num) draws each of its num samples for, the same
+    # for every key. sample_prompts(num) -> num texts (text-to-image: written beside sample grids);
+    # sample_labels(num) -> int [num] classes (evaluations score how often a classifier agrees).
+    sample_prompts: Optional[Callable[[int], Tuple[str, ...]]] = None
+    sample_labels: Optional[Callable[[int], Any]] = None

@@ -31,17 +31,25 @@ def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0, lr_decay
     return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps])
 
 
+def matrices_only(params):
+    """The weight-decay mask of GPT-2 / nanoGPT: decay leaves of two or more dimensions (weight matrices,
+    embeddings, kernels), never biases, gains or other vectors."""
+    return jax.tree.map(lambda p: jnp.ndim(p) >= 2, params)
+
+
 def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
     """Global-norm clipping (o.grad_clip > 0) -> Adam(W) (or RMSProp with decay o.b2, as WGAN uses) on
-    `learning_rate_schedule`. o.eps_root > 0 keeps Adam's square root differentiable where a second
+    `learning_rate_schedule`; AdamW decays every parameter or, with o.weight_decay_on='matrices', those
+    `matrices_only` selects. o.eps_root > 0 keeps Adam's square root differentiable where a second
     moment is 0 (needed to differentiate through updates)."""
     schedule = learning_rate_schedule(o.learning_rate, o.warmup_steps, o.lr_decay, o.cosine_steps, o.final_lr_fraction)
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
     if o.name == "rmsprop":
         parts.append(optax.rmsprop(schedule, decay=o.b2, eps=o.eps))
     elif o.weight_decay:
+        mask = matrices_only if o.weight_decay_on == "matrices" else None
         parts.append(optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, eps_root=o.eps_root,
-                                 weight_decay=o.weight_decay))
+                                 weight_decay=o.weight_decay, mask=mask))
     else:
         parts.append(optax.adam(schedule, b1=o.b1, b2=o.b2, eps=o.eps, eps_root=o.eps_root))
     return optax.chain(*parts)
@@ -62,6 +70,41 @@ def _identity(x):
     return x
 
 
+def micro_batch(batch, index, micro_batches: int):
+    """Micro-batch `index` of `micro_batches`: rows index, index + k, index + 2k, ... of every array.
+
+    Strided rather than contiguous: with the batch sharded over devices in contiguous blocks, each
+    device's block holds whole groups of k rows (when batch / devices is a multiple of k), so every
+    micro-batch is split over the devices like the batch and no row moves between devices.
+    """
+    def take(x):
+        x = jnp.asarray(x)
+        return x.reshape((x.shape[0] // micro_batches, micro_batches) + x.shape[1:])[:, index]
+
+    return jax.tree.map(take, batch)
+
+
+def accumulated_value_and_grad(objective: Callable, params, key, batch, micro_batches: int):
+    """`jax.value_and_grad(objective, has_aux=True)` over a batch seen `micro_batches` at a time.
+
+    objective(params, key, batch) -> (loss, aux pytree). Micro-batch i (`micro_batch`) gets
+    fold_in(key, i); the loss, aux and gradients are means over the micro-batches, in one `lax.scan` that
+    keeps one micro-batch's activations at a time. For a loss that is a mean over examples this is the
+    full batch's gradient (up to float rounding) at a fraction of the activation memory.
+    """
+    value_and_grad = jax.value_and_grad(objective, has_aux=True)
+    if micro_batches == 1:
+        return value_and_grad(params, key, batch)
+
+    def one(total, i):
+        out = value_and_grad(params, jax.random.fold_in(key, i), micro_batch(batch, i, micro_batches))
+        return jax.tree.map(jnp.add, total, out), None
+
+    first = value_and_grad(params, jax.random.fold_in(key, 0), micro_batch(batch, 0, micro_batches))
+    total, _ = jax.lax.scan(one, first, jnp.arange(1, micro_batches))
+    return jax.tree.map(lambda x: x / micro_batches, total)
+
+
 def gradient_update(loss_fn: Callable, after: Optional[Callable] = None):
     """A `gm.method.Training.update` that takes one optimizer step on `loss_fn`.
 
@@ -71,15 +114,17 @@ def gradient_update(loss_fn: Callable, after: Optional[Callable] = None):
       from aux (a loss history, a codebook's statistics).
 
     Gradients, metrics and aux are averaged over devices with `reduce_fn` before they are used, so the
-    update is the same whatever the strategy. Returns (params, opt_state, extra, metrics) with the
-    metrics' 'loss' and 'grad_norm' (of the averaged gradient, before clipping).
+    update is the same whatever the strategy. With micro_batches = k > 1 (gradient accumulation,
+    config.train.micro_batches) they are first averaged over k micro-batches of the batch
+    (`accumulated_value_and_grad`). Returns (params, opt_state, extra, metrics) with the metrics' 'loss'
+    and 'grad_norm' (of the averaged gradient, before clipping).
     """
-    def update(params, opt_state, extra, key, batch, *, optimizer, reduce_fn=_identity):
-        def objective(p):
-            loss, metrics, aux = loss_fn(p, extra, key, batch)
+    def update(params, opt_state, extra, key, batch, *, optimizer, reduce_fn=_identity, micro_batches=1):
+        def objective(p, k, b):
+            loss, metrics, aux = loss_fn(p, extra, k, b)
             return loss, (dict(metrics, loss=loss), aux)
 
-        (_, (metrics, aux)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        (_, (metrics, aux)), grads = accumulated_value_and_grad(objective, params, key, batch, micro_batches)
         grads, metrics, aux = reduce_fn((grads, metrics, aux))
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)

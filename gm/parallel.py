@@ -67,6 +67,16 @@ def check_batch_size(batch_size, field="config.train.batch_size"):
                          f"({jax.process_count()} process(es)); set it to a multiple of {n}.")
 
 
+def check_micro_batches(batch_size, micro_batches, field="config.train.micro_batches",
+                        batch_field="config.train.batch_size"):
+    """Raise one clear sentence unless each device's share of the batch splits into `micro_batches`
+    slices of whole groups (`gm.optim.micro_batch`), so no example moves between devices."""
+    per_device = batch_size // jax.device_count()
+    if micro_batches < 1 or per_device % micro_batches:
+        raise ValueError(f"{field}={micro_batches} must divide the {per_device} examples each of the "
+                         f"{jax.device_count()} devices gets from {batch_field}={batch_size}.")
+
+
 def round_up_to_devices(n):
     """The smallest multiple of the device count that is >= n."""
     d = jax.device_count()

@@ -17,6 +17,7 @@ import pytest
 
 from gm import data as gm_data
 from gm import families, optim, parallel
+from gm.train import run as run_lib
 from gm.train import state as state_lib
 
 # Smaller than the smoke variants where a network's compile time dominates; any other family runs its
@@ -58,7 +59,7 @@ class Stage:
 
     def __init__(self, name, stage_name):
         setup = families.parse(_config(name))
-        self.dataset = gm_data.load(setup.run.data.name)
+        self.dataset = run_lib.load_dataset(setup.run)
         self.batch = gm_data.train_batch(self.dataset, step=0, batch_size=BATCH, seed=0)
         previous = None
         for stage in setup.family.stages:

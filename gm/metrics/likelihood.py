@@ -18,7 +18,7 @@ def evaluate_log_prob(log_prob_fn, params, key, batches, num_dims, is_bound, num
       params: replicated parameters (e.g. the EMA params of `Strategy.get_state`).
       key: base key; batch i uses fold_in(key, i).
       batches: iterable of this process's shares of global batches, each with a boolean 'mask'.
-      num_dims: D of one example, for bits/dim.
+      num_dims: D of one example, for bits/dim (a positive real for text: the bytes a window stands for).
       is_bound: whether log_prob is a lower bound (reported as 'bound') or exact.
 
     Returns:
@@ -32,8 +32,8 @@ def evaluate_log_prob(log_prob_fn, params, key, batches, num_dims, is_bound, num
     return {
         "nll_nats": float(nll.mean()),
         "nll_nats_stderr": float(stderr),
-        "bpd": float(dist.bits_per_dim(nll.mean(), num_dims)),
-        "bpd_stderr": float(dist.bits_per_dim(stderr, num_dims)),
+        "bpd": float(dist.bits_per_unit(nll.mean(), num_dims)),
+        "bpd_stderr": float(dist.bits_per_unit(stderr, num_dims)),
         "num_examples": int(nll.size),
         "kind": "bound" if is_bound else "exact",
     }

@@ -152,6 +152,18 @@ def dataset_features(extractor, dataset, split="train", batch_size=500, limit=No
     return np.concatenate(features), np.concatenate(logits)
 
 
+def sample_chunk(num: int, batch_size: int) -> int:
+    """The samples `sample_features` draws per call for `num` samples `batch_size` at a time: every chunk
+    has one shape (a single compile) that splits evenly over the devices; extra samples of the last
+    chunk are dropped."""
+    return parallel.round_up_to_devices(min(batch_size, num))
+
+
+def class_accuracy(logits, labels) -> float:
+    """Share of samples whose classifier logits [N, K] pick the class int [N] they were drawn for."""
+    return float(np.mean(np.argmax(np.asarray(logits), axis=1) == np.asarray(labels)))
+
+
 def sample_features(extractor, sample_fn, params, key, num, batch_size, num_bits):
     """(features [num, D], logits [num, K]) of `num` samples of `sample_fn(params, key, n)` (uint8 levels).
 
@@ -160,9 +172,7 @@ def sample_features(extractor, sample_fn, params, key, num, batch_size, num_bits
     """
     if num <= 0 or batch_size <= 0:
         raise ValueError("config.eval.num_samples and config.eval.sample_batch_size must be positive.")
-    # Every chunk has one shape (a single compile) that splits evenly over the devices; extra samples
-    # of the last chunk are dropped.
-    chunk = parallel.round_up_to_devices(min(batch_size, num))
+    chunk = sample_chunk(num, batch_size)
     sampler = parallel.jit_sampler(sample_fn, chunk)
     compiled = compiled_features(extractor, num_bits)
     features, logits = [], []

@@ -209,8 +209,9 @@ class CausalTransformer(nn.Module):
         given; every later position sees it through attention.
       attention_block: queries per block of the full-sequence attention (`causal_attention`): memory
         against speed; the result does not depend on it.
-      positions: 'learned' (an embedding per position added to the input, GPT-2) or 'rotary' (queries
-        and keys rotated by their position in every layer, `rotary`; no position parameters).
+      positions: 'learned' (an embedding per position added to the input, GPT-2), 'rotary' (queries
+        and keys rotated by their position in every layer, `rotary`; no position parameters) or 'none'
+        (no positions here: a subclass adds its own in `_position_embedding`, e.g. per modality).
       tie_embeddings: the output layer is the token embedding transposed (GPT-2; no head parameters).
       dtype: compute dtype; parameters stay float32 and logits are returned in float32.
     """
@@ -230,8 +231,8 @@ class CausalTransformer(nn.Module):
 
     def setup(self):
         d = self.embed_dim
-        if self.positions not in ("learned", "rotary"):
-            raise ValueError(f"positions must be 'learned' or 'rotary', got {self.positions!r}.")
+        if self.positions not in ("learned", "rotary", "none"):
+            raise ValueError(f"positions must be 'learned', 'rotary' or 'none', got {self.positions!r}.")
         self.token_embed = nn.Embed(self.vocab_size, d, embedding_init=_normal(_INIT_STD),
                                     dtype=self.dtype)
         if self.positions == "learned":
@@ -302,9 +303,13 @@ class CausalTransformer(nn.Module):
         if self.num_classes is not None:
             start = start + self.class_embed(y)[:, None, :]  # [B, 1, D]
         h = jnp.where((positions == 0)[None, :, None], start, self.token_embed(prev))
-        if self.positions == "rotary":
-            return h  # positions enter every attention layer instead
-        return h + self.pos_embed[positions].astype(self.dtype)[None]
+        return h + self._position_embedding(positions).astype(self.dtype)[None]
+
+    def _position_embedding(self, positions: jax.Array) -> jax.Array:
+        """[n, D] added to the inputs at int `positions` [n] (zeros when positions enter elsewhere)."""
+        if self.positions == "learned":
+            return self.pos_embed[positions]
+        return jnp.zeros((positions.shape[0], self.embed_dim), self.dtype)  # rotary: in every attention layer
 
     def _logits(self, h: jax.Array) -> jax.Array:
         h = self.ln_final(h)
@@ -335,7 +340,8 @@ def init_cache(model: CausalTransformer, batch_size: int) -> Cache:
 
 def sample_tokens(model: CausalTransformer, params, key: jax.Array, num: int,
                   y: Optional[jax.Array] = None, temperature: float = 1.0, top_k: int = 0,
-                  top_p: float = 1.0) -> jax.Array:
+                  top_p: float = 1.0, prefix: Optional[jax.Array] = None,
+                  allowed: Optional[tuple[int, int]] = None) -> jax.Array:
     """Draw ``num`` sequences x ~ p(x | y) with cached decoding, as one `lax.scan` over positions.
 
     Args:
@@ -347,16 +353,32 @@ def sample_tokens(model: CausalTransformer, params, key: jax.Array, num: int,
       temperature: > 0; logits are divided by it (-> 0 approaches greedy decoding).
       top_k, top_p: draw from the k most likely tokens only (0: all) and from the nucleus holding
         probability top_p (1: all), as `gm.distributions.filter_logits`.
+      prefix: int [num, P] tokens given at positions 0..P-1 (a prompt, run through the cache like any
+        token); positions P..T-1 are drawn. None: every position is drawn.
+      allowed: (lo, hi): drawn tokens are restricted to [lo, hi) (e.g. the image codes of a joint
+        text-and-image vocabulary); the filters then act on those tokens' logits.
 
     Returns:
-      int32 [num, T] in [0, vocab_size). Jit-compatible (``model`` and ``num`` static).
+      int32 [num, T] in [0, vocab_size), beginning with ``prefix``. Jit-compatible (``model``, ``num``
+      and ``allowed`` static).
     """
     variables = {"params": params}
+    given = 0 if prefix is None else prefix.shape[1]
+    if given > model.seq_len:
+        raise ValueError(f"a prefix of {given} tokens does not fit in the model's {model.seq_len} positions.")
+    forced = jnp.zeros((num, model.seq_len), jnp.int32)
+    if given:
+        forced = forced.at[:, :given].set(jnp.asarray(prefix, jnp.int32))
+    vocab = jnp.arange(model.vocab_size)
 
     def step(carry, i):
         prev, cache = carry
         logits, cache = model.apply(variables, prev, i, cache, y, method="decode")
+        if allowed is not None:
+            logits = jnp.where((vocab >= allowed[0]) & (vocab < allowed[1]), logits, -jnp.inf)
         token = sample_categorical(jax.random.fold_in(key, i), logits, temperature, top_k, top_p)
+        if given:
+            token = jnp.where(i < given, forced[:, i], token)
         return (token, cache), token
 
     carry = (jnp.zeros((num,), jnp.int32), init_cache(model, num))

@@ -7,7 +7,9 @@ Three metrics, each an `Evaluator(name, fn(params, key) -> dict)`:
   reports bits per code (`Method.log_prob_per`).
 * 'fid': FID and Inception Score (and KID with `kid=True`) of `num_samples` samples against the
   reference statistics (`gm.metrics.sample_quality`): Inception features for CIFAR-10, the domain
-  classifiers' (`fid_digits`, ...) for the digits and MNIST. Every result states its sample count and
+  classifiers' (`fid_digits`, ...) for the digits and MNIST. A conditional sampler
+  (`Method.sample_labels`) is also scored by the domain classifier's agreement with the classes asked
+  for (`class_accuracy_digits`). Every result states its sample count and
   reference, and only numbers from the Inception network are named plain `fid`.
 * 'recon': test reconstruction error and PSNR (`gm.metrics.reconstruction`); needs `reconstruct`.
 
@@ -17,6 +19,7 @@ evaluators are made, so a missing weights file stops a run before its first step
 """
 from typing import Any, Callable, NamedTuple
 
+import numpy as np
 from absl import logging
 
 from gm import data as gm_data
@@ -69,10 +72,19 @@ def sample_quality_evaluator(e: EvalConfig, method: Method, dataset) -> Evaluato
     extractor = sample_quality.make_extractor(e.features, dataset, e.inception_weights)
     reference = sample_quality.reference_for(extractor, dataset, e.reference, e.batch_size)
 
+    # A conditional sampler on a dataset its classifier knows is also scored by how often the classifier
+    # agrees with the class each sample was drawn for.
+    faithful = method.sample_labels is not None and extractor.name == dataset.info.name
+
     def fn(params, key):
         features, logits = sample_quality.sample_features(extractor, method.sample, params, key, e.num_samples,
                                                           e.sample_batch_size, dataset.info.num_bits)
         out = sample_quality.score(extractor, features, logits, reference, kid=e.kid)
+        if faithful:
+            chunk = sample_quality.sample_chunk(e.num_samples, e.sample_batch_size)
+            labels = np.concatenate([np.asarray(method.sample_labels(chunk))
+                                     for _ in range(-(-e.num_samples // chunk))])[:e.num_samples]
+            out[f"class_accuracy_{extractor.name}"] = sample_quality.class_accuracy(logits, labels)
         out["reference"] = reference.source
         return out
 

@@ -1,5 +1,6 @@
-"""What a run writes for people: metrics.jsonl, TensorBoard events, PNG sample grids and, for audio,
-WAV files with a waveform / spectrogram picture.
+"""What a run writes for people: metrics.jsonl, TensorBoard events, PNG sample grids (with their prompts
+as row labels for text-to-image), WAV files with a waveform / spectrogram picture for audio, and text
+files for text.
 
 Only process 0 writes; the other processes get writers that do nothing, so callers never branch.
 """
@@ -38,6 +39,49 @@ def save_image_grid(path, images, ncol=None):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(path)
     return grid
+
+
+def captioned_grid(images, captions, min_cell=32, label_width=200):
+    """uint8 [N, H, W, C] images and the prompt each was drawn for -> one uint8 RGB grid with a row per
+    distinct prompt (in order of first appearance): the prompt written on the left, its images after."""
+    images = np.asarray(images)
+    if len(captions) != len(images):
+        raise ValueError(f"captioned_grid got {len(images)} images and {len(captions)} captions.")
+    order = list(dict.fromkeys(captions))
+    rows = [[i for i, c in enumerate(captions) if c == caption] for caption in order]
+    ncol = max(len(r) for r in rows)
+    blank = np.full_like(images[:1], 255)
+    strips = []
+    for caption, row in zip(order, rows):
+        cells = np.concatenate([images[row]] + [blank] * (ncol - len(row)))
+        strip = image_grid(cells, ncol=ncol, min_cell=min_cell)
+        strip = np.repeat(strip, 3, axis=-1) if strip.shape[-1] == 1 else strip
+        label = Image.new("RGB", (label_width, strip.shape[0]), "white")
+        ImageDraw.Draw(label).text((4, strip.shape[0] // 2), caption, fill="black", anchor="lm")
+        strips.append(np.concatenate([np.asarray(label), strip], axis=1))
+    return np.concatenate(strips)
+
+
+def save_captioned_grid(path, images, captions):
+    """`captioned_grid` as a PNG at `path`, and the prompt of every image, one per line in image order,
+    in PATH.txt beside it; returns the grid."""
+    grid = captioned_grid(images, captions)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    Image.fromarray(grid).save(path)
+    with open(os.path.splitext(path)[0] + ".txt", "w", encoding="utf-8") as f:
+        f.writelines(f"{caption}\n" for caption in captions)
+    return grid
+
+
+def save_text_samples(path, tokens, tokenizer):
+    """int token ids [N, T] -> their decoded texts (`gm.tokenize`), written to `path` (UTF-8), each below
+    a '=== sample i ===' line; returns the texts."""
+    texts = [tokenizer.decode(row) for row in np.asarray(tokens)]
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for i, text in enumerate(texts):
+            f.write(f"=== sample {i} ===\n{text}\n\n")
+    return texts
 
 
 def save_audio_samples(path, pcm, sample_rate, ncol=2, max_pictures=16):
@@ -204,6 +248,12 @@ class MetricWriter:
         """grid: uint8 [H, W, C]."""
         if self.enabled:
             self._tb.add_image(name, np.asarray(grid), int(step), dataformats="HWC")
+
+    def write_texts(self, step, name, texts, max_texts=4):
+        """The first `max_texts` texts as TensorBoard text NAME/i (shown as preformatted)."""
+        if self.enabled:
+            for i, text in enumerate(texts[:max_texts]):
+                self._tb.add_text(f"{name}/{i}", "    " + text.replace("\n", "\n    "), int(step))
 
     def write_audio(self, step, name, pcm, sample_rate, max_clips=4):
         """int16 PCM [N, T]: the first `max_clips` clips as TensorBoard audio NAME/i (WAV encoded here, so

@@ -28,7 +28,8 @@ from gm.config import RunConfig
 from gm.method import Method
 from gm.train import evaluators as evaluators_lib
 from gm.train import state as state_lib
-from gm.train.logging import MetricWriter, save_audio_samples, save_image_grid, save_scatter
+from gm.train.logging import (MetricWriter, save_audio_samples, save_captioned_grid, save_image_grid, save_scatter,
+                              save_text_samples)
 
 
 class Preempted(Exception):
@@ -158,15 +159,29 @@ def _summarize(pending, on_nonfinite, ckpt_dir):
     return {k: float(np.mean(v[np.isfinite(v)])) if np.isfinite(v).any() else float("nan") for k, v in merged.items()}
 
 
-def write_samples(path, samples, info):
+def write_samples(path, samples, info, prompts=None):
     """A model's samples as files for people, by the data `info` describes (`gm.data.DatasetInfo`): uint8
-    levels [N, H, W, C] -> a PNG grid at `path`; 2-D points [N, 2] -> a scatter plot; int16 PCM clips
-    [N, T] -> WAV files beside `path` and a waveform / spectrogram PNG at `path`. Returns the picture."""
+    levels [N, H, W, C] -> a PNG grid at `path` (with `prompts`, the text each image was drawn for: a row
+    per prompt, labelled, and the prompts in PATH.txt); 2-D points [N, 2] -> a scatter plot; int16 PCM
+    clips [N, T] -> WAV files beside `path` and a waveform / spectrogram PNG at `path`; text tokens
+    [N, T] -> their decoded texts in PATH.txt. Returns the picture, or the list of texts."""
+    if info.is_text:
+        return save_text_samples(os.path.splitext(path)[0] + ".txt", samples, info.tokenizer)
     if info.is_audio:
         return save_audio_samples(path, samples, info.sample_rate)
     if info.num_bits is None:
         return save_scatter(path, samples)
-    return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(samples, info.num_bits)))
+    pixels = np.asarray(dist.levels_to_uint8_pixels(samples, info.num_bits))
+    if prompts is not None:
+        return save_captioned_grid(path, pixels, list(prompts)[:len(pixels)])
+    return save_image_grid(path, pixels)
+
+
+def sample_prompts(method: Method, num: int, chunk: int):
+    """The prompt of each of `num` samples drawn `chunk` at a time (`Method.sample_prompts`), or None."""
+    if method.sample_prompts is None:
+        return None
+    return [p for _ in range(-(-num // chunk)) for p in method.sample_prompts(chunk)][:num]
 
 
 def reconstruction_grid(originals, reconstructions, ncol=8):
@@ -207,7 +222,7 @@ def train_and_evaluate(run: RunConfig, workdir: str, method: Method, dataset):
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), save_every=t.checkpoint_every,
                         keep=t.keep_checkpoints)
     state, start = init_or_restore(run, method, dataset, optimizer, ckpt)
-    step_fn = state_lib.step_function(method, optimizer, run.optim.ema_decay)
+    step_fn = state_lib.step_function(method, optimizer, run.optim.ema_decay, t.micro_batches)
     steps_per_call = t.steps_per_call
     train_step = strategy.compile_step(step_fn, stacked=steps_per_call > 1)
     sampler = parallel.jit_sampler(method.sample, t.num_samples)
@@ -227,8 +242,12 @@ def train_and_evaluate(run: RunConfig, workdir: str, method: Method, dataset):
         ema = strategy.get_state(device_state).ema_params
         images = parallel.to_host(sampler(ema, jax.random.fold_in(sample_key, step)))
         if is_main:
-            grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images, dataset.info)
-            writer.write_images(step, "samples", grid)
+            grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images, dataset.info,
+                                 sample_prompts(method, len(images), len(images)))
+            if dataset.info.is_text:
+                writer.write_texts(step, "samples", grid)
+            else:
+                writer.write_images(step, "samples", grid)
             if dataset.info.is_audio:
                 writer.write_audio(step, "samples", images, dataset.info.sample_rate)
 

@@ -69,9 +69,15 @@ def sample_to_files(run: RunConfig, workdir: str, method: Method, dataset):
         os.makedirs(out_dir, exist_ok=True)
         extra = {"sample_rate": dataset.info.sample_rate} if dataset.info.is_audio else {}
         np.savez_compressed(path, levels=images, num_bits=dataset.info.num_bits, **extra)
-        # Every clip of audio becomes a WAV file; a picture shows at most 64 images.
-        loop.write_samples(path.replace(".npz", ".png"), images if dataset.info.is_audio else images[:64],
-                           dataset.info)
+        # Every clip of audio becomes a WAV file and every text a section of the .txt; a picture shows at
+        # most 64 images.
+        every = dataset.info.is_audio or dataset.info.is_text
+        prompts = loop.sample_prompts(method, num, chunk)
+        if prompts is not None:
+            with open(path.replace(".npz", "_prompts.txt"), "w", encoding="utf-8") as f:
+                f.writelines(f"{p}\n" for p in prompts)
+        loop.write_samples(path.replace(".npz", ".png"), images if every else images[:64], dataset.info,
+                           prompts if every or prompts is None else prompts[:64])
     logging.info("Wrote %d samples to %s", num, path)
     return path
 

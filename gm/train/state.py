@@ -64,18 +64,22 @@ def _identity(x):
 
 
 def train_step(state: TrainState, batch, key, *, training: Training, optimizer, ema_decay: float,
-               reduce_fn: Callable[[Any], Any] = _identity, device_key_fn: Callable[[Any], Any] = _identity):
+               reduce_fn: Callable[[Any], Any] = _identity, device_key_fn: Callable[[Any], Any] = _identity,
+               micro_batches: int = 1):
     """One step of `training.update` on `batch`; returns (new state, scalar metrics).
 
     The step's randomness is fold_in(key, state.step), so a run's base key never changes (a per-device
     strategy then folds in the device index through `device_key_fn`). The non-finite guard, the same
     for every family: when a metric (the loss among them) or a new parameter is not finite, the update
     is dropped (params, optimizer state, extra and EMA unchanged), `num_nonfinite` counts it and
-    `metrics['finite']` is 0; the trainer decides whether to stop.
+    `metrics['finite']` is 0; the trainer decides whether to stop. micro_batches > 1 is handed to the
+    update (`gm.optim.gradient_update` accumulates over them; a family with its own update refuses it
+    when its config is checked).
     """
     step_key = device_key_fn(jax.random.fold_in(key, state.step))
+    accumulate = {"micro_batches": micro_batches} if micro_batches > 1 else {}
     params, opt_state, extra, metrics = training.update(state.params, state.opt_state, state.extra, step_key,
-                                                        batch, optimizer=optimizer, reduce_fn=reduce_fn)
+                                                        batch, optimizer=optimizer, reduce_fn=reduce_fn, **accumulate)
     finite = optim.all_finite(metrics) & optim.all_finite(params)
     ema_params = training.average(state.ema_params, params, ema_decay)
     # One lax.cond over the whole state rather than a select per leaf: the same result, and XLA
@@ -88,7 +92,8 @@ def train_step(state: TrainState, batch, key, *, training: Training, optimizer, 
     return new_state, dict(metrics, finite=finite.astype(jnp.float32))
 
 
-def step_function(method: Method, optimizer, ema_decay: float):
+def step_function(method: Method, optimizer, ema_decay: float, micro_batches: int = 1):
     """(state, batch, key, **strategy hooks) -> (state, metrics): the train step of `method` with its
-    optimizer and EMA decay bound, before a strategy compiles it."""
-    return functools.partial(train_step, training=training_of(method), optimizer=optimizer, ema_decay=ema_decay)
+    optimizer, EMA decay and gradient accumulation (`micro_batches`) bound, before a strategy compiles it."""
+    return functools.partial(train_step, training=training_of(method), optimizer=optimizer, ema_decay=ema_decay,
+                             micro_batches=micro_batches)
