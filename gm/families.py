@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import ml_collections
 
-from gm import autoregressive, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
+from gm import autoregressive, dalle, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
 from gm import config as config_lib
 from gm.config import RunConfig
 from gm.method import Method
@@ -75,6 +75,9 @@ FAMILIES = {f.name: f for f in (
     Family("flow_matching", "flow matching", flow_matching.Settings, _one_stage(flow_matching.make),
            "flow_matching_cifar"),
     Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio"),
+    Family("dalle", "DALL-E (VQ-VAE + text-image transformer)", dalle.Settings,
+           (Stage("vqvae", lambda settings, info, previous: vqvae.make(settings, info)),
+            Stage("prior", dalle.make_prior, train="prior_train", optim="prior_optim")), "dalle_digits"),
     Family("gpt", "GPT", gpt.Settings, _one_stage(gpt.make), "gpt_text", modality="text"),
 )}
 

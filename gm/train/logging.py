@@ -41,7 +41,7 @@ def save_image_grid(path, images, ncol=None):
     return grid
 
 
-def captioned_grid(images, captions, min_cell=32, label_width=200):
+def captioned_grid(images, captions, min_cell=32):
     """uint8 [N, H, W, C] images and the prompt each was drawn for -> one uint8 RGB grid with a row per
     distinct prompt (in order of first appearance): the prompt written on the left, its images after."""
     images = np.asarray(images)
@@ -51,6 +51,8 @@ def captioned_grid(images, captions, min_cell=32, label_width=200):
     rows = [[i for i, c in enumerate(captions) if c == caption] for caption in order]
     ncol = max(len(r) for r in rows)
     blank = np.full_like(images[:1], 255)
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_width = int(max(measure.textlength(c) for c in order)) + 12
     strips = []
     for caption, row in zip(order, rows):
         cells = np.concatenate([images[row]] + [blank] * (ncol - len(row)))
