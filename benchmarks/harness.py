@@ -16,7 +16,7 @@ import jax
 import numpy as np
 
 from gm import data as gm_data
-from gm import optim, parallel
+from gm import optim, parallel, tokenize
 from gm.config import OptimConfig
 from gm.train import state as state_lib
 
@@ -34,15 +34,24 @@ _INFOS = {
 }
 
 
-def dataset_info(name):
-    """DatasetInfo of `name`: the bundled digits and the generated notes are loaded (no download), MNIST,
-    CIFAR-10 and SC09 are described from their known shapes, so a benchmark needs no data."""
+def dataset_info(name, context=256, tokenizer="bytes"):
+    """DatasetInfo of `name`: the bundled digits, notes and pydoc are loaded (no download; text as windows
+    of `context` tokens of `tokenizer`), MNIST, CIFAR-10, SC09 and Tiny Shakespeare (bytes) are described
+    from their known shapes, so a benchmark needs no data."""
     if name in _INFOS:
         return _INFOS[name]
-    if name in ("digits", "notes"):
-        return gm_data.load(name).info
+    if name == "tiny_shakespeare":
+        if tokenizer != "bytes":
+            raise ValueError("No benchmark shape for tiny_shakespeare with config.data.tokenizer="
+                             f"{tokenizer!r}; benchmark it with 'bytes' (the same network cost per token).")
+        # TFDS's splits: 1,003,854 training and 55,770 validation characters, as windows.
+        return gm_data.DatasetInfo(name=name, shape=(context,), num_bits=None, num_classes=1,
+                                   num_train=1_003_854 - context + 1, num_test=55_770 // context, vocab_size=256,
+                                   bytes_per_token=1.0, tokenizer=tokenize.ByteTokenizer())
+    if name in ("digits", "notes", "pydoc"):
+        return gm_data.load(name, context=context, tokenizer=tokenizer).info
     raise ValueError(f"No benchmark shape for config.data.name {name!r}; use one of "
-                     f"{('digits', 'notes') + tuple(_INFOS)}.")
+                     f"{('digits', 'notes', 'pydoc', 'tiny_shakespeare') + tuple(_INFOS)}.")
 
 
 def fake_cifar_info():
@@ -51,8 +60,12 @@ def fake_cifar_info():
 
 def random_batch(info, batch_size, seed=0):
     """{'image': uint8 [B, H, W, C] uniform over the info's levels, 'label': int32 [B]}; for audio
-    {'audio': int16 [B, T] (Gaussian, a tenth of full scale), 'label'}."""
+    {'audio': int16 [B, T] (Gaussian, a tenth of full scale), 'label'}; for text {'tokens': int32 [B, T]
+    uniform over the vocabulary, 'label'}."""
     rng = np.random.default_rng(seed)
+    if info.is_text:
+        return {"tokens": rng.integers(0, info.vocab_size, (batch_size,) + tuple(info.shape), dtype=np.int32),
+                "label": np.zeros((batch_size,), np.int32)}
     if info.is_audio:
         audio = np.clip(rng.normal(0.0, 3277.0, (batch_size,) + tuple(info.shape)), -32768, 32767)
         return {"audio": audio.astype(np.int16),

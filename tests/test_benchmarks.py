@@ -128,3 +128,12 @@ def test_family_wavenet_train_step_and_fast_sampler(tmp_path):
     _check_train(row, 8)
     assert row["family"] == "wavenet" and row["shape"] == [2000] and row["sample_images_per_s"] > 0
     assert dataset_info("sc09").sample_rate == 16000 and dataset_info("sc09").shape == (16000,)
+
+
+@pytest.mark.parametrize("name, stages", [("gpt", ["train"]), ("dalle", ["vqvae", "prior"])])
+def test_family_text_models_time_every_stage(tmp_path, name, stages):
+    rows = _run_family(tmp_path, f"--family={name}", "--batch_size=8")
+    assert [r["stage"] for r in rows] == stages
+    for row in rows:
+        _check_train(row, 8)
+        assert row["sample_images_per_s"] > 0 and row["shape"] == ([64] if name == "gpt" else [8, 8, 1])
