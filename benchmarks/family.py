@@ -7,8 +7,8 @@
     python -m benchmarks.family --family=nade --config=smoke       # the smoke size, 8x8 digits
 
 FAMILY is a name of the registry `gm.families` (nade, pixelcnn, vae, vqvae, gan, realnvp, glow, ddpm,
-flow_matching, wavenet, gpt, dalle); the model is its experiment's config (`--config=smoke` for its smoke variant), changed
-by `--set FIELD=VALUE` (any config field, repeatable), checked as a run checks it. Data are random
+flow_matching, wavenet, gpt, dalle); the model is its experiment's config (`--config=smoke` for its smoke
+variant), changed by `--set FIELD=VALUE` (any config field, repeatable), checked as a run checks it. Data are random
 examples of the config's dataset shape (MNIST 28x28x1, CIFAR-10 32x32x3, the 8x8 digits, SC09 clips,
 windows of text tokens), so nothing is downloaded; "images/s" counts examples (clips, windows). Measured:
 
@@ -99,7 +99,7 @@ def benchmark(args):
         stats, device_state, strategy = measure_train_step(run_cfg.optim, method, batch, args.steps, args.repeats,
                                                            args.strategy, args.steps_per_call)
         previous = strategy.get_state(device_state).ema_params
-        model = getattr(setup.settings, "prior", setup.settings.model) if stage.name == "prior" else setup.settings.model
+        model = setup.settings.prior if stage.name == "prior" else setup.settings.model
         rows.append(dict(common, stage=stage.name or "train", model=getattr(model, "name", args.family), **stats,
                          **sampler_row(args.family, model, method, info, previous, args)))
     for row in rows:

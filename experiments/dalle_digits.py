@@ -3,8 +3,10 @@
     python -m experiments.dalle_digits --workdir=runs/dalle                     # stage 1, then stage 2
     python -m experiments.dalle_digits --workdir=runs/dalle --mode=eval         # fid_digits, class accuracy
     python -m experiments.dalle_digits --workdir=runs/dalle --mode=eval --config.prior.candidates=8
-    python -m experiments.dalle_digits --workdir=runs/dalle --mode=sample --config.prior.prompt_template="a handwritten {name}"
-    python -m experiments.dalle_digits --workdir=runs/dalle --mode=sample --config.prior.prompts='("a 3", "seven, written small")'
+    python -m experiments.dalle_digits --workdir=runs/dalle --mode=sample \\
+        --config.prior.prompt_template="a handwritten {name}"
+    python -m experiments.dalle_digits --workdir=runs/dalle --mode=sample \\
+        --config.prior.prompts='("a 3", "seven, written small")'
     python -m experiments.dalle_digits --workdir=runs/mnist --config=experiments/dalle_digits.py:mnist
     python -m experiments.dalle_digits --workdir=runs/smoke --config=experiments/dalle_digits.py:smoke
 

@@ -28,7 +28,7 @@ import numpy as np
 from gm import captions, checks
 from gm import distributions as dist
 from gm import vqvae
-from gm.autoregressive import SamplingConfig
+from gm.autoregressive import SamplingConfig, TransformerConfig
 from gm.config import OptimConfig, TrainConfig, interval, positive, setting
 from gm.method import Method
 from gm.nn.text_image import TextImageTransformer
@@ -36,19 +36,13 @@ from gm.nn.transformer import sample_tokens
 
 
 @dataclasses.dataclass(frozen=True)
-class PriorConfig:
-    """config.prior: the joint transformer's sizes (as `gm.autoregressive.TransformerConfig`), the caption
-    length in bytes, the text loss weight (DALL-E: 1/8), what samples are drawn for (prompts: free texts;
-    else prompt_template, e.g. 'a handwritten {name}' or 'the digit {numeral}', filled in for every class;
-    '' : the dataset's default in `gm.captions.PROMPT_TEMPLATES`), candidates re-ranked per sample, and
-    the sampling filters."""
-    num_layers: int = setting(4, positive)
-    num_heads: int = setting(4, positive)
-    embed_dim: int = setting(128, positive)
-    mlp_ratio: int = setting(4, positive)
-    dropout: float = setting(0.1, interval(0.0, 1.0))
-    attention_block: int = setting(512, positive)
-    tie_embeddings: bool = False
+class PriorConfig(TransformerConfig):
+    """config.prior: the joint transformer's sizes (`gm.autoregressive.TransformerConfig`; its positions
+    are DALL-E's per-modality tables, 'modality'), the caption length in bytes, the text loss weight
+    (DALL-E: 1/8), what samples are drawn for (prompts: free texts; else prompt_template, e.g. 'a
+    handwritten {name}' or 'the digit {numeral}', filled in for every class; '' : the dataset's default in
+    `gm.captions.PROMPT_TEMPLATES`), candidates re-ranked per sample, and the sampling filters."""
+    positions: Literal["modality"] = "modality"
     text_len: int = setting(24, positive)
     text_loss_weight: float = setting(0.125, interval(0.0, 1.0))
     prompts: Tuple[str, ...] = ()

@@ -18,14 +18,13 @@ temperature, top-k and nucleus filtering (config.sampling), continuing config.sa
 import dataclasses
 from typing import Literal
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from gm import checks
 from gm import distributions as dist
 from gm.autoregressive import SamplingConfig, TransformerConfig
-from gm.config import interval, nonnegative, positive, setting
+from gm.config import interval, positive, setting
 from gm.method import Method
 from gm.nn import transformer
 

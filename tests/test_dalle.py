@@ -123,7 +123,8 @@ def test_the_method_weights_text_and_image_and_samples_per_prompt():
     assert method.log_prob_per == (16, "code")
     images = np.asarray(jax.jit(method.sample, static_argnums=2)(params, jax.random.key(3), 12))
     assert images.shape == (12, 8, 8, 1) and images.dtype == np.uint8 and images.max() <= 15
-    assert method.sample_prompts(12)[:2] == ("the digit 0", "the digit 1") and method.sample_prompts(12)[10] == "the digit 0"
+    prompts = method.sample_prompts(12)
+    assert prompts[:2] == ("the digit 0", "the digit 1") and prompts[10] == "the digit 0"
     np.testing.assert_array_equal(method.sample_labels(12), np.arange(12) % 10)
     config.prior.prompts = ("seven, written small",)
     free = families.parse(config)

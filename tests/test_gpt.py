@@ -127,8 +127,8 @@ def test_experiment_trains_resumes_evaluates_and_samples_text(tmp_path):
 
 def test_ngram_baselines_command():
     proc = subprocess.run([sys.executable, "-m", "experiments.independent_pixels",
-                           "--config=experiments/gpt_text.py:smoke", "--config.eval.num_examples=100"], cwd=REPO, env=CHILD_ENV, capture_output=True, text=True,
-                          timeout=120)
+                           "--config=experiments/gpt_text.py:smoke", "--config.eval.num_examples=100"],
+                          cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
     bits = {line.split()[0]: float(line.split("test ")[1].split()[0]) for line in proc.stdout.strip().splitlines()}
     # Context helps: the bigram beats the unigram, which beats a uniform byte (8 bits).

@@ -6,8 +6,10 @@ import optax
 import pytest
 
 from experiments import gan_cifar, gpt_text
-from gm import families, optim
+from gm import families, optim, parallel
 from gm.config import OptimConfig
+from gm.method import Method
+from gm.train import state as state_lib
 
 
 def _regression(params, key, batch):
@@ -83,3 +85,28 @@ def test_weight_decay_on_matrices_leaves_vectors_alone():
         assert float(updates["kernel"][0, 0]) == pytest.approx(-0.05)
         assert (float(updates["bias"][0]) != 0.0) == decays_bias and (float(updates["scale"]) != 0.0) == decays_bias
     assert OptimConfig().weight_decay_on == "all"  # the families' published recipes decay every parameter
+
+
+@pytest.mark.parametrize("strategy", ["sharded", "pmap"])
+def test_micro_batches_under_a_strategy_match_the_per_device_computation(strategy):
+    """16 examples on 8 devices, 2 micro-batches: each device's two rows are its two micro-batches'."""
+    params, batch = _problem(16)
+    batch = jax.tree.map(np.asarray, batch)
+    method = Method(init=lambda key, b: params, loss=_regression, sample=None)
+    opt = optax.adam(0.1)
+    step = state_lib.step_function(method, opt, 0.5, micro_batches=2)
+    state = state_lib.init_state(params, state_lib.training_of(method), opt)
+    key = jax.random.key(5)
+    s = parallel.make_strategy(strategy)
+    out, metrics = s.compile_step(step)(s.put_state(parallel.replicate(jax.tree.map(jnp.copy, state))),
+                                        s.put_batch(batch), key)
+    out = jax.device_get(s.get_state(out))
+    if strategy == "sharded":  # one global batch: the same as on one device
+        expected, _ = jax.jit(step)(state, batch, key)
+    else:  # per device: its slice, its key, gradients averaged (as tests/test_families.py computes it)
+        slices = jax.tree.map(lambda x: x.reshape((8, -1) + x.shape[1:]), batch)
+        on_device = lambda b: step(state, b, key, reduce_fn=lambda t: jax.lax.pmean(t, "d"),
+                                   device_key_fn=lambda k: jax.random.fold_in(k, jax.lax.axis_index("d")))
+        expected = jax.tree.map(lambda x: x[0], jax.jit(jax.vmap(on_device, axis_name="d"))(slices)[0])
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), out.params, expected.params)
+    assert int(out.step) == 1
