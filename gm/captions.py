@@ -23,6 +23,12 @@ TEMPLATES = {"digits": DIGIT_TEMPLATES, "mnist": DIGIT_TEMPLATES, "cifar10": OBJ
 # The phrasing samples are drawn for unless a run says otherwise.
 PROMPT_TEMPLATES = {"digits": "the digit {numeral}", "mnist": "the digit {numeral}", "cifar10": "a photo of a {name}"}
 
+# What samples of a captioned dataset (COCO) are drawn for unless a run gives prompts: COCO-style captions.
+CAPTION_PROMPTS = ("a red double decker bus driving down a street", "a plate of food with broccoli and rice",
+                   "a man riding a wave on top of a surfboard", "a cat sitting on a wooden bench",
+                   "a giraffe standing in a grassy field", "a train on the tracks at a station",
+                   "a bowl of fruit on a kitchen table", "a small airplane flying in a blue sky")
+
 TOKENIZER = ByteTokenizer()
 PAD = TOKENIZER.vocab_size  # the padding token after a caption's bytes
 TEXT_VOCAB = TOKENIZER.vocab_size + 1  # bytes and PAD

@@ -7,7 +7,9 @@ dVAE, here the VQ-VAE gm already has). Stage 2 ('prior') trains one causal trans
 per modality), the codes of each batch's images computed on the fly by the frozen stage 1.
 
 Captions come from the labels (`gm.captions`): each training image gets a phrasing of its class drawn
-uniformly ("a handwritten seven", "the digit 7", ...), as bytes padded to config.prior.text_len. The
+uniformly ("a handwritten seven", "the digit 7", ...), as bytes padded to config.prior.text_len. A
+captioned dataset (`gm.caption_datasets`, COCO) brings its own: one of each image's captions is drawn
+every step, cut at text_len bytes as DALL-E cuts at 256 tokens. The
 loss, as in DALL-E, weights the mean cross-entropy of the text tokens by text_loss_weight (1/8) and
 of the image codes by the rest (7/8); each position's softmax is over its own modality's tokens, so
 `log_prob` is the exact log p(codes | caption) in nats, reported per code (`log_prob_per`).
@@ -93,10 +95,13 @@ def best_candidates(sequences, scores, candidates: int):
     return sequences.reshape(candidates, num, -1)[best, jnp.arange(num)]
 
 
-def prompt_texts(p: PriorConfig, dataset: str, num_classes: int):
-    """(the prompts samples cycle through, their classes or None for free prompts)."""
+def prompt_texts(p: PriorConfig, info):
+    """(the prompts samples cycle through, their classes or None for free prompts and captioned data)."""
     if p.prompts:
         return tuple(p.prompts), None
+    if info.captions_per_image:
+        return captions.CAPTION_PROMPTS, None
+    dataset, num_classes = info.name, info.num_classes
     template = p.prompt_template or captions.PROMPT_TEMPLATES.get(dataset, "{name}")
     return tuple(captions.caption(template, k, dataset) for k in range(num_classes)), np.arange(num_classes)
 
@@ -109,15 +114,25 @@ def make_prior(settings: Settings, info, vq_params) -> Method:
     p = settings.prior
     vq, _ = vqvae.vqvae_from_config(settings.model, info)
     net = network(p, vq.grid, vq.num_codes)
-    table = jnp.asarray(captions.caption_table(info.name, p.text_len))  # [classes, phrasings, L]
-    texts, labels = prompt_texts(p, info.name, info.num_classes)
+    captioned = bool(info.captions_per_image)
+    # Captions from the labels: [classes, phrasings, L]; captioned data brings its own.
+    table = None if captioned else jnp.asarray(captions.caption_table(info.name, p.text_len))
+    texts, labels = prompt_texts(p, info)
     prompts = jnp.asarray(captions.encode(texts, p.text_len, "config.prior.prompts"))
     num_codes = vq.grid[0] * vq.grid[1]
 
-    def sequence_of(batch, key):
+    def caption_tokens(batch, key):
+        """Each image's caption, one of its phrasings (or of its own captions) drawn with `key`: [B, L]."""
+        if captioned:  # the dataset's captions, cut at text_len bytes (PAD after the last byte)
+            phrasing = jax.random.randint(key, batch["label"].shape, 0, info.captions_per_image)
+            text = batch["captions"][jnp.arange(phrasing.shape[0]), phrasing, :p.text_len].astype(jnp.int32)
+            return jnp.pad(text, ((0, 0), (0, p.text_len - text.shape[1])), constant_values=captions.PAD)
         phrasing = jax.random.randint(key, batch["label"].shape, 0, table.shape[1])
+        return table[batch["label"], phrasing]
+
+    def sequence_of(batch, key):
         codes = vqvae.encode_to_codes(vq, vq_params, batch["image"], info.num_bits)
-        return sequence(table[batch["label"], phrasing], codes)
+        return sequence(caption_tokens(batch, key), codes)
 
     def log_probs(params, seq, dropout_key=None):
         train = dropout_key is not None

@@ -14,6 +14,8 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
 * Text is `{'tokens': int32[N, context], 'label': int32[N]}`, windows of a tokenized corpus
   (`DatasetInfo.vocab_size` symbols; `bytes_per_token` of the test text converts likelihoods to bits
   per byte): the offline `pydoc` and TFDS `tiny_shakespeare`, see `gm.text_datasets`.
+* Captioned images add `'captions': int16[N, k, bytes]` (`DatasetInfo.captions_per_image` = k, each
+  caption's UTF-8 bytes padded): TFDS `coco_captions` at 32x32, see `gm.caption_datasets`.
 * 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
   the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
   (PacGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points) are the sharp
@@ -37,10 +39,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from gm import audio_datasets, point_sets, text_datasets
+from gm import audio_datasets, caption_datasets, point_sets, text_datasets, tfds_prepare
 
 DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard', 'pacgan_ring',
-            'pacgan_grid') + tuple(point_sets.SPLITS) + ('notes', 'sc09') + text_datasets.TEXT_DATASETS
+            'pacgan_grid') + tuple(point_sets.SPLITS) + ('notes', 'sc09') + text_datasets.TEXT_DATASETS + \
+    caption_datasets.CAPTIONED
 AUDIO = ('notes', 'sc09')
 TEXT = text_datasets.TEXT_DATASETS
 
@@ -60,6 +63,7 @@ class DatasetInfo:
     sample_rate: int | None = None  # Hz, for audio; None otherwise
     vocab_size: int | None = None  # token symbols, for text; None otherwise
     bytes_per_token: float | None = None  # UTF-8 bytes per token of the test text, for text
+    captions_per_image: int | None = None  # captions of each image ('captions' [N, k, bytes]), or None
     # The text's `gm.tokenize` tokenizer (ids <-> text), for text; not part of the dataset's identity.
     tokenizer: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -252,25 +256,11 @@ def _reachable(host: str, timeout: float = 5.0) -> bool:
 def _load_tfds(name: str, data_dir: str | None, manual_dir: str | None) -> Dataset:
     import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
     title, shape, host, files = _TFDS[name]
-    # What `tfds.load(..., download=True)` does, split in two so that only the download sits inside
-    # the broad `except` below (reading a prepared dataset that fails should fail loudly).
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        how = (f'put {files} in a folder and pass --config.data.manual_dir=FOLDER (the TFDS manual-dir '
-               f'build, like `tfds build {name} --manual_dir=FOLDER`), or use --config.data.name=digits '
-               'to run offline.')
-        if not manual_dir and not _reachable(host):
-            raise DataError(f'{title} is not prepared in {builder.data_dir_root} and {host} cannot be '
-                            f'reached to download it: {how}')
-        # The download boundary, caught broadly on purpose: network, SSL, checksum, disk and
-        # missing-package failures mean the same to the user. The cause rides along in brackets.
-        try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir or None))
-        except Exception as e:  # pylint: disable=broad-except
-            cause = f'{type(e).__name__}: {e}'.splitlines()[0][:160]
-            raise DataError(f'{title} is not prepared in {builder.data_dir_root} and could not be '
-                            f'built ({cause}): {how}') from None
+    how = (f'put {files} in a folder and pass --config.data.manual_dir=FOLDER (the TFDS manual-dir '
+           f'build, like `tfds build {name} --manual_dir=FOLDER`), or use --config.data.name=digits '
+           'to run offline.')
+    builder = tfds_prepare.prepared_builder(name, data_dir, title=title, host=host, how=how, error=DataError,
+                                            reachable=_reachable, manual_dir=manual_dir)
     # batch_size=-1: each split as one batch of NumPy arrays (TFDS sizes it from the prepared metadata).
     train, test = tfds.as_numpy(builder.as_dataset(split=['train', 'test'], batch_size=-1))
 
@@ -319,6 +309,13 @@ def _load_text(name: str, data_dir: str | None, context: int, tokenizer: str) ->
                  bytes_per_token=bytes_per_token, tokenizer=tok)
 
 
+@functools.lru_cache(maxsize=1)
+def _load_captioned(name: str, data_dir: str | None) -> Dataset:
+    train, test = caption_datasets.load_coco_captions(data_dir, DataError, _reachable)
+    size = caption_datasets.COCO_SIZE
+    return _make(name, (size, size, 3), 8, 1, train, test, captions_per_image=caption_datasets.CAPTIONS)
+
+
 def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None, context: int = 256,
          tokenizer: str = 'bytes') -> Dataset:
     """Loads dataset `name` (one of DATASETS) whole into memory.
@@ -339,6 +336,8 @@ def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = Non
         return _load_audio(name, data_dir, manual_dir)
     if name in TEXT:
         return _load_text(name, data_dir, int(context), tokenizer)
+    if name in caption_datasets.CAPTIONED:
+        return _load_captioned(name, data_dir)
     raise DataError(f'Unknown dataset {name!r} in config.data.name: use one of {", ".join(DATASETS)}.')
 
 

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from gm import tokenize
+from gm import tfds_prepare, tokenize
 
 TEXT_DATASETS = ("pydoc", "tiny_shakespeare")
 
@@ -43,19 +43,10 @@ def tiny_shakespeare_texts(data_dir, error, reachable) -> tuple[str, str]:
     itself retries an unreachable host for minutes)."""
     import tensorflow_datasets as tfds  # lazy: importing TensorFlow costs seconds
 
-    builder = tfds.builder("tiny_shakespeare", data_dir=data_dir)
-    if not builder.is_prepared():
-        how = ("run `tfds build tiny_shakespeare` on a machine with network and copy the folder to "
-               "--config.data.data_dir, or use --config.data.name=pydoc to run offline.")
-        if not reachable(SHAKESPEARE_HOST):
-            raise error(f"tiny_shakespeare is not prepared in {builder.data_dir_root} and {SHAKESPEARE_HOST} "
-                        f"cannot be reached to download it: {how}")
-        try:
-            builder.download_and_prepare()
-        except Exception as e:  # pylint: disable=broad-except  (network, disk and checksum failures read the same)
-            cause = f"{type(e).__name__}: {e}".splitlines()[0][:160]
-            raise error(f"tiny_shakespeare is not prepared in {builder.data_dir_root} and could not be "
-                        f"downloaded ({cause}): {how}") from None
+    how = ("run `tfds build tiny_shakespeare` on a machine with network and copy the folder to "
+           "--config.data.data_dir, or use --config.data.name=pydoc to run offline.")
+    builder = tfds_prepare.prepared_builder("tiny_shakespeare", data_dir, title="tiny_shakespeare",
+                                            host=SHAKESPEARE_HOST, how=how, error=error, reachable=reachable)
     splits = tfds.as_numpy(builder.as_dataset(split=["train", "validation"], batch_size=-1))
     return tuple(bytes(s["text"][0]).decode("utf-8") for s in splits)
 

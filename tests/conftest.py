@@ -39,12 +39,27 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-def write_tfds_metadata(tfds, name, data_dir, num_train, num_test):
+def write_tfds_metadata(tfds, name, data_dir, num_train, num_test, more_splits=()):
     """TFDS metadata with split sizes, which `batch_size=-1` needs to size its one batch: under
-    `mock_data` without it the split sizes are unknown and TFDS batches by sys.maxsize, aborting."""
+    `mock_data` without it the split sizes are unknown and TFDS batches by sys.maxsize, aborting.
+    `more_splits`: further (name, size) pairs (COCO's 'val' and 'restval')."""
     builder = tfds.builder(name, data_dir=data_dir)
     builder.info.set_splits(tfds.core.SplitDict([
         tfds.core.SplitInfo(name=s, shard_lengths=[k], num_bytes=0, filename_template=None)
-        for s, k in (("train", num_train), ("test", num_test))]))
+        for s, k in (("train", num_train), ("test", num_test)) + tuple(more_splits)]))
     os.makedirs(builder.data_dir, exist_ok=True)
     builder.info.write_to_directory(builder.data_dir)
+
+
+@pytest.fixture(scope="session")
+def coco_captions(tmp_path_factory):
+    """gm.data's coco_captions built from TFDS mock data (random images and captions): 4 training images
+    (train + restval) and 2 test images, cached in a folder of its own."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    from gm import data
+
+    folder = tmp_path_factory.mktemp("coco")
+    metadata = str(folder / "metadata")
+    write_tfds_metadata(tfds, "coco_captions", metadata, 2, 2, more_splits=(("val", 2), ("restval", 2)))
+    with tfds.testing.mock_data(num_examples=2, data_dir=metadata):
+        return data.load("coco_captions", data_dir=str(folder / "data"))

@@ -168,3 +168,25 @@ def test_experiment_trains_both_stages_resumes_evaluates_and_samples_for_prompts
     assert open(samples / "samples_step_6_n4_prompts.txt").read().splitlines() == [
         "a handwritten three", "seven, written small"] * 2
     assert os.path.exists(samples / "samples_step_6_n4.png")
+
+
+def test_on_captioned_images_the_prior_reads_the_datasets_own_captions(coco_captions):
+    config = dalle_digits.get_config("smoke")
+    config.data.name = "coco_captions"
+    config.model.channels = (16, 16)  # an 8x8 grid of the 32x32 images
+    config.prior.text_len = 48  # the default prompts are COCO-length captions
+    setup = families.parse(config)
+    info = coco_captions.info
+    batch = {k: v[:4] for k, v in coco_captions.train.items()}
+    vq_params = jax.jit(setup.stage("vqvae").make(setup.settings, info, None).init)(jax.random.key(0), batch)
+    method = setup.stage("prior").make(setup.settings, info, vq_params)
+    params = jax.jit(method.init)(jax.random.key(1), batch)
+    log_prob = jax.jit(method.log_prob)
+    before = np.asarray(log_prob(params, jax.random.key(2), batch))
+    assert before.shape == (4,) and np.isfinite(before).all() and method.log_prob_per == (64, "code")
+    # Every caption of the batch replaced: the images' likelihood given their captions moves.
+    other = dict(batch, captions=np.where(batch["captions"] == captions.PAD, captions.PAD, 97).astype(np.int16))
+    assert np.abs(np.asarray(log_prob(params, jax.random.key(2), other)) - before).max() > 1e-4
+    images = np.asarray(jax.jit(method.sample, static_argnums=2)(params, jax.random.key(3), 3))
+    assert images.shape == (3, 32, 32, 3) and images.dtype == np.uint8
+    assert method.sample_prompts(3) == captions.CAPTION_PROMPTS[:3] and method.sample_labels is None

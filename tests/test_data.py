@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import write_tfds_metadata
 
-from gm import data
+from gm import caption_datasets, captions, data
 
 
 def _indexed(n, image_shape=None):
@@ -341,3 +341,21 @@ def test_tiny_shakespeare_through_tfds_and_offline(tmp_path, monkeypatch):
                                              r"download it: run `tfds build tiny_shakespeare` .*"
                                              r"--config.data.name=pydoc"):
         data.load("tiny_shakespeare", data_dir=str(tmp_path / "empty"), context=8)
+
+
+def test_coco_captions_are_square_images_with_five_padded_captions(coco_captions, tmp_path, monkeypatch):
+    info = coco_captions.info
+    assert info.shape == (32, 32, 3) and info.num_bits == 8 and info.captions_per_image == 5 and info.is_image
+    assert coco_captions.train["image"].shape == (4, 32, 32, 3) and coco_captions.test["image"].shape == (2, 32, 32, 3)
+    caps = coco_captions.train["captions"]
+    assert caps.shape == (4, 5, 128) and caps.dtype == np.int16 and caps.min() >= 0 and caps.max() <= captions.PAD
+    # Bytes first, then only padding.
+    for row in caps.reshape(-1, 128):
+        n = int(np.sum(row != captions.PAD))
+        assert (row[:n] < 256).all() and (row[n:] == captions.PAD).all()
+    np.testing.assert_array_equal(caption_datasets.encode_captions([b"ab", b"x" * 200], 4),
+                                  [[97, 98, 256, 256], [120] * 4])
+    monkeypatch.setattr(data, "_reachable", lambda host, timeout=5.0: False)
+    with pytest.raises(data.DataError, match=r"^coco_captions is not prepared in .* cannot be reached to download "
+                                             r"it: run `tfds build coco_captions` .*--config.data.name=digits"):
+        data.load("coco_captions", data_dir=str(tmp_path / "empty"))

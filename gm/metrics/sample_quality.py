@@ -33,7 +33,8 @@ from gm.metrics.inception_score import inception_score
 FEATURES = ("auto", "inception", "digits", "mnist", "notes", "sc09")
 AUDIO_FEATURES = ("notes", "sc09")
 # The feature network 'auto' picks for each dataset: a domain classifier where one exists.
-AUTO_FEATURES = {"digits": "digits", "mnist": "mnist", "cifar10": "inception", "notes": "notes", "sc09": "sc09"}
+AUTO_FEATURES = {"digits": "digits", "mnist": "mnist", "cifar10": "inception", "coco_captions": "inception",
+                 "notes": "notes", "sc09": "sc09"}
 
 
 class FeatureExtractor(NamedTuple):
