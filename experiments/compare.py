@@ -11,8 +11,9 @@ num_steps resumes it), then measured:
 * parameters, train time (of the run that trained it), sampling time per image (compiled, after a
   warm-up call, batch of config.timing_batch);
 * test bits/dim (exact or a bound, with its standard error) through the one likelihood harness;
-  NADE models the binarized digits, so its number is of different data, and VQ-VAE has no image
-  likelihood (its prior's bits per code are in WORKDIR/vqvae/prior);
+  NADE models the binarized digits, so its number is of different data, and the VQ-VAE and DALL-E have
+  no image likelihood (their priors' bits per code are in WORKDIR/FAMILY/prior); DALL-E's samples are
+  drawn for "the digit k", k = 0..9 in turn;
 * fid_digits / is_digits of config.eval.num_samples samples against the digits train split, with the
   digits classifier's features (`gm.metrics.domain`): comparable across these rows, not with Inception FID.
 
