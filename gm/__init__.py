@@ -1,8 +1,9 @@
 """gm: deep generative models as pure JAX functions behind one small contract (`gm.Method`).
 
 Modules, from the bottom up: method (the contract), config (base sections, typed parsing), checks,
-optim, distributions, ode, optimal_transport, audio, data, parallel (the only device code) and nn
-(networks); the families (autoregressive, vae, vqvae, gan, flows, diffusion, flow_matching, wavenet);
+optim, distributions, ode, optimal_transport, audio, tokenize, captions, data, parallel (the only device
+code) and nn (networks); the families (autoregressive, vae, vqvae, gan, flows, diffusion, flow_matching,
+wavenet, gpt, dalle);
 families (the registry); train
 (state and step, loop, evaluators, the command line); checkpoint (the only Orbax code); metrics.
 """
