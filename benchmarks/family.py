@@ -97,10 +97,12 @@ def benchmark(args):
         method = stage.make(setup.settings, info, previous)
         batch = random_batch(info, args.batch_size or run_cfg.train.batch_size)
         stats, device_state, strategy = measure_train_step(run_cfg.optim, method, batch, args.steps, args.repeats,
-                                                           args.strategy, args.steps_per_call)
+                                                           args.strategy, args.steps_per_call,
+                                                           run_cfg.train.micro_batches)
         previous = strategy.get_state(device_state).ema_params
         model = setup.settings.prior if stage.name == "prior" else setup.settings.model
-        rows.append(dict(common, stage=stage.name or "train", model=getattr(model, "name", args.family), **stats,
+        rows.append(dict(common, stage=stage.name or "train", model=getattr(model, "name", args.family),
+                         micro_batches=run_cfg.train.micro_batches, **stats,
                          **sampler_row(args.family, model, method, info, previous, args)))
     for row in rows:
         row.update(peak_memory())  # the process's peak so far: the VQ-VAE's prior row covers both stages

@@ -131,12 +131,12 @@ def num_params(tree):
 
 
 def measure_train_step(optim_config: OptimConfig, method, batch, steps, repeats, strategy_name="sharded",
-                       steps_per_call=1):
+                       steps_per_call=1, micro_batches=1):
     """Compile and time the trainer's own train step of `method` on `batch` (a host batch dict).
 
     The step is `gm.train.state.step_function` (the family's `training` or one optimizer step on its
-    loss, the optimizer `optim_config` describes), `steps_per_call` steps per compiled call, the state
-    donated, under `strategy_name`.
+    loss, the optimizer `optim_config` describes), `steps_per_call` steps per compiled call, each step's
+    gradient accumulated over `micro_batches` slices of the batch, the state donated, under `strategy_name`.
 
     Returns (stats, device state after the run, strategy). stats: params, batch_size, train_compile_s
     (lower + compile + the first call), train_images_per_s (batch images per second, the median over
@@ -151,7 +151,9 @@ def measure_train_step(optim_config: OptimConfig, method, batch, steps, repeats,
         lambda b: state_lib.init_state(method.init(jax.random.key(0), b), training, optimizer), batch)
     strategy = parallel.make_strategy(strategy_name)
     stacked = steps_per_call > 1
-    step = strategy.compile_step(state_lib.step_function(method, optimizer, optim_config.ema_decay), stacked=stacked)
+    parallel.check_micro_batches(batch_size, micro_batches, "--set train.micro_batches", "--batch_size")
+    step_fn = state_lib.step_function(method, optimizer, optim_config.ema_decay, micro_batches)
+    step = strategy.compile_step(step_fn, stacked=stacked)
     device_state = strategy.put_state(parallel.replicate(state))
     host_batch = {k: np.stack([v] * steps_per_call) for k, v in batch.items()} if stacked else batch
     device_batch = strategy.put_batch(host_batch, stacked=stacked)

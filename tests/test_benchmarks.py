@@ -137,3 +137,10 @@ def test_family_text_models_time_every_stage(tmp_path, name, stages):
     for row in rows:
         _check_train(row, 8)
         assert row["sample_images_per_s"] > 0 and row["shape"] == ([64] if name == "gpt" else [8, 8, 1])
+
+
+def test_family_gradient_accumulation_row(tmp_path):
+    (row,) = _run_family(tmp_path, "--family=gpt", "--batch_size=16", "--set", "train.micro_batches=2",
+                         "--set", "train.batch_size=16")
+    _check_train(row, 16)
+    assert row["micro_batches"] == 2
