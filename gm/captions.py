@@ -42,9 +42,14 @@ def class_names(dataset: str) -> tuple[str, ...]:
     return CLASS_NAMES[dataset]
 
 
-def caption(template: str, label: int, dataset: str) -> str:
-    """`template` filled in for class `label` of `dataset`."""
-    return template.format(name=class_names(dataset)[label], numeral=label)
+def caption(template: str, label: int, dataset: str, field: str = "config.prior.prompt_template") -> str:
+    """`template` filled in for class `label` of `dataset`; one sentence (naming `field`) for a template
+    with other placeholders than {name} and {numeral}."""
+    try:
+        return template.format(name=class_names(dataset)[label], numeral=label)
+    except (KeyError, IndexError, ValueError) as e:
+        raise ValueError(f"{field}={template!r} cannot be filled in ({type(e).__name__}: {e}); use the "
+                         "placeholders {name} and {numeral} only.") from None
 
 
 def captions(dataset: str) -> list[list[str]]:

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gm import captions, checks
+from gm import caption_datasets, captions, checks
 from gm import distributions as dist
 from gm import vqvae
 from gm.autoregressive import SamplingConfig, TransformerConfig
@@ -95,15 +95,25 @@ def best_candidates(sequences, scores, candidates: int):
     return sequences.reshape(candidates, num, -1)[best, jnp.arange(num)]
 
 
-def prompt_texts(p: PriorConfig, info):
+def prompt_texts(p: PriorConfig, dataset: str):
     """(the prompts samples cycle through, their classes or None for free prompts and captioned data)."""
     if p.prompts:
         return tuple(p.prompts), None
-    if info.captions_per_image:
+    if dataset in caption_datasets.CAPTIONED:
         return captions.CAPTION_PROMPTS, None
-    dataset, num_classes = info.name, info.num_classes
     template = p.prompt_template or captions.PROMPT_TEMPLATES.get(dataset, "{name}")
+    num_classes = len(captions.class_names(dataset))
     return tuple(captions.caption(template, k, dataset) for k in range(num_classes)), np.arange(num_classes)
+
+
+def check(run, settings: Settings) -> None:
+    """Before anything trains (`gm.families.Family.check`): the dataset has captions or class names to
+    caption with, and every training caption and prompt fits config.prior.text_len."""
+    p, name = settings.prior, run.data.name
+    texts, _ = prompt_texts(p, name)
+    captions.encode(texts, p.text_len, "config.prior.prompts" if p.prompts else "the prompt")
+    if name not in caption_datasets.CAPTIONED:
+        captions.caption_table(name, p.text_len)
 
 
 def make_prior(settings: Settings, info, vq_params) -> Method:
@@ -117,7 +127,7 @@ def make_prior(settings: Settings, info, vq_params) -> Method:
     captioned = bool(info.captions_per_image)
     # Captions from the labels: [classes, phrasings, L]; captioned data brings its own.
     table = None if captioned else jnp.asarray(captions.caption_table(info.name, p.text_len))
-    texts, labels = prompt_texts(p, info)
+    texts, labels = prompt_texts(p, info.name)
     prompts = jnp.asarray(captions.encode(texts, p.text_len, "config.prior.prompts"))
     num_codes = vq.grid[0] * vq.grid[1]
 

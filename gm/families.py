@@ -77,7 +77,8 @@ FAMILIES = {f.name: f for f in (
     Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio"),
     Family("dalle", "DALL-E (VQ-VAE + text-image transformer)", dalle.Settings,
            (Stage("vqvae", lambda settings, info, previous: vqvae.make(settings, info)),
-            Stage("prior", dalle.make_prior, train="prior_train", optim="prior_optim")), "dalle_digits"),
+            Stage("prior", dalle.make_prior, train="prior_train", optim="prior_optim")), "dalle_digits",
+           check=dalle.check),
     Family("gpt", "GPT", gpt.Settings, _one_stage(gpt.make), "gpt_text", modality="text"),
 )}
 

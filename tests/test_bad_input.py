@@ -292,6 +292,19 @@ BAD_CONFIGS = [
     ("vqvae_cifar", {"model.num_codes": 1}, "config.model.num_codes"),
     ("vqvae_cifar", {"model.codebook_decay": 1.0}, "config.model.codebook_decay"),
     ("vqvae_cifar", {"model.commitment": -1.0}, "config.model.commitment"),
+    ("gpt_text", {"data.tokenizer": "words"}, "config.data.tokenizer"),
+    ("gpt_text", {"data.name": "digits"}, "config.data.name"),
+    ("gpt_text", {"model.positions": "alibi"}, "config.model.positions"),
+    ("gpt_text", {"sampling.top_p": 0.0}, "config.sampling.top_p"),
+    ("gpt_text", {"sampling.prompt": "x" * 100}, "config.sampling.prompt"),
+    ("gpt_text", {"train.micro_batches": 3}, "config.train.micro_batches"),
+    ("gpt_text", {"optim.weight_decay_on": "biases"}, "config.optim.weight_decay_on"),
+    ("dalle_digits", {"data.name": "ring8"}, "config.data.name"),
+    ("dalle_digits", {"prior.text_len": 4}, "config.prior.text_len"),
+    ("dalle_digits", {"prior.prompts": ("a digit written very large and very slowly",)}, "config.prior.prompts"),
+    ("dalle_digits", {"prior.prompt_template": "a {colour} digit"}, "config.prior.prompt_template"),
+    ("dalle_digits", {"prior.candidates": 0}, "config.prior.candidates"),
+    ("dalle_digits", {"prior.text_loss_weight": 1.5}, "config.prior.text_loss_weight"),
 ]
 
 
