@@ -1,21 +1,29 @@
-"""Sample quality against the number of sampling steps, for a trained diffusion run.
+"""Sample quality against network evaluations, for a trained diffusion run (DDPM, score SDE or EDM).
 
     python -m experiments.diffusion_sweep --workdir=runs/ddpm_cifar --config=experiments/diffusion_sweep.py:ddpm_cifar
     python -m experiments.diffusion_sweep --workdir=runs/iddpm --config=experiments/diffusion_sweep.py:improved_ddpm_cifar
+    python -m experiments.diffusion_sweep --workdir=runs/edm_cifar --config=experiments/diffusion_sweep.py:edm_cifar
     python -m experiments.diffusion_sweep --workdir=runs/smoke --config=experiments/diffusion_sweep.py:ddpm_cifar,smoke \
         --config.sweep.steps="(5,10,25,100)"
 
 The argument after ':' names the experiment (and its variant) the WORKDIR was trained with. From the
-newest checkpoint's EMA parameters, every sampler in config.sweep is run at every step count:
+newest checkpoint's EMA parameters, every sampler of config.sweep.samplers that the family has is run
+at every step count of config.sweep.steps:
 
-* ancestral sampling over a respaced chain of that many steps (the full chain at T);
-* DDIM at each eta in config.sweep.ddim_etas (0: deterministic; 1: DDPM-like noise);
-* the probability-flow ODE with the fixed-step config.sweep.ode_solver and that many steps.
+* DDPM: 'ancestral' (a respaced chain of that many steps; the full chain at T), 'ddim' at each eta in
+  config.sweep.ddim_etas (0: deterministic; 1: DDPM-like noise), 'ode' (the probability-flow ODE with
+  the fixed-step config.sweep.ode_solver), and in sigma space 'dpm_solver++' and 'heun' (EDM's sampler)
+  over config.diffusion.solver with that many noise levels;
+* score SDE: 'pc' (its predictor and corrector, that many predictor steps), 'ode', 'dpm_solver++', 'heun';
+* EDM: 'heun', 'euler', 'dpm_solver++'.
 
-Each point is scored by config.eval (FID with the Inception weights on CIFAR-10; fid_digits on the
-digits) from config.eval.num_samples samples, 10,000 by default here: a sweep compares samplers with
-each other, and the 50,000-sample protocol is for the final number (`--mode=eval`). Writes
-WORKDIR/sweep/sweep.{md,csv,json} and sweep.png (the metric against network evaluations).
+A count of steps means different costs (Heun's N levels take 2N - 1 evaluations), so rows carry their
+network evaluations; with config.sweep.nfe set (e.g. (10, 20, 35)), each sampler instead takes the most
+steps that fit each budget of evaluations. Each point is scored by config.eval (FID with the Inception
+weights on CIFAR-10; fid_digits on the digits) from config.eval.num_samples samples, 10,000 by default
+here: a sweep compares samplers with each other, and the 50,000-sample protocol is for the final number
+(`--mode=eval`). Writes WORKDIR/sweep/sweep.{md,csv,json} and sweep.png (the metric against network
+evaluations).
 """
 import dataclasses
 import importlib
@@ -26,12 +34,20 @@ import jax
 import ml_collections
 from absl import logging
 
-from gm import diffusion, parallel
+from gm import families, parallel
+from gm.diffusion import sigma_sampling
 from gm.metrics import sample_quality
 from gm.train import run
 from gm.train.logging import save_table
 
-SWEEP_SAMPLERS = ("ancestral", "ddim", "ode")
+# family -> (its sampling section, the samplers a sweep can run on it)
+FAMILY_SAMPLERS = {
+    "ddpm": ("diffusion", ("ancestral", "ddim", "ode", "dpm_solver++", "heun")),
+    "score_sde": ("sde", ("pc", "ode", "dpm_solver++", "heun")),
+    "edm": ("edm", ("heun", "euler", "dpm_solver++")),
+}
+SWEEP_SAMPLERS = ("ancestral", "ddim", "ode", "pc", "dpm_solver++", "heun", "euler")
+ODE_EVALS_PER_STEP = {"euler": 1, "heun": 2, "rk4": 4}
 
 
 def get_config(arg=None):
@@ -44,38 +60,89 @@ def get_config(arg=None):
         raise ValueError(f"Unknown experiment {name!r} for diffusion_sweep; use e.g. "
                          "--config=experiments/diffusion_sweep.py:ddpm_cifar") from None
     config = module.get_config(variant or None)
-    if "diffusion" not in config:
-        raise ValueError(f"experiments.{name} is not a diffusion experiment; diffusion_sweep needs one.")
+    if config.get("family") not in FAMILY_SAMPLERS:
+        raise ValueError(f"experiments.{name} is not a diffusion experiment; diffusion_sweep needs one of "
+                         f"the families {tuple(FAMILY_SAMPLERS)}.")
     config.sweep = ml_collections.ConfigDict(dict(
-        steps=(10, 25, 50, 100, 250, 1000), samplers=SWEEP_SAMPLERS, ddim_etas=(0.0, 1.0), ode_solver="heun"))
+        steps=(10, 25, 50, 100, 250, 1000), nfe=(), samplers=("ancestral", "ddim", "ode"), ddim_etas=(0.0, 1.0),
+        ode_solver="heun"))
+    if config.family != "ddpm":
+        config.sweep.samplers = FAMILY_SAMPLERS[config.family][1]
     config.eval.update(metrics=("fid",), num_samples=1000 if variant == "smoke" else 10_000)
     return config
 
 
+def _evaluations(sampler, steps, config):
+    """Network evaluations per sample of `sampler` with `steps` steps (noise levels, predictor steps)."""
+    if sampler == "ode":
+        return ODE_EVALS_PER_STEP[config.sweep.ode_solver] * steps + 1  # + the final denoising
+    if sampler == "pc":
+        s = config.sde
+        return steps * (1 + (s.corrector != "none") * s.corrector_steps) if s.predictor != "none" else \
+            steps * s.corrector_steps
+    if sampler in sigma_sampling.SAMPLERS:
+        return sigma_sampling.nfe(sampler, steps)
+    return steps  # ancestral, ddim
+
+
+def _step_counts(sampler, config, max_steps):
+    """The step counts to run `sampler` at: config.sweep.steps, or the most that fit each config.sweep.nfe."""
+    if not config.sweep.nfe:
+        return sorted({int(n) for n in config.sweep.steps if 1 <= int(n) <= max_steps})
+    counts = set()
+    for budget in config.sweep.nfe:
+        fitting = [n for n in range(1, min(int(budget), max_steps) + 1) if _evaluations(sampler, n, config) <= budget]
+        if fitting:
+            counts.add(max(fitting))
+    return sorted(counts)
+
+
+def _overrides(sampler, steps, config):
+    """[(label suffix, {field: value} of the family's sampling section)] for one point of `sampler`."""
+    if sampler == "ancestral":
+        return [("", dict(sampler="ancestral", sample_steps=steps))]
+    if sampler == "ddim":
+        return [(f" eta={eta:g}", dict(sampler="ddim", ddim_steps=steps, ddim_eta=float(eta)))
+                for eta in config.sweep.ddim_etas]
+    if sampler == "ode":
+        solver = config.sweep.ode_solver
+        return [(f" {solver}", dict(sampler="ode", ode_solver=solver, ode_steps=steps))]
+    if sampler == "pc":
+        return [("", dict(sampler="pc", num_steps=steps))]
+    return [("", dict(sampler=sampler, solver=dict(steps=steps)))]
+
+
 def sweep_points(config):
-    """[(label, diffusion overrides, steps, network evaluations per sample)] for every point of the sweep."""
-    s, num_timesteps = config.sweep, config.diffusion.num_timesteps
-    unknown = set(s.samplers) - set(SWEEP_SAMPLERS)
+    """[(label, overrides of the family's sampling section, steps, network evaluations per sample)]."""
+    family = config.family
+    section, available = FAMILY_SAMPLERS[family]
+    unknown = set(config.sweep.samplers) - set(available)
     if unknown:
-        raise ValueError(f"Unknown config.sweep.samplers {sorted(unknown)}; use any of {SWEEP_SAMPLERS}.")
-    steps = sorted({int(n) for n in s.steps if 1 <= int(n) <= num_timesteps})
-    if not steps:
-        raise ValueError(f"config.sweep.steps has no count in [1, config.diffusion.num_timesteps={num_timesteps}].")
-    per_step = {"euler": 1, "heun": 2, "rk4": 4}
-    if "ode" in s.samplers and s.ode_solver not in per_step:
-        raise ValueError(f"config.sweep.ode_solver must be a fixed-step solver {tuple(per_step)}, got {s.ode_solver!r}.")
+        raise ValueError(f"config.sweep.samplers has {sorted(unknown)}, which {family} does not have; use any of "
+                         f"{available}.")
+    if "ode" in config.sweep.samplers and config.sweep.ode_solver not in ODE_EVALS_PER_STEP:
+        raise ValueError(f"config.sweep.ode_solver must be a fixed-step solver {tuple(ODE_EVALS_PER_STEP)}, got "
+                         f"{config.sweep.ode_solver!r}.")
+    # A DDPM model's samplers take at most its T steps; continuous time has no limit.
+    max_steps = config.diffusion.num_timesteps if family == "ddpm" else 10 ** 6
     points = []
-    for n in steps:
-        if "ancestral" in s.samplers:
-            points.append(("ancestral", dict(sampler="ancestral", sample_steps=n), n, n))
-        if "ddim" in s.samplers:
-            points += [(f"ddim eta={eta:g}", dict(sampler="ddim", ddim_steps=n, ddim_eta=float(eta)), n, n)
-                       for eta in s.ddim_etas]
-        if "ode" in s.samplers:
-            # The ODE's last step is one more evaluation: the denoising to x_0.
-            points.append((f"ode {s.ode_solver}", dict(sampler="ode", ode_solver=s.ode_solver, ode_steps=n), n,
-                           per_step[s.ode_solver] * n + 1))
-    return points
+    for sampler in config.sweep.samplers:
+        for steps in _step_counts(sampler, config, max_steps):
+            for suffix, fields in _overrides(sampler, steps, config):
+                points.append((sampler + suffix, fields, steps, _evaluations(sampler, steps, config)))
+    if not points:
+        raise ValueError("config.sweep.steps (or nfe) has no count the samplers can run; use counts >= 1"
+                         + (f" and <= config.diffusion.num_timesteps={max_steps}." if family == "ddpm" else "."))
+    return sorted(points, key=lambda p: (p[2], SWEEP_SAMPLERS.index(p[0].split(" ")[0])))
+
+
+def with_sampling(settings, section, fields):
+    """The family's settings with `fields` set in its sampling section (a nested 'solver' dict too)."""
+    current = getattr(settings, section)
+    fields = dict(fields)
+    if "solver" in fields:
+        fields["solver"] = dataclasses.replace(current.solver, **fields["solver"])
+    return dataclasses.replace(settings, **{section: dataclasses.replace(current, **fields)})
 
 
 def plot(path, rows, metric):
@@ -123,9 +190,10 @@ def sweep(config, workdir, mode="train"):
     reference = sample_quality.reference_for(extractor, dataset, e.reference, e.batch_size)
     key = jax.random.fold_in(jax.random.key(restored.setup.run.seed), 2 * 10**9 + step)
     rows = []
+    family = restored.setup.family
+    section = FAMILY_SAMPLERS[family.name][0]
     for label, overrides, steps, nfe in points:
-        sampling = dataclasses.replace(settings.diffusion, **overrides)
-        method = diffusion.make(dataclasses.replace(settings, diffusion=sampling), dataset.info)
+        method = family.stages[0].make(with_sampling(settings, section, overrides), dataset.info, None)
         start = time.perf_counter()
         features, logits = sample_quality.sample_features(extractor, method.sample, state.ema_params, key,
                                                           e.num_samples, e.sample_batch_size, dataset.info.num_bits)

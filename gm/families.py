@@ -18,6 +18,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import ml_collections
 
 from gm import autoregressive, dalle, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
+from gm.diffusion import continuous
 from gm import config as config_lib
 from gm.config import RunConfig
 from gm.method import Method
@@ -72,6 +73,8 @@ FAMILIES = {f.name: f for f in (
     Family("realnvp", "RealNVP", flows.Settings, _one_stage(flows.make), "realnvp_cifar"),
     Family("glow", "Glow", flows.Settings, _one_stage(flows.make), "glow_cifar", preset=(("model.name", "glow"),)),
     Family("ddpm", "DDPM", diffusion.Settings, _one_stage(diffusion.make), "ddpm_cifar"),
+    Family("score_sde", "score SDE", continuous.SDESettings, _one_stage(continuous.make_score_sde), "score_sde_cifar"),
+    Family("edm", "EDM", continuous.EDMSettings, _one_stage(continuous.make_edm), "edm_cifar"),
     Family("flow_matching", "flow matching", flow_matching.Settings, _one_stage(flow_matching.make),
            "flow_matching_cifar"),
     Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio"),

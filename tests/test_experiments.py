@@ -93,14 +93,17 @@ def test_diffusion_sweep_scores_every_sampler_at_every_step_count(resumed_run):
     proc = subprocess.run(
         [sys.executable, "-m", "experiments.diffusion_sweep", f"--workdir={resumed}",
          "--config=experiments/diffusion_sweep.py:ddpm_cifar,smoke", "--config.sweep.steps=(3,1000)",
+         "--config.sweep.samplers=('ancestral','ddim','ode','dpm_solver++','heun')",
          "--config.eval.num_samples=32", "--config.eval.sample_batch_size=32", "--config.eval.batch_size=120"],
         cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.load(open(resumed / "sweep" / "sweep.json"))
     rows = result["rows"]
-    # 1000 > T = 100 is dropped: four series (ancestral, DDIM at eta 0 and 1, Heun's ODE) at 3 steps.
+    # 1000 > T = 100 is dropped: every series at 3 steps (Heun's ODE: 2 evaluations per step and the final
+    # denoising; EDM's Heun over 3 noise levels: 2 x 3 - 1).
     assert [(r["sampler"], r["steps"], r["nfe"]) for r in rows] == [
-        ("ancestral", 3, 3), ("ddim eta=0", 3, 3), ("ddim eta=1", 3, 3), ("ode heun", 3, 7)]
+        ("ancestral", 3, 3), ("ddim eta=0", 3, 3), ("ddim eta=1", 3, 3), ("ode heun", 3, 7), ("dpm_solver++", 3, 3),
+        ("heun", 3, 5)]
     assert all(r["fid_digits"] > 0 and r["num_samples"] == 32 for r in rows)
     assert result["step"] == 8 and "fid_digits" in open(resumed / "sweep" / "sweep.md").read()
     assert os.path.getsize(resumed / "sweep" / "sweep.png") > 1000 and os.path.exists(resumed / "sweep" / "sweep.csv")
@@ -376,17 +379,17 @@ def test_compare_trains_every_family_and_writes_the_table(tmp_path):
     proc = subprocess.run(cmd, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["family"]: r for r in json.load(open(tmp_path / "compare.json"))}
-    assert list(rows) == ["nade", "pixelcnn", "vae", "vqvae", "gan", "realnvp", "glow", "ddpm", "flow_matching",
-                          "dalle"]
+    assert list(rows) == ["nade", "pixelcnn", "vae", "vqvae", "gan", "realnvp", "glow", "ddpm", "score_sde", "edm",
+                          "flow_matching", "dalle"]
     for family, row in rows.items():
         assert row["train_steps"] == 4 and row["parameters"] > 0 and row["sample_ms_per_image"] > 0
         assert np.isfinite(row["fid_digits"]) and 1 <= row["is_digits"] <= 10
         assert os.path.exists(tmp_path / "samples" / f"{family}.png")
         # A likelihood wherever the family has one of the images.
-        assert ("test_bpd" in row) == (family not in ("gan", "vqvae", "dalle")), family
+        assert ("test_bpd" in row) == (family not in ("gan", "vqvae", "dalle", "edm")), family
     assert rows["pixelcnn"]["bpd_kind"] == "exact" and rows["ddpm"]["bpd_kind"] == "bound"
     table = open(tmp_path / "compare.md").read()
-    assert table.count("\n| ") == 11 and "fid_digits" in table and "64 samples" in table
+    assert table.count("\n| ") == 13 and "fid_digits" in table and "64 samples" in table
     assert open(tmp_path / "compare.csv").readline().startswith("family,")
 
 
@@ -441,6 +444,33 @@ def test_flow_experiment_trains_resumes_and_evaluates(tmp_path, name):
                 "--config.sample.num=16", "--config.sample.batch_size=16", "--config.flow.temperature=0.7")
         out = np.load(tmp_path / "samples" / "samples_step_6_n16.npz")
         assert out["levels"].shape == (16, 8, 8, 1) and out["levels"].max() <= 15
+
+
+# --- continuous-time diffusion --------------------------------------------------------------------------
+
+CONTINUOUS_SMALL = ["--config.model.ch=16", "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)"]
+
+
+def test_score_sde_experiment_trains_resumes_evaluates_and_samples_with_every_sampler(tmp_path):
+    small = CONTINUOUS_SMALL + ["--config.sde.num_steps=5", "--config.sde.ode_steps=3"]
+    proc, result = _train_resume_and_evaluate("score_sde_cifar", tmp_path, *small)
+    assert os.path.exists(tmp_path / "samples" / "step_00000004.png")
+    assert result["kind"] == "bound" and result["num_examples"] == 40 and 0 < result["bpd"] < 40
+    for sampler in ("ode", "heun", "dpm_solver++"):
+        _ar_run("score_sde_cifar", tmp_path, *_smoke_steps(6), *small, "--mode=sample", "--config.sample.num=8",
+                "--config.sample.batch_size=8", f"--config.sde.sampler={sampler}", "--config.sde.solver.steps=3")
+        out = np.load(tmp_path / "samples" / "samples_step_6_n8.npz")
+        assert out["levels"].shape == (8, 8, 8, 1) and out["levels"].max() <= 15
+
+
+def test_edm_experiment_trains_resumes_and_scores_its_samples(tmp_path):
+    small = CONTINUOUS_SMALL + ["--config.edm.solver.steps=3"]
+    _ar_run("edm_cifar", tmp_path, *_smoke_steps(4), *small)
+    assert "Restored step 4" in _ar_run("edm_cifar", tmp_path, *_smoke_steps(6), *small).stderr
+    _ar_run("edm_cifar", tmp_path, *_smoke_steps(6), *small, "--mode=eval", "--config.eval.metrics=('fid',)",
+            "--config.eval.num_samples=32", "--config.eval.sample_batch_size=32", "--config.edm.sampler=dpm_solver++")
+    result = json.load(open(tmp_path / "eval_step_6_fid.json"))
+    assert result["fid_digits"] > 0 and result["num_samples"] == 32
 
 
 def test_flows_toy_writes_the_table_and_the_density_plots(tmp_path):

@@ -25,6 +25,9 @@ from gm.train import state as state_lib
 TINY = {
     "ddpm": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "diffusion.num_timesteps": 50},
     "flow_matching": {"model.ch": 16, "model.ch_mult": (1,), "flow_matching.num_steps": 4},
+    "score_sde": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "sde.num_steps": 4,
+                  "sde.ode_steps": 2},
+    "edm": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "edm.solver.steps": 3},
     "realnvp": {"model.num_scales": 1},
     "glow": {"model.num_levels": 1, "model.depth": 1},
     "pixelcnn": {"model.pixelcnn_pp.nr_resnet": 1, "model.pixelcnn_pp.nr_filters": 8},

@@ -12,6 +12,14 @@ any network in a notebook; `make(Settings, info)` wires it to the UNet and retur
     losses     L_simple, L_hybrid, importance-sampled timesteps
     samplers   ancestral, DDIM, probability-flow ODE (through gm.ode), classifier-free guidance
     method     the Method and the Diffusion bundle behind it
+
+Continuous time (Song et al. 2021; Karras et al. 2022; Lu et al. 2022), as submodules:
+
+    sde             VE / VP / sub-VP SDEs: marginals, score matching, PC and ODE samplers, ODE likelihood
+    edm             EDM's preconditioning, loss, Karras schedule and Heun sampler (sigma space)
+    dpm_solver      DPM-Solver++ (1st to 3rd order multistep); DDPM networks in sigma space
+    sigma_sampling  one config section and dispatch for the sigma-space samplers
+    continuous      the score_sde and edm families
 """
 from gm.diffusion.losses import (LOSSES, TIMESTEP_SAMPLING, LossHistory, importance_probs, init_loss_history,
                                  per_example_losses, sample_timesteps, simple_loss, timestep_loss_sums,

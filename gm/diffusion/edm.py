@@ -87,13 +87,13 @@ def sampler_nfe(sampler: str, num_steps: int) -> int:
 
 
 def sample(denoise, key, shape, sigmas, sampler: str = "heun", s_churn: float = 0.0, s_tmin: float = 0.0,
-           s_tmax: float = math.inf, s_noise: float = 1.0):
+           s_tmax: float = math.inf, s_noise: float = 1.0, x_init=None):
     """EDM's Algorithm 2 (stochastic; with s_churn = 0 it is Algorithm 1, deterministic) -> float32 x_0.
 
     denoise: D(x, sigma). sigmas: descending noise levels ending in 0 (`karras_sigmas`), N + 1 of them.
     sampler 'heun' (2nd order, 2N - 1 evaluations) or 'euler' (1st order, N). Churn: at sigma_i in
     [s_tmin, s_tmax] noise is added to reach sigma_hat = (1 + gamma) sigma_i, gamma = min(s_churn / N,
-    sqrt 2 - 1), with n ~ N(0, s_noise^2 I).
+    sqrt 2 - 1), with n ~ N(0, s_noise^2 I). x_init: the state at sigmas[0] (default sigmas[0] n, n ~ N(0, I)).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown EDM sampler {sampler!r}; use one of {SAMPLERS}.")
@@ -117,7 +117,7 @@ def sample(denoise, key, shape, sigmas, sampler: str = "heun", s_churn: float = 
             x_next = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
         return x_next, None
 
-    x = jnp.float32(sigmas[0]) * jax.random.normal(init_key, shape, jnp.float32)
+    x = jnp.float32(sigmas[0]) * jax.random.normal(init_key, shape, jnp.float32) if x_init is None else x_init
     inputs = (jnp.arange(num_steps), jnp.asarray(sigmas[:-1], jnp.float32), jnp.asarray(sigmas[1:], jnp.float32),
               jnp.asarray(gamma, jnp.float32))
     if sigmas[-1] > 0:

@@ -16,11 +16,12 @@ import numpy as np
 from gm import checks, ode, optim
 from gm import distributions as dist
 from gm.config import interval, positive, setting
-from gm.diffusion import losses, process, samplers, schedule as schedule_lib
+from gm.diffusion import dpm_solver, losses, process, samplers, schedule as schedule_lib, sigma_sampling
+from gm.diffusion.sigma_sampling import SolverConfig
 from gm.method import Method, Training
 from gm.nn.unet import UNetConfig, unet_from_config
 
-SAMPLERS = ("ancestral", "ddim", "ode")
+SAMPLERS = ("ancestral", "ddim", "ode") + sigma_sampling.SAMPLERS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +38,10 @@ class DiffusionConfig:
       w eps(x, null) at sampling.
     sampler: 'ancestral' (over all T steps, or a respaced chain of sample_steps: a count or a section
       string such as "10,20,30", or "ddimK", see `schedule.space_timesteps`) | 'ddim' (ddim_steps,
-      ddim_eta) | 'ode' (the probability-flow ODE through `gm.ode`: ode_solver, ode_steps, ode_rtol, ode_atol).
+      ddim_eta) | 'ode' (the probability-flow ODE through `gm.ode`: ode_solver, ode_steps, ode_rtol, ode_atol)
+      | 'heun' | 'euler' | 'dpm_solver++' (in EDM's sigma space over config.diffusion.solver: EDM's
+      samplers and DPM-Solver++ on this network; schedule 'timesteps' visits solver.steps of the trained
+      timesteps, spaced by timestep_spacing, as DPM-Solver's 'time_uniform' does).
     timestep_spacing: which K of the T timesteps DDIM and "ddimK" respacing visit: 'trailing' (from
       t = T-1 for every K; the default), 'leading' (the DDIM paper's 0, T//K, ...; starts below T-1
       when K does not divide T) or 'linspace' (see `schedule.spaced_timesteps`).
@@ -64,6 +68,7 @@ class DiffusionConfig:
     ode_rtol: float = setting(1e-5, interval(0.0, None, low_open=True))
     ode_atol: float = setting(1e-5, interval(0.0, None, low_open=True))
     clip_denoised: bool = True
+    solver: SolverConfig = SolverConfig(steps=20, schedule="timesteps")
 
     def check(self, name):
         if self.schedule == "linear":
@@ -130,6 +135,21 @@ def check_sampling(diff: Diffusion, s: DiffusionConfig) -> None:
                              f"{e}") from None
     if s.sampler == "ddim":
         samplers.ddim_timesteps(len(diff.betas), s.ddim_steps, s.timestep_spacing)
+    if s.sampler in sigma_sampling.SAMPLERS:
+        sigma_grid(diff, s)
+
+
+def sigma_grid(diff: Diffusion, s: DiffusionConfig):
+    """The noise levels config.diffusion.solver visits for this model (`sigma_sampling.sigma_grid`)."""
+    num_timesteps = len(diff.betas)
+    if not 1 <= s.solver.steps <= num_timesteps:
+        raise ValueError(f"config.diffusion.solver.steps must be in [1, {num_timesteps}], got {s.solver.steps}.")
+    ends = dpm_solver.schedule_sigmas(diff.sched, [0, num_timesteps - 1])  # [sigma_{T-1}, sigma_0, 0]
+    timestep_sigmas = None
+    if s.solver.schedule == "timesteps":
+        timesteps = schedule_lib.spaced_timesteps(num_timesteps, s.solver.steps, s.timestep_spacing)
+        timestep_sigmas = dpm_solver.schedule_sigmas(diff.sched, timesteps)
+    return sigma_sampling.sigma_grid(s.solver, (ends[1], ends[0]), timestep_sigmas, field="config.diffusion.solver")
 
 
 def sample(diff: Diffusion, s: DiffusionConfig, params, key, num: int, labels=None, guidance_weight=None):
@@ -155,6 +175,9 @@ def sample(diff: Diffusion, s: DiffusionConfig, params, key, num: int, labels=No
     if s.sampler == "ddim":
         x = samplers.ddim_sample(diff.sched, model_fn, sample_key, shape, s.ddim_steps, s.ddim_eta,
                                  s.clip_denoised, s.timestep_spacing)
+    elif s.sampler in sigma_sampling.SAMPLERS:
+        denoise = dpm_solver.denoiser_from_schedule(diff.sched, model_fn, diff.shape[-1], s.clip_denoised)
+        x = sigma_sampling.sample(denoise, s.sampler, s.solver, sample_key, shape, sigma_grid(diff, s))
     elif s.sampler == "ode":
         x, _ = samplers.ode_sample(diff.sched, model_fn, sample_key, shape, s.ode_solver, s.ode_steps,
                                    s.ode_rtol, s.ode_atol, s.clip_denoised)

@@ -217,7 +217,8 @@ def denoiser_from_eps(sde: SDE, eps_fn):
 
 def sigma_range(sde: SDE):
     """(sigma_hat at t_min, sigma_hat at 1): the noise levels a model trained on `sde` has seen, floats."""
-    return float(sde.sigma_hat(sde.t_min)), float(sde.sigma_hat(1.0))
+    with jax.ensure_compile_time_eval():  # constants, also when called inside jit
+        return float(sde.sigma_hat(sde.t_min)), float(sde.sigma_hat(1.0))
 
 
 # ---------------------------------------------------------------------------------------------------
