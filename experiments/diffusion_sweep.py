@@ -177,6 +177,26 @@ def markdown(rows, metric, is_name, num_samples, reference):
     return "\n".join(lines) + "\n"
 
 
+def score_points(restored, points, extractor, reference, key):
+    """One row per point of `sweep_points` for the restored run: its EMA parameters sampled from `key`
+    (the same initial noise for every sampler), scored by the run's config.eval."""
+    family, settings, dataset = restored.setup.family, restored.setup.settings, restored.dataset
+    e = restored.setup.run.eval
+    section = FAMILY_SAMPLERS[family.name][0]
+    rows = []
+    for label, overrides, steps, nfe in points:
+        method = family.stages[0].make(with_sampling(settings, section, overrides), dataset.info, None)
+        start = time.perf_counter()
+        features, logits = sample_quality.sample_features(extractor, method.sample, restored.state.ema_params, key,
+                                                          e.num_samples, e.sample_batch_size, dataset.info.num_bits)
+        seconds = time.perf_counter() - start
+        quality = sample_quality.score(extractor, features, logits, reference)
+        rows.append({"sampler": label, "steps": steps, "nfe": nfe, **quality, "seconds": seconds})
+        logging.info("sweep: %s %s, %d steps: %s %.3f", family.name, label, steps, extractor.fid_name,
+                     quality[extractor.fid_name])
+    return rows
+
+
 def sweep(config, workdir, mode="train"):
     """Run every point of config.sweep on WORKDIR's newest checkpoint; returns the rows."""
     if mode != "train":
@@ -184,29 +204,18 @@ def sweep(config, workdir, mode="train"):
     points = sweep_points(config)
     restored = run.restore(config, workdir)
     run.check_writable(workdir)
-    dataset, state, step, settings = restored.dataset, restored.state, restored.step, restored.setup.settings
-    e = restored.setup.run.eval
+    dataset, step, e = restored.dataset, restored.step, restored.setup.run.eval
     extractor = sample_quality.make_extractor(e.features, dataset, e.inception_weights)
     reference = sample_quality.reference_for(extractor, dataset, e.reference, e.batch_size)
     key = jax.random.fold_in(jax.random.key(restored.setup.run.seed), 2 * 10**9 + step)
-    rows = []
-    family = restored.setup.family
-    section = FAMILY_SAMPLERS[family.name][0]
-    for label, overrides, steps, nfe in points:
-        method = family.stages[0].make(with_sampling(settings, section, overrides), dataset.info, None)
-        start = time.perf_counter()
-        features, logits = sample_quality.sample_features(extractor, method.sample, state.ema_params, key,
-                                                          e.num_samples, e.sample_batch_size, dataset.info.num_bits)
-        seconds = time.perf_counter() - start
-        quality = sample_quality.score(extractor, features, logits, reference)
-        rows.append({"sampler": label, "steps": steps, "nfe": nfe, **quality, "seconds": seconds})
-        logging.info("sweep: %s, %d steps: %s %.3f", label, steps, extractor.fid_name, quality[extractor.fid_name])
+    rows = score_points(restored, points, extractor, reference, key)
     if parallel.process_index() == 0:
         out = os.path.join(workdir, "sweep")
         table = markdown(rows, extractor.fid_name, extractor.is_name, e.num_samples, reference.source)
         save_table(out, "sweep", rows, table, header={"step": step, "reference": reference.source})
         plot(os.path.join(out, "sweep.png"), rows, extractor.fid_name)
     return rows
+
 
 if __name__ == "__main__":
     run.main(__file__, runner=sweep)

@@ -473,6 +473,20 @@ def test_edm_experiment_trains_resumes_and_scores_its_samples(tmp_path):
     assert result["fid_digits"] > 0 and result["num_samples"] == 32
 
 
+def test_sampler_sweep_trains_three_families_and_names_the_best_sampler_per_budget(tmp_path):
+    _ar_run("sampler_sweep", tmp_path, "--config.nfe=(3,)", "--config.network.ch=16", "--config.network.ch_mult=(1,)",
+            "--config.network.attn_resolutions=(8,)")
+    rows = json.load(open(tmp_path / "sampler_sweep.json"))["rows"]
+    assert {(r["sampler"], r["nfe"]) for r in rows} == {
+        ("DDPM ancestral", 3), ("DDPM ddim eta=0", 3), ("DDPM dpm_solver++", 3), ("DDPM heun", 3),
+        ("VP SDE pc", 3), ("VP SDE dpm_solver++", 3), ("VP SDE heun", 3),
+        ("EDM heun", 3), ("EDM euler", 3), ("EDM dpm_solver++", 3)}
+    assert all(r["budget"] == 3 and r["fid_digits"] > 0 for r in rows)
+    best = min(rows, key=lambda r: r["fid_digits"])
+    assert f"- at 3 evaluations: {best['sampler']} (3 evaluations)" in open(tmp_path / "sampler_sweep.md").read()
+    assert os.path.getsize(tmp_path / "sampler_sweep.png") > 1000
+
+
 def test_flows_toy_writes_the_table_and_the_density_plots(tmp_path):
     proc = _ar_run("flows_toy", tmp_path, "--config.train.batch_size=64", "--config.train.num_steps=4",
                    "--config.train.log_every=2", "--config.train.checkpoint_every=4",
