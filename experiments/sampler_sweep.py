@@ -4,14 +4,14 @@ steps on the digits, each sampled with all of its samplers at equal budgets of n
     python -m experiments.sampler_sweep --workdir=runs/sampler_sweep
     python -m experiments.sampler_sweep --workdir=runs/smoke --config=experiments/sampler_sweep.py:smoke
 
-Each family is its experiment's smoke configuration (the 4-bit 8x8 digits, batch 32) with the same UNet
-(config.network: 2 levels of 32 and 64 channels, dropout 0.1) and config.num_steps training steps,
-trained in WORKDIR/FAMILY (or loaded from there; a longer num_steps resumes it). DDPM uses T = 1000
-linear steps so that its chains reach 1,000 evaluations. Then, for every budget in config.nfe, each sampler in config.samplers
-takes the most steps that fit (Heun's N levels cost 2N - 1 evaluations, PC's N steps N, and so on,
-see `experiments.diffusion_sweep`), from the same seed, and is scored by fid_digits from
-config.eval.num_samples samples against the train digits. Writes WORKDIR/sampler_sweep.{md,csv,json}
-and sampler_sweep.png, and names the best sampler at each budget.
+Each family is its experiment's smoke configuration (the 4-bit 8x8 digits, batch 32) with the same
+UNet (config.network: 2 levels of 32 and 64 channels, dropout 0.1) and config.num_steps training
+steps, trained in WORKDIR/FAMILY (or loaded from there; a longer num_steps resumes it). DDPM uses
+T = 1000 linear steps so that its chains reach 1,000 evaluations. Then, for every budget in config.nfe,
+each sampler in config.samplers takes the most steps that fit (Heun's N levels cost 2N - 1
+evaluations, PC's N steps N; see `experiments.diffusion_sweep`), from the same seed, and is scored by
+fid_digits from config.eval.num_samples samples against the train digits. Writes
+WORKDIR/sampler_sweep.{md,csv,json} and sampler_sweep.png, and names the best sampler at each budget.
 """
 import bisect
 import os
