@@ -18,7 +18,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 import ml_collections
 
 from gm import autoregressive, dalle, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
-from gm.diffusion import continuous
+from gm.diffusion import continuous, vdm
 from gm import config as config_lib
 from gm.config import RunConfig
 from gm.method import Method
@@ -75,6 +75,7 @@ FAMILIES = {f.name: f for f in (
     Family("ddpm", "DDPM", diffusion.Settings, _one_stage(diffusion.make), "ddpm_cifar"),
     Family("score_sde", "score SDE", continuous.SDESettings, _one_stage(continuous.make_score_sde), "score_sde_cifar"),
     Family("edm", "EDM", continuous.EDMSettings, _one_stage(continuous.make_edm), "edm_cifar"),
+    Family("vdm", "VDM", vdm.Settings, _one_stage(vdm.make), "vdm_cifar"),
     Family("flow_matching", "flow matching", flow_matching.Settings, _one_stage(flow_matching.make),
            "flow_matching_cifar"),
     Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio"),

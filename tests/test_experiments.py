@@ -380,7 +380,7 @@ def test_compare_trains_every_family_and_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["family"]: r for r in json.load(open(tmp_path / "compare.json"))}
     assert list(rows) == ["nade", "pixelcnn", "vae", "vqvae", "gan", "realnvp", "glow", "ddpm", "score_sde", "edm",
-                          "flow_matching", "dalle"]
+                          "vdm", "flow_matching", "dalle"]
     for family, row in rows.items():
         assert row["train_steps"] == 4 and row["parameters"] > 0 and row["sample_ms_per_image"] > 0
         assert np.isfinite(row["fid_digits"]) and 1 <= row["is_digits"] <= 10
@@ -389,7 +389,7 @@ def test_compare_trains_every_family_and_writes_the_table(tmp_path):
         assert ("test_bpd" in row) == (family not in ("gan", "vqvae", "dalle", "edm")), family
     assert rows["pixelcnn"]["bpd_kind"] == "exact" and rows["ddpm"]["bpd_kind"] == "bound"
     table = open(tmp_path / "compare.md").read()
-    assert table.count("\n| ") == 13 and "fid_digits" in table and "64 samples" in table
+    assert table.count("\n| ") == 14 and "fid_digits" in table and "64 samples" in table
     assert open(tmp_path / "compare.csv").readline().startswith("family,")
 
 
@@ -471,6 +471,20 @@ def test_edm_experiment_trains_resumes_and_scores_its_samples(tmp_path):
             "--config.eval.num_samples=32", "--config.eval.sample_batch_size=32", "--config.edm.sampler=dpm_solver++")
     result = json.load(open(tmp_path / "eval_step_6_fid.json"))
     assert result["fid_digits"] > 0 and result["num_samples"] == 32
+
+
+def test_vdm_experiment_trains_resumes_evaluates_and_samples_in_sigma_space(tmp_path):
+    small = ["--config.model.ch=16", "--config.model.num_res_blocks=1", "--config.vdm.gamma_type=nnet",
+             "--config.vdm.num_features=8", "--config.vdm.sample_steps=5"]
+    proc, result = _train_resume_and_evaluate("vdm_cifar", tmp_path, *small)
+    assert result["kind"] == "bound" and 0 < result["bpd"] < 40 and "bound" in proc.stdout
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    schedules = [(r["gamma_0"], r["gamma_1"]) for r in logged if "gamma_0" in r]
+    assert len(schedules) == 3 and all(g0 < g1 for g0, g1 in schedules)
+    _ar_run("vdm_cifar", tmp_path, *_smoke_steps(6), *small, "--mode=sample", "--config.sample.num=8",
+            "--config.sample.batch_size=8", "--config.vdm.sampler=dpm_solver++", "--config.vdm.solver.steps=3")
+    out = np.load(tmp_path / "samples" / "samples_step_6_n8.npz")
+    assert out["levels"].shape == (8, 8, 8, 1) and out["levels"].max() <= 15
 
 
 def test_sampler_sweep_trains_three_families_and_names_the_best_sampler_per_budget(tmp_path):

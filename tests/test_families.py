@@ -27,6 +27,7 @@ TINY = {
     "flow_matching": {"model.ch": 16, "model.ch_mult": (1,), "flow_matching.num_steps": 4},
     "score_sde": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "sde.num_steps": 4,
                   "sde.ode_steps": 2},
+    "vdm": {"model.ch": 16, "model.num_res_blocks": 1, "vdm.num_features": 8, "vdm.sample_steps": 3},
     "edm": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "edm.solver.steps": 3},
     "realnvp": {"model.num_scales": 1},
     "glow": {"model.num_levels": 1, "model.depth": 1},

@@ -20,6 +20,7 @@ Continuous time (Song et al. 2021; Karras et al. 2022; Lu et al. 2022), as submo
     dpm_solver      DPM-Solver++ (1st to 3rd order multistep); DDPM networks in sigma space
     sigma_sampling  one config section and dispatch for the sigma-space samplers
     continuous      the score_sde and edm families
+    vdm             variational diffusion models: the learned schedule, the continuous-time ELBO, the family
 """
 from gm.diffusion.losses import (LOSSES, TIMESTEP_SAMPLING, LossHistory, importance_probs, init_loss_history,
                                  per_example_losses, sample_timesteps, simple_loss, timestep_loss_sums,

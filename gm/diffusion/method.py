@@ -155,7 +155,8 @@ def sigma_grid(diff: Diffusion, s: DiffusionConfig):
 def sample(diff: Diffusion, s: DiffusionConfig, params, key, num: int, labels=None, guidance_weight=None):
     """`num` samples as uint8 levels [num, H, W, C] at the data's bit depth.
 
-    s: how to sample (its sampler fields; `dataclasses.replace(s, sampler='ddim')` for another). labels int [num] for a class-conditional model (default: uniformly random classes).
+    s: how to sample (its sampler fields; `dataclasses.replace(s, sampler='ddim')` for another). labels int
+    [num] for a class-conditional model (default: uniformly random classes).
     guidance_weight overrides s.guidance_weight and may be a traced scalar.
     """
     label_key, sample_key = jax.random.split(key)
