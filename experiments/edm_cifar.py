@@ -17,12 +17,12 @@ default run aimed at them:
 
 EDM trains with batch 512, Adam at 1e-3 (betas 0.9, 0.999, eps 1e-8) ramped up linearly over 10M images,
 no weight decay or clipping, dropout 0.13, an EMA with a half-life of 500k images, for 200M images
-(390k steps). gm states them as: learning_rate 1e-3 with 19,531 warm-up steps, EMA decay 0.99929 per
-step (0.5^(512/500,000); EDM also ramps the half-life up early, gm does not), 390,625 steps. Where gm
-differs: the network is the DDPM paper's UNet (35.7M parameters, dropout 0.13) for EDM's DDPM++ (56M:
-4 blocks per resolution, widths 128-256-256-256); EDM's non-leaking augmentation (p = 0.12, its 9-way
-augmentation label) is not implemented; its loss sums over pixels where gm averages (a constant factor
-under Adam).
+(390k steps), on its DDPM++ network (`gm.nn.song_unet`: 128 channels, multipliers (2, 2, 2), 4 blocks
+per resolution, attention at 16x16; 55.73M parameters, as in its Table 7). gm states them as:
+learning_rate 1e-3 with 19,531 warm-up steps, EMA decay 0.99929 per step (0.5^(512/500,000); EDM also
+ramps the half-life up early, gm does not), 390,625 steps. Where gm differs: EDM's non-leaking
+augmentation (p = 0.12, with its 9-way augmentation label) is not implemented, so the default run is
+EDM's without augmentation; its loss sums over pixels where gm averages (a constant factor under Adam).
 """
 from gm import families
 from gm.config import offline_smoke, variant
@@ -33,7 +33,8 @@ def get_config(arg=None):
     """EDM on CIFAR-10; arg='smoke' is a tiny offline variant on the 8x8 digits."""
     config = families.default_config("edm")
     config.data.update(name="cifar10", random_flip=True)
-    config.model.update(dropout=0.13)
+    config.model.update(architecture="ddpmpp", ch=128, ch_mult=(2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+                        dropout=0.13)
     config.optim.update(learning_rate=1e-3, warmup_steps=19_531, ema_decay=0.99929)
     config.train.update(batch_size=512, num_steps=390_625)
     config.sample.update(num=50_000, batch_size=1000)
@@ -43,7 +44,8 @@ def get_config(arg=None):
 
 def smoke(config):
     offline_smoke(config)
-    config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.0)
+    config.model.update(architecture="ddpm", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                        dropout=0.0)
     config.optim.update(learning_rate=1e-3, warmup_steps=20)
     config.train.update(sample_every=150)
 

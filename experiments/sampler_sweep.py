@@ -40,7 +40,8 @@ def get_config(arg=None):
         ddpm=("ancestral", "ddim", "dpm_solver++", "heun"), score_sde=("pc", "dpm_solver++", "heun"),
         edm=("heun", "euler", "dpm_solver++")))
     config.eval.update(metrics=("fid",), batch_size=120, features="digits", num_samples=1000, sample_batch_size=500)
-    config.network = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1)
+    config.network = dict(architecture="ddpm", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                          dropout=0.1)
     config.overrides = dict(ddpm=dict(diffusion=dict(num_timesteps=1000)))
     return variant(config, arg, "sampler_sweep", smoke=smoke)
 

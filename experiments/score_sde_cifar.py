@@ -12,18 +12,21 @@ What the paper reports on CIFAR-10 (its Tables 2 and 3) and what gm's defaults a
 
 | SDE | network (paper) | FID | bits/dim | gm's config |
 |---|---|---|---|---|
-| VP | DDPM++ cont. (62M) | 2.55 | 3.01 (deep: 2.99 sub-VP) | default |
+| VP | DDPM++ cont. (61.8M) | 2.55 | 3.01 (deep: 2.99 sub-VP) | default |
 | sub-VP | DDPM++ cont. | 2.61 | 2.99 (deep) | `:subvp` |
-| VE | NCSN++ cont. (63M; deep 108M: FID 2.20) | 2.38 | - | `:ve` |
+| VE | NCSN++ cont. (62.8M; deep: FID 2.20) | 2.38 | - | `:ve` |
 
 score_sde's training: batch 128, Adam at 2e-4 with 5,000 warm-up steps, gradient clipping at 1, EMA
 0.9999 (VP, sub-VP) or 0.999 (VE), 1.3M steps, t ~ U[1e-5, 1], the loss averaged over dimensions; VP
 samples with 1,000 Euler-Maruyama steps down to t = 1e-3, VE with reverse diffusion + one Langevin
 corrector step (snr 0.16) down to 1e-5; likelihoods integrate the ODE with RK45 at rtol = atol = 1e-5
-and Hutchinson's estimator on uniformly dequantized data. Where gm differs: the network is the DDPM
-paper's UNet (35.7M parameters; the DDPM++ / NCSN++ networks are not in gm yet), fed 999 t for every
-SDE (NCSN++ sees log sigma), and it predicts the noise (NCSN++'s output divided by sigma is the same
-parameterization up to sign). FID here uses 50,000 samples against the train split, as the paper.
+and Hutchinson's estimator on uniformly dequantized data. The networks are score_sde's DDPM++ (VP,
+sub-VP) and NCSN++ (VE) at 128 channels, multipliers (1, 2, 2, 2), 4 blocks per resolution, attention
+at 16x16, dropout 0.1 (`gm.nn.song_unet`, EDM's re-implementation; the "deep" rows have 8 blocks:
+`--config.model.num_res_blocks=8`), fed 999 t (VP, sub-VP) or log sigma (VE). Where gm differs: the
+networks predict the noise (NCSN++'s output divided by sigma is the same parameterization up to
+sign), and the likelihood's solver is dopri5 (RK45's sibling) at the same tolerances. FID here uses
+50,000 samples against the train split, as the paper.
 """
 from gm import families
 from gm.config import offline_smoke, variant
@@ -37,12 +40,15 @@ def get_config(arg=None):
     config.optim.update(learning_rate=2e-4, warmup_steps=5000, grad_clip=1.0, ema_decay=0.9999)
     config.train.update(num_steps=1_300_000)  # batch 128: the base default
     config.sample.update(num=50_000, batch_size=1000)
+    config.model.update(architecture="ddpmpp", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+                        dropout=0.1)
     config.eval.update(metrics=("bpd", "fid"))
     return variant(config, arg, "score_sde_cifar", ve=ve, subvp=subvp, smoke=smoke)
 
 
 def ve(config):
     config.sde.update(name="ve", predictor="reverse_diffusion", corrector="langevin", snr=0.16)
+    config.model.update(architecture="ncsnpp")
     config.optim.update(ema_decay=0.999)
 
 
@@ -52,7 +58,7 @@ def subvp(config):
 
 def smoke(config):
     offline_smoke(config)
-    config.model.update(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
+    config.model.update(architecture="ddpm", ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,))
     config.sde.update(num_steps=100, ode_solver="rk4", ode_steps=20)
     config.optim.update(learning_rate=1e-3, warmup_steps=20)
     config.eval.update(metrics=("bpd",))

@@ -3,7 +3,8 @@
 Both train a UNet (`gm.nn.unet`) on images scaled to [-1, 1] and sample with any sampler their math allows:
 
 * `score_sde` (config.model, config.sde): an SDE of `gm.diffusion.sde` (VP, sub-VP, VE); the network
-  predicts the noise at time t (fed as 999 t, score_sde's continuous labels); denoising score matching
+  predicts the noise at time t (fed as 999 t for VP and sub-VP, log sigma(t) for VE: score_sde's
+  continuous labels); denoising score matching
   with the eps or likelihood weighting; predictor-corrector or probability-flow ODE sampling, or any
   sigma-space sampler (EDM's Heun, DPM-Solver++) through EDM's VP / VE preconditioning; `log_prob` is the
   ODE likelihood on uniformly dequantized data (a bound on log P(x) at the data's bit depth, the same
@@ -125,10 +126,17 @@ class SDESettings:
     sde: SDEConfig = SDEConfig()
 
 
-def sde_eps_fn(network: ImageNetwork, params, labels, train=False, dropout_key=None):
+def noise_label(sde, t):
+    """What the network sees of t [B]: 999 t (VP, sub-VP) or log sigma(t) (VE), as in score_sde."""
+    if sde.name == "ve":
+        return jnp.log(sde.marginal(t)[1])
+    return SDE_TIME_SCALE * t
+
+
+def sde_eps_fn(sde, network: ImageNetwork, params, labels, train=False, dropout_key=None):
     """The noise prediction (x_t, t [B] in [0, 1]) -> eps of a score-SDE UNet."""
     net = network.bind(params, labels, train, dropout_key)
-    return lambda x, t: net(x, SDE_TIME_SCALE * jnp.broadcast_to(t, (x.shape[0],)))
+    return lambda x, t: net(x, noise_label(sde, jnp.broadcast_to(t, (x.shape[0],))))
 
 
 def sample_sde(sde, s: SDEConfig, eps_fn, key, shape):
@@ -160,20 +168,20 @@ def make_score_sde(settings: SDESettings, info) -> Method:
 
     def loss(params, key, batch):
         loss_key, dropout_key = jax.random.split(key)
-        eps_fn = sde_eps_fn(network, params, _labels(None, batch, info, network), True, dropout_key)
+        eps_fn = sde_eps_fn(sde, network, params, _labels(None, batch, info, network), True, dropout_key)
         value = jnp.mean(sde_lib.dsm_loss(sde, eps_fn, loss_key, dist.levels_to_symmetric(batch["image"],
                                                                                           info.num_bits), s.weighting))
         return value, {"loss": value}
 
     def sample(params, key, num):
         label_key, sample_key = jax.random.split(key)
-        eps_fn = sde_eps_fn(network, params, _labels(label_key, num, info, network))
+        eps_fn = sde_eps_fn(sde, network, params, _labels(label_key, num, info, network))
         return dist.symmetric_to_levels(sample_sde(sde, s, eps_fn, sample_key, (num,) + tuple(info.shape)),
                                         info.num_bits)
 
     def log_prob(params, key, batch):
         data_key, probe_key = jax.random.split(key)
-        eps_fn = sde_eps_fn(network, params, _labels(None, batch, info, network))
+        eps_fn = sde_eps_fn(sde, network, params, _labels(None, batch, info, network))
         density = lambda y: sde_lib.log_likelihood(sde, eps_fn, y, probe_key, divergence=s.divergence,  # noqa: E731
                                                    probe=s.probe, **s.ode_options())[0]
         return dequantized_log_prob(density, data_key, batch, info)

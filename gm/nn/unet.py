@@ -156,10 +156,16 @@ class UNet(nn.Module):
                 raise ValueError(f"y must have shape [{x.shape[0]}], got {jnp.shape(y)}")
 
 
+ARCHITECTURES = ("ddpm", "ddpmpp", "ncsnpp")
+
+
 @dataclasses.dataclass(frozen=True)
 class UNetConfig:
     """config.model for the UNet (see `UNet`): the DDPM paper's CIFAR-10 network by default (35.7M
-    parameters). class_conditional adds a class embedding; dtype is the compute dtype."""
+    parameters). class_conditional adds a class embedding; dtype is the compute dtype. architecture:
+    'ddpm' (this module's UNet), or score_sde's 'ddpmpp' / 'ncsnpp' (`gm.nn.song_unet`, with ch,
+    ch_mult, num_res_blocks, attn_resolutions and dropout; one attention head, no scale-shift norm)."""
+    architecture: Literal[ARCHITECTURES] = "ddpm"
     ch: int = setting(128, positive)
     ch_mult: Tuple[int, ...] = setting((1, 2, 2, 2), positive_entries)
     num_res_blocks: int = setting(2, nonnegative)
@@ -173,6 +179,11 @@ class UNetConfig:
     def check(self, name):
         checks.require(self.ch >= 4, f"{name}.ch", self.ch, "at least 4 (the timestep embedding's width)")
         checks.require(len(self.ch_mult) > 0, f"{name}.ch_mult", self.ch_mult, "a non-empty tuple")
+        if self.architecture != "ddpm":
+            checks.require(self.num_heads == 1, f"{name}.num_heads", self.num_heads,
+                           f"1 with {name}.architecture={self.architecture!r} (its attention has one head)")
+            checks.require(not self.scale_shift_norm, f"{name}.scale_shift_norm", self.scale_shift_norm,
+                           f"False with {name}.architecture={self.architecture!r}")
 
 
 def check_unet_config(c: UNetConfig, image_shape) -> None:
@@ -196,6 +207,14 @@ def unet_from_config(c: UNetConfig, num_embeddings: Optional[int] = None, out_ch
     `image_shape` the fields are checked against it first (`check_unet_config`)."""
     if image_shape is not None:
         check_unet_config(c, image_shape)
+    if c.architecture != "ddpm":
+        from gm.nn.song_unet import SongUNet
+        ncsnpp = c.architecture == "ncsnpp"
+        return SongUNet(ch=c.ch, ch_mult=tuple(c.ch_mult), num_blocks=c.num_res_blocks,
+                        attn_resolutions=tuple(c.attn_resolutions), dropout=c.dropout,
+                        embedding="fourier" if ncsnpp else "positional", encoder="residual" if ncsnpp else "standard",
+                        taps=(1, 3, 3, 1) if ncsnpp else (1, 1), noise_mult=2 if ncsnpp else 1,
+                        num_classes=num_embeddings, out_ch=out_ch, dtype=jnp.dtype(c.dtype))
     return UNet(ch=c.ch, ch_mult=tuple(c.ch_mult), num_res_blocks=c.num_res_blocks,
                 attn_resolutions=tuple(c.attn_resolutions), dropout=c.dropout, num_heads=c.num_heads,
                 scale_shift_norm=c.scale_shift_norm, num_classes=num_embeddings, out_ch=out_ch,
