@@ -7,7 +7,7 @@
     python -m benchmarks.family --family=nade --config=smoke       # the smoke size, 8x8 digits
 
 FAMILY is a name of the registry `gm.families` (nade, pixelcnn, vae, vqvae, gan, realnvp, glow, ddpm,
-flow_matching, wavenet, gpt, dalle); the model is its experiment's config (`--config=smoke` for its smoke
+score_sde, edm, vdm, flow_matching, wavenet, gpt, dalle); the model is its experiment's config (`--config=smoke` for its smoke
 variant), changed by `--set FIELD=VALUE` (any config field, repeatable), checked as a run checks it. Data are random
 examples of the config's dataset shape (MNIST 28x28x1, CIFAR-10 32x32x3, the 8x8 digits, SC09 clips,
 windows of text tokens), so nothing is downloaded; "images/s" counts examples (clips, windows). Measured:

@@ -80,6 +80,18 @@ def test_the_vp_denoiser_is_edms_vp_preconditioning():
         np.testing.assert_allclose(sde_lib.denoiser_from_eps(sde, net)(x, sigma), expected, rtol=2e-4, atol=1e-5)
 
 
+def test_the_ve_denoiser_is_edms_ve_preconditioning():
+    """EDM's VEPrecond: c_skip 1, c_out sigma, c_in 1 (gm's network predicts -F, the noise), at the time whose
+    sigma is sigma."""
+    sde = sde_lib.ve_sde()
+    net = lambda x, t: jnp.cos(2 * x) * sde_lib.expand(t, x)  # noqa: E731
+    x = jax.random.normal(jax.random.key(11), (3, 4))
+    for sigma in (0.02, 1.0, 40.0):
+        t = math.log(sigma / 0.01) / math.log(50 / 0.01)
+        expected = x - sigma * net(x, jnp.full((3,), t))
+        np.testing.assert_allclose(sde_lib.denoiser_from_eps(sde, net)(x, sigma), expected, rtol=2e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", sde_lib.SDES)
 def test_pc_and_ode_samplers_with_the_exact_score_reproduce_the_data(name):
     sde = sde_lib.sde_from_name(name)
