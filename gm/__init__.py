@@ -2,8 +2,8 @@
 
 Modules, from the bottom up: method (the contract), config (base sections, typed parsing), checks,
 optim, distributions, ode, optimal_transport, audio, tokenize, captions, data, parallel (the only device
-code) and nn (networks); the families (autoregressive, vae, vqvae, gan, flows, diffusion, flow_matching,
-wavenet, gpt, dalle);
+code) and nn (networks); the families (autoregressive, vae, vqvae, gan, flows, diffusion with its
+continuous-time score SDEs, EDM and VDM, flow_matching, wavenet, gpt, dalle);
 families (the registry); train
 (state and step, loop, evaluators, the command line); checkpoint (the only Orbax code); metrics.
 """

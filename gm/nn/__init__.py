@@ -9,6 +9,7 @@ from gm.nn.layers import (
     num_groups,
     timestep_embedding,
 )
+from gm.nn.song_unet import SongUNet
 from gm.nn.unet import UNet
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "Downsample",
     "GroupNorm",
     "ResnetBlock",
+    "SongUNet",
     "UNet",
     "Upsample",
     "default_init",

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from gm import checks
 from gm.config import interval, nonnegative, positive, positive_entries, setting
 
+from gm.nn.song_unet import SongUNet
 from gm.nn.layers import (
     AttnBlock,
     Downsample,
@@ -208,7 +209,6 @@ def unet_from_config(c: UNetConfig, num_embeddings: Optional[int] = None, out_ch
     if image_shape is not None:
         check_unet_config(c, image_shape)
     if c.architecture != "ddpm":
-        from gm.nn.song_unet import SongUNet
         ncsnpp = c.architecture == "ncsnpp"
         return SongUNet(ch=c.ch, ch_mult=tuple(c.ch_mult), num_blocks=c.num_res_blocks,
                         attn_resolutions=tuple(c.attn_resolutions), dropout=c.dropout,
