@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from gm import checks
 from gm.config import interval, nonnegative, positive, positive_entries, setting
 
-from gm.nn.song_unet import SongUNet
 from gm.nn.layers import (
     AttnBlock,
     Downsample,
@@ -26,6 +25,7 @@ from gm.nn.layers import (
     default_init,
     timestep_embedding,
 )
+from gm.nn.song_unet import SongUNet
 
 
 class UNet(nn.Module):
