@@ -125,3 +125,22 @@ def test_vdm_trains_its_endpoints_by_the_elbo_and_samples_levels():
     assert float(jnp.abs(grads["gamma"]["shape"]["k3"]).sum()) > 0
     samples = jax.jit(method.sample, static_argnums=2)(params, jax.random.key(2), 4)
     assert samples.shape == (4, 8, 8, 1) and samples.dtype == jnp.uint8 and int(samples.max()) <= 15
+
+
+@pytest.mark.parametrize("num_bits", [4, 8])
+def test_fourier_features_read_the_offset_from_the_nearest_level(num_bits):
+    """The highest frequency's period is the level spacing: its features (sine and cosine, columns 1 and 3
+    for one channel) are the same at every level's centre plus an offset, and their phase is that offset
+    within half a bin (what predicting eps at low noise needs); the lower one, of period two
+    levels, tells neighbouring levels apart."""
+    centres = vdm.encode(jnp.arange(2 ** num_bits), num_bits)
+    spacing = 2.0 / 2 ** num_bits
+    offsets = jnp.linspace(-0.4, 0.4, 9) * spacing
+    features = vdm.fourier_features((centres[:, None] + offsets[None, :])[..., None], num_bits)  # [levels, offsets, 4]
+    highest = features[..., jnp.array([1, 3])]
+    np.testing.assert_allclose(highest, jnp.broadcast_to(highest[:1], highest.shape), atol=2e-3)
+    np.testing.assert_allclose(features[1, :, 0], -features[0, :, 0], atol=2e-3)
+    # The phase of (sine, cosine) relative to the centre's is 2 pi offset / spacing: the offset, read back.
+    phase = jnp.angle(jnp.exp(1j * (jnp.arctan2(highest[0, :, 0], highest[0, :, 1])
+                                    - jnp.arctan2(highest[0, 4, 0], highest[0, 4, 1]))))
+    np.testing.assert_allclose(phase, 2 * jnp.pi * offsets / spacing, atol=1e-3)

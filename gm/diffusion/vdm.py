@@ -21,7 +21,8 @@ depends on the schedule only through its endpoints, so b and w take the ELBO's g
 s, which leaves the ELBO unchanged, is trained to minimise the loss estimator's variance (the paper's
 section 5.2): its parameters receive the gradient of the loss's batch variance instead (`variance_minimizing`).
 
-The network is gm's UNet fed [z_t, Fourier features of z_t] (VDM's 2^6 and 2^7 frequencies) and the noise
+The network is gm's UNet fed [z_t, Fourier features of z_t] (VDM's 2^6 and 2^7 frequencies for 8-bit
+data, `fourier_exponents` for other bit depths) and the noise
 label 1000 (gamma_t - gamma_min) / (gamma_max - gamma_min); like VDM's ScoreUNet it predicts eps - z_t
 (its "base measure" adds z_t back).
 """
@@ -43,7 +44,6 @@ from gm.nn.unet import UNetConfig, unet_from_config
 
 GAMMA_TYPES = ("fixed", "scalar", "nnet")
 SAMPLERS = ("ancestral",) + sigma_sampling.SAMPLERS
-FOURIER_EXPONENTS = (6, 7)  # VDM's Base2FourierFeatures(start=6, stop=8)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -90,9 +90,15 @@ def antithetic_times(key, num):
     return jnp.mod(jax.random.uniform(key) + jnp.arange(num, dtype=jnp.float32) / num, 1.0)
 
 
-def fourier_features(z):
-    """sin and cos of 2^k 2 pi z for k in FOURIER_EXPONENTS: [..., C] -> [..., 4 C]."""
-    w = jnp.asarray([2.0 ** k * 2.0 * math.pi for k in FOURIER_EXPONENTS], jnp.float32)
+def fourier_exponents(num_bits):
+    """(n - 2, n - 1): the highest frequency's period, 2^-(n-1), is the spacing of the 2^n levels in [-1, 1]
+    (VDM's 2^6 and 2^7 for 8-bit data); lower ones would be blind to which level z is near."""
+    return (num_bits - 2, num_bits - 1)
+
+
+def fourier_features(z, num_bits=8):
+    """sin and cos of 2^k 2 pi z for k in fourier_exponents(num_bits): [..., C] -> [..., 4 C]."""
+    w = jnp.asarray([2.0 ** k * 2.0 * math.pi for k in fourier_exponents(num_bits)], jnp.float32)
     h = (z[..., None] * w).reshape(z.shape[:-1] + (-1,))
     return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
 
@@ -183,7 +189,7 @@ class VDMConfig:
     gamma_type: 'fixed' | 'scalar' | 'nnet' (num_features hidden units) between gamma_min and gamma_max
       (-log SNR at t = 0 and 1, the learned endpoints' initial values); num_timesteps: 0 for continuous
       time, else the discrete-time loss over T steps; antithetic: antithetic sampling of t;
-      fourier_features: the network also sees VDM's Fourier features of z_t.
+      fourier_features: the network also sees VDM's Fourier features of z_t (at the data's bit depth).
     sampler: 'ancestral' (VDM's sampler over sample_steps steps, then the decoder's most likely level)
       | 'heun' | 'euler' | 'dpm_solver++' (sigma space over config.vdm.solver, clamped to
       exp(gamma_min / 2) ... exp(gamma_max / 2)).
@@ -225,7 +231,7 @@ class Model:
         self.net = unet_from_config(settings.model, self.num_classes, info.shape[-1], info.shape)
 
     def inputs(self, z):
-        return jnp.concatenate([z, fourier_features(z)], axis=-1) if self.c.fourier_features else z
+        return jnp.concatenate([z, fourier_features(z, self.info.num_bits)], axis=-1) if self.c.fourier_features else z
 
     def eps_fn(self, params, labels=None, train=False, dropout_key=None):
         """(z_t [B, H, W, C], gamma_t [B]) -> eps_hat."""
