@@ -157,6 +157,7 @@ def plot(path, rows, metric):
         mine = [r for r in rows if r["sampler"] == label]
         ax.plot([r["nfe"] for r in mine], [r[metric] for r in mine], marker="o", label=label)
     ax.set_xscale("log")
+    ax.set_yscale("log")  # a few-step sampler can be 100x off; the rest differ by tenths
     ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("network evaluations per sample")
