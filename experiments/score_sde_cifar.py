@@ -8,13 +8,16 @@ differential equations"): the VP SDE by default, VE and sub-VP as variants.
     python -m experiments.score_sde_cifar --workdir=runs/score_sde_vp --mode=eval --config.eval.metrics="('fid',)" \\
         --config.sde.sampler=heun
 
-What the paper reports on CIFAR-10 (its Tables 2 and 3) and what gm's defaults aim at:
+What the paper reports on CIFAR-10 (its Tables 2 and 3; score_sde's checkpoint table) and what gm's
+defaults aim at:
 
-| SDE | network (paper) | FID | bits/dim | gm's config |
-|---|---|---|---|---|
-| VP | DDPM++ cont. (61.8M) | 2.55 | 3.01 (deep: 2.99 sub-VP) | default |
-| sub-VP | DDPM++ cont. | 2.61 | 2.99 (deep) | `:subvp` |
-| VE | NCSN++ cont. (62.8M; deep: FID 2.20) | 2.38 | - | `:ve` |
+| SDE | network (parameters) | FID (PC sampler) | FID (ODE) | bits/dim | gm's config |
+|---|---|---|---|---|---|
+| VP | DDPM++ cont. (61.8M) | 2.55 | 3.93 | 3.16 | default |
+| sub-VP | DDPM++ cont. | 2.61 | 3.16 | 3.02 | `:subvp` |
+| VE | NCSN++ cont. (62.8M) | 2.38 | - | - | `:ve` |
+| sub-VP, deep | DDPM++ cont., 8 blocks | 2.41 | 2.92 | 2.99 | `:subvp --config.model.num_res_blocks=8` |
+| VE, deep | NCSN++ cont., 8 blocks | 2.20 | - | - | `:ve --config.model.num_res_blocks=8` |
 
 score_sde's training: batch 128, Adam at 2e-4 with 5,000 warm-up steps, gradient clipping at 1, EMA
 0.9999 (VP, sub-VP) or 0.999 (VE), 1.3M steps, t ~ U[1e-5, 1], the loss averaged over dimensions; VP
@@ -22,11 +25,10 @@ samples with 1,000 Euler-Maruyama steps down to t = 1e-3, VE with reverse diffus
 corrector step (snr 0.16) down to 1e-5; likelihoods integrate the ODE with RK45 at rtol = atol = 1e-5
 and Hutchinson's estimator on uniformly dequantized data. The networks are score_sde's DDPM++ (VP,
 sub-VP) and NCSN++ (VE) at 128 channels, multipliers (1, 2, 2, 2), 4 blocks per resolution, attention
-at 16x16, dropout 0.1 (`gm.nn.song_unet`, EDM's re-implementation; the "deep" rows have 8 blocks:
-`--config.model.num_res_blocks=8`), fed 999 t (VP, sub-VP) or log sigma (VE). Where gm differs: the
-networks predict the noise (NCSN++'s output divided by sigma is the same parameterization up to
-sign), and the likelihood's solver is dopri5 (RK45's sibling) at the same tolerances. FID here uses
-50,000 samples against the train split, as the paper.
+at 16x16, dropout 0.1 (`gm.nn.song_unet`, EDM's re-implementation), fed 999 t (VP, sub-VP) or log
+sigma (VE). Where gm differs: the networks predict the noise (NCSN++'s output divided by sigma is the
+same parameterization up to sign), and the likelihood's solver is dopri5 (RK45's sibling) at the same
+tolerances. FID here uses 50,000 samples against the train split, as the paper.
 """
 from gm import families
 from gm.config import offline_smoke, variant
