@@ -34,7 +34,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from gm import families, parallel
+from gm import parallel
 from gm.diffusion import sigma_sampling
 from gm.metrics import sample_quality
 from gm.train import run

@@ -16,7 +16,6 @@ A class-conditional UNet (config.model.class_conditional) trains on the batch's 
 uniformly random classes.
 """
 import dataclasses
-import functools
 from typing import Any, Literal, NamedTuple, Optional
 
 import jax

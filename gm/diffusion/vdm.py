@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gm import distributions as dist
-from gm.config import interval, nonnegative, positive, setting
+from gm.config import nonnegative, positive, setting
 from gm.diffusion import sigma_sampling
 from gm.diffusion.sde import expand
 from gm.diffusion.sigma_sampling import SolverConfig
