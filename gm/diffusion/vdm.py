@@ -154,7 +154,7 @@ def variance_minimizing(loss_fn, shape_fn):
     the loss's gradient and eta that of the batch variance of the loss, 2 (L_i - mean L) dL_i/deta per
     example: Kingma et al.'s schedule training, in one backward pass. They descend E[L^2]; since E[L]
     does not depend on the schedule's shape, both have the same expected gradient, and the centred one
-    is smaller and cancels less in float32. aux: the data the two share (no gradient).
+    is exactly the gradient of the batch's variance. aux: the data the two share (no gradient).
     """
     @jax.custom_vjp
     def loss(theta, eta, aux):
