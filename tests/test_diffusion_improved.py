@@ -317,7 +317,7 @@ def _tiny_config(**diffusion_fields):
     (dict(guidance_weight=1.0), "config.diffusion.label_dropout > 0"),
     (dict(label_dropout=0.1), "config.model.class_conditional=True"),
     (dict(timestep_sampling="loss"), "config.diffusion.timestep_sampling"),
-    (dict(sampler="euler"), "config.diffusion.sampler"),
+    (dict(sampler="pndm"), "config.diffusion.sampler"),
     (dict(sample_steps=51), "num_timesteps=50"),
 ])
 def test_bad_diffusion_fields_are_one_sentence(fields, message):

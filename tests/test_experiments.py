@@ -451,7 +451,7 @@ def test_flow_experiment_trains_resumes_and_evaluates(tmp_path, name):
 CONTINUOUS_SMALL = ["--config.model.ch=16", "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=(8,)"]
 
 
-def test_score_sde_experiment_trains_resumes_evaluates_and_samples_with_every_sampler(tmp_path):
+def test_score_sde_experiment_trains_resumes_evaluates_and_samples_with_the_ode_and_heun(tmp_path):
     small = CONTINUOUS_SMALL + ["--config.sde.num_steps=5", "--config.sde.ode_steps=3"]
     proc, result = _train_resume_and_evaluate("score_sde_cifar", tmp_path, *small)
     assert os.path.exists(tmp_path / "samples" / "step_00000004.png")
