@@ -35,7 +35,7 @@ import ml_collections
 from absl import logging
 
 from gm import parallel
-from gm.diffusion import sigma_sampling
+from gm.diffusion import sde as sde_lib, sigma_sampling
 from gm.metrics import sample_quality
 from gm.train import run
 from gm.train.logging import save_table
@@ -78,8 +78,7 @@ def _evaluations(sampler, steps, config):
         return ODE_EVALS_PER_STEP[config.sweep.ode_solver] * steps + 1  # + the final denoising
     if sampler == "pc":
         s = config.sde
-        return steps * (1 + (s.corrector != "none") * s.corrector_steps) if s.predictor != "none" else \
-            steps * s.corrector_steps
+        return sde_lib.pc_nfe(steps, s.predictor, s.corrector, s.corrector_steps)
     if sampler in sigma_sampling.SAMPLERS:
         return sigma_sampling.nfe(sampler, steps)
     return steps  # ancestral, ddim

@@ -286,6 +286,11 @@ def langevin_step(sde, score_fn, key, x, t, dt, snr):
 PREDICTOR_STEPS = {"euler_maruyama": euler_maruyama_step, "reverse_diffusion": reverse_diffusion_step}
 
 
+def pc_nfe(num_steps: int, predictor: str, corrector: str, corrector_steps: int = 1) -> int:
+    """Network evaluations of `pc_sample`: each step's predictor (unless 'none') and corrector steps."""
+    return num_steps * ((predictor != "none") + (corrector != "none") * corrector_steps)
+
+
 def pc_sample(sde: SDE, eps_fn, key, shape, num_steps: int = 1000, predictor: str = "euler_maruyama",
               corrector: str = "none", snr: float = 0.16, corrector_steps: int = 1, denoise: bool = True):
     """Predictor-corrector sampling (score_sde's `get_pc_sampler`) -> (float32 samples of `shape`, nfe).
@@ -319,8 +324,7 @@ def pc_sample(sde: SDE, eps_fn, key, shape, num_steps: int = 1000, predictor: st
 
     ts = jnp.linspace(1.0, sde.t_min, num_steps, dtype=jnp.float32)
     (x, mean), _ = jax.lax.scan(step, (x, x), (jnp.arange(num_steps), ts))
-    nfe = num_steps * ((predictor != "none") + (corrector != "none") * corrector_steps)
-    return (mean if denoise else x), nfe
+    return (mean if denoise else x), pc_nfe(num_steps, predictor, corrector, corrector_steps)
 
 
 def tweedie_denoise(sde: SDE, eps_fn, x, t):
