@@ -79,6 +79,13 @@ def uniform_dequantize(key, x, num_bits):
     return (x.astype(jnp.float32) + u) / num_levels(num_bits)
 
 
+def symmetric_dequantize(key, x, num_bits):
+    """Integer levels -> 2 y - 1 in [-1, 1), y = `uniform_dequantize(key, x, num_bits)`: the dequantized data
+    of a density in [-1, 1) (flow matching, the score SDEs); its bound on log P(x) is
+    `discrete_log_prob_from_continuous(..., scale=2.0)`."""
+    return 2.0 * uniform_dequantize(key, x, num_bits) - 1.0
+
+
 def dequantized_to_levels(y, num_bits):
     """The inverse of `uniform_dequantize` on its bins: y in [0, 1) -> uint8 level floor(y 2^n), clipped
     to {0..2^n-1}. (`symmetric_to_levels` rounds to level centres instead, whose cells are not these bins.)"""

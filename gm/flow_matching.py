@@ -326,7 +326,7 @@ def to_model_space(key, batch, info):
     """A batch -> float32 [B, ...]: images uniformly dequantized with `key` into [-1, 1), or the 2-D
     points as they are."""
     if info.num_bits is not None:
-        return 2.0 * dist.uniform_dequantize(key, batch["image"], info.num_bits) - 1.0
+        return dist.symmetric_dequantize(key, batch["image"], info.num_bits)
     return batch["x"].astype(jnp.float32)
 
 

@@ -152,7 +152,7 @@ def sample_sde(sde, s: SDEConfig, eps_fn, key, shape):
 def dequantized_log_prob(log_likelihood_fn, key, batch, info):
     """The dequantization bound on log P(x) in nats [B] of a density in [-1, 1): x uniformly dequantized
     with `key` (as flow matching's), then log_likelihood_fn(y [B, ...]) -> log-density [B]."""
-    y = 2.0 * dist.uniform_dequantize(key, batch["image"], info.num_bits) - 1.0
+    y = dist.symmetric_dequantize(key, batch["image"], info.num_bits)
     return dist.discrete_log_prob_from_continuous(log_likelihood_fn(y), info.num_dims, info.num_bits, scale=2.0)
 
 
