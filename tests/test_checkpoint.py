@@ -29,18 +29,28 @@ def tree_equal(a, b):
     jax.tree.map(lambda x, y: np.testing.assert_array_equal(np.asarray(x), np.asarray(y)), a, b)
 
 
+def _data_files(step_dir):
+    return glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
+
+
 def _largest_data_file(step_dir):
-    files = glob.glob(os.path.join(step_dir, "state", "**", "d", "*"), recursive=True)
-    return max(files, key=os.path.getsize)
+    return max(_data_files(step_dir), key=os.path.getsize)
+
+
+def _largest_data_files(step_dir):
+    """Every data file of the largest size. OCDBT can leave the same data in two files (the process's
+    own and the merged root's) of which only one is read, so damaging one of them may touch nothing."""
+    size = os.path.getsize(_largest_data_file(step_dir))
+    return [f for f in _data_files(step_dir) if os.path.getsize(f) == size]
 
 
 def corrupt(step_dir, how):
     """Damage a committed step folder the way disks, copies and crashes do."""
     if how == "flip_byte":  # silent: Orbax restores it without complaint; the checksum does not
-        path = _largest_data_file(step_dir)
-        data = bytearray(open(path, "rb").read())
-        data[len(data) // 2] ^= 0x40
-        open(path, "wb").write(bytes(data))
+        for path in _largest_data_files(step_dir):
+            data = bytearray(open(path, "rb").read())
+            data[len(data) // 2] ^= 0x40
+            open(path, "wb").write(bytes(data))
     elif how == "truncate":
         path = _largest_data_file(step_dir)
         data = open(path, "rb").read()
