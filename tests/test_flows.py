@@ -10,7 +10,7 @@ from gm import config as config_lib
 from gm import data as gm_data
 from gm import flows, optim
 from gm.config import OptimConfig
-from gm.flows import bijectors, layers, models
+from gm.flows import bijectors, layers, models, steps
 from gm.train import state as state_lib
 
 
@@ -57,6 +57,8 @@ BIJECTORS = {
     "factor_out": (lambda: bijectors.FactorOut(layers.AffineCoupling("checkerboard", 0, 8, 0)), IMAGE),
     "realnvp": (lambda: models.realnvp(num_scales=2, hidden=4, num_blocks=0), SMALL_IMAGE),
     "glow": (lambda: models.glow(num_levels=2, depth=1, hidden=4), SMALL_IMAGE),
+    "glow_steps_scanned": (lambda: steps.GlowSteps(depth=3, hidden=4, num_blocks=1, first_seed=2), IMAGE),
+    "glow_steps_scanned_remat": (lambda: steps.GlowSteps(depth=2, hidden=4, remat=True), IMAGE),
 }
 
 
@@ -247,9 +249,34 @@ def test_glows_shift_maps_the_unit_interval_to_a_centred_one():
     np.testing.assert_allclose(z, [-0.5, 0.499], atol=1e-6)
 
 
-def test_paper_glow_has_the_papers_44m_parameters():
+@pytest.mark.parametrize("scan", [True, False])
+def test_paper_glow_has_the_papers_44m_parameters(scan):
     """Glow's CIFAR-10 model (L = 3, K = 32, 512 channels) through eval_shape: the channel coupling's
-    network sees only the half that passes through, so the count is the paper's 44.0M."""
-    glow = models.glow(num_levels=3, depth=32, hidden=512)
+    network sees only the half that passes through, so the count is the paper's 44.0M, scanned or not."""
+    glow = models.glow(num_levels=3, depth=32, hidden=512, scan=scan)
     shapes = jax.eval_shape(lambda x: glow.init(jax.random.key(0), x, inverse=True), jnp.zeros((2, 32, 32, 3)))
     assert sum(x.size for x in jax.tree.leaves(shapes)) == 44_047_872
+
+
+UNROLLED = {  # (unrolled flow, scanned flow, converter of the unrolled parameters)
+    "glow": (models.glow(2, 3, 4, 1, scan=False), models.glow(2, 3, 4, 1),
+             lambda p: steps.glow_params_from_unrolled(p, num_levels=2, depth=3, num_blocks=1)),
+    "realnvp": (models.realnvp(2, 4, 2, scan=False), models.realnvp(2, 4, 2),
+                lambda p: layers.conditioners_from_unrolled(p, num_blocks=2)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(UNROLLED))
+def test_unrolled_parameters_convert_to_the_scanned_flow_with_the_same_numbers(name):
+    unrolled, scanned, convert = UNROLLED[name]
+    x = jax.random.uniform(jax.random.key(1), (3, 8, 8, 2), minval=0.05, maxval=0.95)
+    params = _perturbed_params(unrolled, x, scale=0.05)
+    converted = convert(params)
+    fresh = scanned.init(jax.random.key(0), x, inverse=True)["params"]
+    assert jax.tree.structure(converted) == jax.tree.structure(fresh)
+    assert [a.shape for a in jax.tree.leaves(converted)] == [a.shape for a in jax.tree.leaves(fresh)]
+    np.testing.assert_allclose(models.log_prob(scanned, converted, x), models.log_prob(unrolled, params, x),
+                               rtol=1e-5)
+    z = jax.random.normal(jax.random.key(2), (3,) + tuple(models.latent_shape(scanned, converted, x.shape[1:])))
+    np.testing.assert_allclose(scanned.apply({"params": converted}, z)[0], unrolled.apply({"params": params}, z)[0],
+                               rtol=1e-5, atol=1e-5)

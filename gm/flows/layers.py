@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gm.flows.bijectors import Bijector, sum_per_example
+from gm.nn.scan import Conv, repeat, stack_blocks
 
 MASKS = ("checkerboard", "channel")
 SCALES = ("tanh", "sigmoid")
@@ -80,16 +81,23 @@ def lu_weight(fixed, lu):
     return p @ lower @ upper
 
 
+def stacked_initial_lu(seeds, c):
+    """`initial_lu` for each of `seeds`, stacked on a leading axis: the per-step inputs of scanned steps."""
+    fixed, initial = zip(*(initial_lu(seed, c) for seed in seeds))
+    return (tuple(np.stack(parts) for parts in zip(*fixed)),
+            {name: np.stack([lu[name] for lu in initial]) for name in initial[0]})
+
+
 class Invertible1x1Conv(Bijector):
     """x = W z at every position (a 1x1 convolution), log|det| = H W sum(log|s|): O(C) not O(C^3).
-    `seed` fixes the layer's initial rotation and with it the permutation P and the signs."""
+    `seed` fixes the layer's initial rotation and with it the permutation P and the signs; inside a
+    scan the caller passes them instead (`lu_init`: one step's slice of `stacked_initial_lu`)."""
     seed: int = 0
 
     @nn.compact
-    def __call__(self, x, inverse=False):
-        c = x.shape[-1]
-        fixed, initial = initial_lu(self.seed, c)
-        lu = {name: self.param(name, lambda _, v=value: v) for name, value in initial.items()}
+    def __call__(self, x, inverse=False, lu_init=None):
+        fixed, initial = lu_init if lu_init is not None else initial_lu(self.seed, x.shape[-1])
+        lu = {name: self.param(name, lambda _, v=value: jnp.asarray(v)) for name, value in initial.items()}
         w = lu_weight(fixed, lu)
         log_det = jnp.full((x.shape[0],), _num_positions(x) * jnp.sum(lu["log_s"]))
         if inverse:
@@ -119,20 +127,61 @@ def coupling_mask(shape, kind, parity):
     return mask.astype(jnp.float32)
 
 
+def _residual(h, hidden):
+    """h + conv1x1(relu(conv3x3(LayerNorm(h)))), its layers created in the calling module."""
+    r = nn.relu(Conv(hidden, (3, 3))(nn.LayerNorm()(h)))
+    return h + Conv(hidden, (1, 1))(r)
+
+
+class ResidualBlock(nn.Module):
+    """`_residual` as a scan body: (h, None) -> (h, None)."""
+    hidden: int
+
+    @nn.compact
+    def __call__(self, h, _=None):
+        return _residual(h, self.hidden), None
+
+
 class ConvConditioner(nn.Module):
     """[B, H, W, C_in] -> [B, H, W, out_features]: 3x3 conv, residual blocks, 1x1 conv, ReLUs, and a
-    zero-initialised 3x3 output conv so the coupling starts as the identity (Glow's choice)."""
+    zero-initialised 3x3 output conv so the coupling starts as the identity (Glow's choice).
+
+    scan: the residual blocks are one `gm.nn.scan.repeat` (parameters under 'blocks', stacked);
+    otherwise unrolled, the layout of checkpoints written before scanning."""
     hidden: int
     num_blocks: int
+    scan: bool = True
 
     @nn.compact
     def __call__(self, h, out_features):
-        h = nn.relu(nn.Conv(self.hidden, (3, 3))(h))
-        for _ in range(self.num_blocks):
-            r = nn.relu(nn.Conv(self.hidden, (3, 3))(nn.LayerNorm()(h)))
-            h = h + nn.Conv(self.hidden, (1, 1))(r)
-        h = nn.relu(nn.Conv(self.hidden, (1, 1))(h))
-        return nn.Conv(out_features, (3, 3), kernel_init=nn.initializers.zeros)(h)
+        h = nn.relu(Conv(self.hidden, (3, 3))(h))
+        if self.scan and self.num_blocks:
+            h, _ = repeat(ResidualBlock, self.num_blocks)(self.hidden, name="blocks")(h, None)
+        else:
+            for _ in range(self.num_blocks):
+                h = _residual(h, self.hidden)
+        h = nn.relu(Conv(self.hidden, (1, 1))(h))
+        return Conv(out_features, (3, 3), kernel_init=nn.initializers.zeros)(h)
+
+
+def conditioner_params_from_unrolled(tree, num_blocks: int):
+    """A `ConvConditioner(scan=False)`'s parameters -> the scanned layout: the blocks' LayerNorm_b,
+    Conv_{2b+1}, Conv_{2b+2} stacked under 'blocks', the convs before and after renumbered."""
+    if not num_blocks:
+        return tree
+    blocks = [{"LayerNorm_0": tree[f"LayerNorm_{b}"], "Conv_0": tree[f"Conv_{2 * b + 1}"],
+               "Conv_1": tree[f"Conv_{2 * b + 2}"]} for b in range(num_blocks)]
+    return {"Conv_0": tree["Conv_0"], "blocks": stack_blocks(blocks),
+            "Conv_1": tree[f"Conv_{2 * num_blocks + 1}"], "Conv_2": tree[f"Conv_{2 * num_blocks + 2}"]}
+
+
+def conditioners_from_unrolled(params, num_blocks: int):
+    """Every ConvConditioner in `params` (any flow's tree) moved to the scanned layout: RealNVP's
+    checkpoints written before the residual blocks were scanned."""
+    if not isinstance(params, dict):
+        return params
+    return {name: conditioner_params_from_unrolled(value, num_blocks) if name.startswith("ConvConditioner_")
+            else conditioners_from_unrolled(value, num_blocks) for name, value in params.items()}
 
 
 class MLPConditioner(nn.Module):
@@ -159,19 +208,22 @@ class AffineCoupling(Bijector):
     x_a only and predicts for x_b only, as in Glow. mask='checkerboard' alternates positions, which no
     split can express: the network sees (m x, m) with all channels and its output is masked by 1 - m,
     as in RealNVP. `scale='tanh'` is RealNVP's log_s = a tanh(.) with a learned per-channel a; 'sigmoid'
-    is Glow's log_s = log sigmoid(. + 2). The conditioner is convolutional for images, an MLP for vectors.
+    is Glow's log_s = log sigmoid(. + 2). The conditioner is convolutional for images (its residual
+    blocks scanned unless scan=False), an MLP for vectors.
     """
     mask: str = "checkerboard"
     parity: int = 0
     hidden: int = 64
     num_blocks: int = 2
     scale: str = "tanh"
+    scan: bool = True
 
     @nn.compact
     def __call__(self, x, inverse=False):
         if self.scale not in SCALES:
             raise ValueError(f"The coupling scale must be one of {SCALES}, got {self.scale!r}.")
-        net = (ConvConditioner if x.ndim == 4 else MLPConditioner)(self.hidden, self.num_blocks)
+        net = (ConvConditioner(self.hidden, self.num_blocks, self.scan) if x.ndim == 4
+               else MLPConditioner(self.hidden, self.num_blocks))
         if self.mask == "channel":
             coupling_mask(x.shape[1:], self.mask, self.parity)  # checks the channel count
             half = x.shape[-1] // 2

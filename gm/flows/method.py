@@ -36,6 +36,10 @@ class FlowConfig:
       and 8; Glow's: 512 and 0, conv-ReLU-conv-ReLU-conv).
     num_scales, alpha: RealNVP's scales and its logit margin; num_levels, depth: Glow's L and K;
     num_layers: the 2-D flows' layers.
+    scan: trace each repeated block once (`gm.nn.scan`): Glow's steps of a level, a coupling network's
+      residual blocks. False is the unrolled layout of checkpoints written before (same numbers, compiles
+      in time growing with depth; `gm.flows.steps.glow_params_from_unrolled` converts Glow's).
+    remat: recompute each Glow step's activations in the backward pass (memory of one step, not K).
     """
     name: Literal[FLOWS] = "realnvp"
     hidden: int = setting(64, positive)
@@ -45,6 +49,8 @@ class FlowConfig:
     num_levels: int = setting(3, positive)
     depth: int = setting(32, positive)
     num_layers: int = setting(8, positive)
+    scan: bool = True
+    remat: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,10 +77,10 @@ def flow_from_config(model: FlowConfig, info):
         raise ValueError(f"config.model.name={name!r} does not fit {info.name!r} ({kind}); use one of {fits}.")
     if name == "realnvp":
         _check_divisible(info.shape, model.num_scales - 1, "config.model.num_scales")
-        return models.realnvp(model.num_scales, model.hidden, model.num_blocks, model.alpha)
+        return models.realnvp(model.num_scales, model.hidden, model.num_blocks, model.alpha, model.scan)
     if name == "glow":
         _check_divisible(info.shape, model.num_levels, "config.model.num_levels")
-        return models.glow(model.num_levels, model.depth, model.hidden, model.num_blocks)
+        return models.glow(model.num_levels, model.depth, model.hidden, model.num_blocks, model.scan, model.remat)
     if name == "coupling":
         return models.coupling_flow_2d(model.num_layers, model.hidden, model.num_blocks)
     return models.planar_flow(model.num_layers)

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from gm import distributions as dist
 from gm.flows.bijectors import Chain, FactorOut, Logit, Shift, Squeeze, Unsqueeze
 from gm.flows.layers import ActNorm, AffineCoupling, Invertible1x1Conv, Planar
+from gm.flows.steps import GlowSteps
 
 
 def log_prob(flow, params, x):
@@ -41,24 +42,25 @@ def sample_and_log_prob(flow, params, key, num, z_shape, temperature=1.0):
 
 # --- Architectures ------------------------------------------------------------------------------------
 
-def _coupling_pair(mask, hidden, num_blocks, scale, count):
-    return [AffineCoupling(mask, i % 2, hidden, num_blocks, scale) for i in range(count)]
+def _coupling_pair(mask, hidden, num_blocks, scale, count, scan=True):
+    return [AffineCoupling(mask, i % 2, hidden, num_blocks, scale, scan) for i in range(count)]
 
 
-def realnvp(num_scales=2, hidden=64, num_blocks=4, alpha=0.05):
+def realnvp(num_scales=2, hidden=64, num_blocks=4, alpha=0.05, scan=True):
     """RealNVP's multi-scale image flow (Dinh et al. 2017, section 3.6), from the data side:
     logit; per scale 3 checkerboard couplings, squeeze, 3 channel couplings, then half the channels
     factored out; at the last scale 4 checkerboard couplings. ActNorm follows each coupling in place of
-    the paper's batch normalisation (same role, no running statistics in a pure function)."""
+    the paper's batch normalisation (same role, no running statistics in a pure function). scan: each
+    coupling network's residual blocks are traced once (False: unrolled, the earlier layout)."""
     def with_norm(couplings):
         return [layer for c in couplings for layer in (c, ActNorm())]
 
     def scale(level):
         if level == num_scales - 1:
-            return Chain(with_norm(_coupling_pair("checkerboard", hidden, num_blocks, "tanh", 4)))
-        layers = with_norm(_coupling_pair("checkerboard", hidden, num_blocks, "tanh", 3))
+            return Chain(with_norm(_coupling_pair("checkerboard", hidden, num_blocks, "tanh", 4, scan)))
+        layers = with_norm(_coupling_pair("checkerboard", hidden, num_blocks, "tanh", 3, scan))
         layers.append(Squeeze())
-        layers += with_norm(_coupling_pair("channel", hidden, num_blocks, "tanh", 3))
+        layers += with_norm(_coupling_pair("channel", hidden, num_blocks, "tanh", 3, scan))
         layers.append(FactorOut(scale(level + 1)))
         if level > 0:
             layers.append(Unsqueeze())  # a factored-out scale hands back the shape it was given
@@ -67,16 +69,23 @@ def realnvp(num_scales=2, hidden=64, num_blocks=4, alpha=0.05):
     return Chain([Logit(alpha), scale(0)])
 
 
-def glow(num_levels=3, depth=32, hidden=512, num_blocks=0):
+def glow(num_levels=3, depth=32, hidden=512, num_blocks=0, scan=True, remat=False):
     """Glow (Kingma & Dhariwal 2018), from the data side: shift to [-0.5, 0.5); per level squeeze, then
     `depth` steps of (ActNorm, invertible 1x1 conv, affine coupling on half the channels), then half
-    the channels factored out (to the standard normal base; the paper's learned split prior is not used)."""
+    the channels factored out (to the standard normal base; the paper's learned split prior is not used).
+
+    scan: each level's steps are one `GlowSteps` (traced once, parameters stacked; remat recomputes a
+    step's activations in the backward pass); scan=False unrolls them as layers of the level's chain,
+    the layout of checkpoints written before (`steps.glow_params_from_unrolled` converts)."""
+    def steps(i):
+        if scan:
+            return [GlowSteps(depth, hidden, num_blocks, first_seed=i * depth, remat=remat)]
+        return [layer for j in range(depth)
+                for layer in (ActNorm(), Invertible1x1Conv(seed=i * depth + j),
+                              AffineCoupling("channel", 0, hidden, num_blocks, "sigmoid", scan=False))]
+
     def level(i):
-        steps = []
-        for j in range(depth):
-            steps += [ActNorm(), Invertible1x1Conv(seed=i * depth + j),
-                      AffineCoupling("channel", 0, hidden, num_blocks, "sigmoid")]
-        layers = [Squeeze()] + steps
+        layers = [Squeeze()] + steps(i)
         if i < num_levels - 1:
             layers.append(FactorOut(level(i + 1)))
         if i > 0:
