@@ -56,11 +56,14 @@ class PixelCNNConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PixelCNNPPConfig:
-    """PixelCNN++ (Salimans et al. 2017), the reference code's CIFAR-10 defaults."""
+    """PixelCNN++ (Salimans et al. 2017), the reference code's CIFAR-10 defaults. scan: trace each
+    resolution's gated blocks once (False: unrolled, the layout of checkpoints written before;
+    `gm.nn.pixelcnn_pp.pixelcnn_pp_params_from_unrolled` converts)."""
     nr_resnet: int = setting(5, positive)
     nr_filters: int = setting(160, positive)
     nr_logistic_mix: int = setting(10, positive)
     dropout: float = setting(0.5, interval(0.0, 1.0))
+    scan: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

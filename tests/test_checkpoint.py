@@ -263,3 +263,19 @@ def test_eval_mode_reads_the_newest_intact_step_and_leaves_the_folder_alone(tmp_
     state, step = run_lib.restore_latest(_config(4), str(tmp_path), _linear_method(), digits)
     assert step == 2 and int(state.step) == 2
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_a_checkpoint_of_unrolled_blocks_names_the_scan_field_and_resumes_with_it(tmp_path, digits):
+    from gm.flows import method as flows_method
+
+    def glow(scan):
+        model = flows_method.FlowConfig(name="glow", num_levels=1, depth=2, hidden=4, num_blocks=0, scan=scan)
+        return flows_method.make(flows_method.Settings(model=model), digits.info)
+
+    loop.train_and_evaluate(_config(2), str(tmp_path), glow(scan=False), digits)
+    with pytest.raises(ValueError, match=r"written before repeated blocks were scanned needs the network's "
+                                         r"scan=False") as error:
+        loop.train_and_evaluate(_config(4), str(tmp_path), glow(scan=True), digits)
+    assert "\n" not in str(error.value)
+    loop.train_and_evaluate(_config(4), str(tmp_path), glow(scan=False), digits)
+    assert Checkpointer(tmp_path / "checkpoints", read_only=True).all_steps() == [2, 4]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gm import distributions as dist
-from gm.nn.pixelcnn_pp import PixelCNNPP, concat_elu
+from gm.nn.pixelcnn_pp import PixelCNNPP, concat_elu, pixelcnn_pp_params_from_unrolled
 
 # The checks below are structural (which gradients are exactly zero, which outputs change), so the
 # programs are compiled with LLVM's optimisations off: several times faster to build on a 2-core CPU.
@@ -119,7 +119,7 @@ def test_class_conditioning():
     x = _uniform(8, (2, 8, 8, 1))
     y = jnp.array([0, 1])
     params = _random_params(model, x, y)
-    assert params["params"]["GatedResnet_0"]["class_embed"]["embedding"].shape == (3, 16)
+    assert params["params"]["down_0"]["u"]["class_embed"]["embedding"].shape == (1, 3, 16)  # one block per stage
     apply = _compile(lambda p, x, y: model.apply(p, x, y, train=False), params, x, y)
     out, other = apply(params, x, y), apply(params, x, jnp.array([2, 1]))
     assert not np.allclose(out[0], other[0])  # the changed label moves its example's output ...
@@ -134,3 +134,15 @@ def test_class_conditioning():
 def test_rejects_sizes_not_divisible_by_four(shape):
     with pytest.raises(ValueError, match="divisible by 4"):
         jax.eval_shape(lambda k: _tiny().init(k, jnp.zeros(shape), train=False), jax.random.key(0))
+
+
+def test_scanned_blocks_give_the_unrolled_numbers_after_conversion():
+    x = _uniform(3, (2, 8, 8, 3))
+    unrolled, scanned = _tiny(nr_resnet=2, dropout=0.0, scan=False), _tiny(nr_resnet=2, dropout=0.0)
+    params = _random_params(unrolled, x)["params"]
+    template = jax.eval_shape(lambda: scanned.init(jax.random.key(0), x, train=False))["params"]
+    converted = pixelcnn_pp_params_from_unrolled(params, nr_resnet=2)
+    assert jax.tree.map(lambda a: a.shape, converted) == jax.tree.map(lambda a: a.shape, template)
+    assert converted["up_1"]["ul"]["conv1"]["kernel"].shape[0] == 3  # one more block at the upsampled levels
+    np.testing.assert_allclose(scanned.apply({"params": converted}, x, train=False),
+                               unrolled.apply({"params": params}, x, train=False), rtol=1e-4, atol=1e-5)

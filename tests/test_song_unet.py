@@ -16,9 +16,11 @@ def _num_params(config, shape=(32, 32, 3), num_classes=None):
     return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(params))
 
 
-def test_parameter_counts_are_the_papers():
-    # EDM's DDPM++ for CIFAR-10 (its Table 7: 55.73M) and score_sde's DDPM++ cont. (61.8M).
-    edm = UNetConfig(architecture="ddpmpp", ch=128, ch_mult=(2, 2, 2), num_res_blocks=4, attn_resolutions=(16,))
+@pytest.mark.parametrize("scan", [True, False])
+def test_parameter_counts_are_the_papers(scan):
+    # EDM's DDPM++ for CIFAR-10 (its Table 7: 55.73M) and score_sde's DDPM++ cont. (61.8M), either layout.
+    edm = UNetConfig(architecture="ddpmpp", ch=128, ch_mult=(2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
+                     scan=scan)
     assert _num_params(edm) == 55_732_739
     score_sde = UNetConfig(architecture="ddpmpp", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=4,
                            attn_resolutions=(16,))
@@ -55,3 +57,22 @@ def test_a_small_network_runs_class_conditional_and_starts_near_zero(architectur
     assert float(jnp.max(jnp.abs(out))) < 1e-3  # the last convolution starts at 1e-5 of Xavier's scale
     with pytest.raises(ValueError, match="config.model.num_heads"):
         UNetConfig(architecture=architecture, num_heads=4).check("config.model")
+
+
+@pytest.mark.parametrize("architecture", ["ddpmpp", "ncsnpp"])
+def test_scanned_blocks_give_the_unrolled_numbers_after_conversion(architecture):
+    fields = dict(architecture=architecture, ch=8, ch_mult=(1, 2), num_res_blocks=3, attn_resolutions=(4,))
+    unrolled = unet_from_config(UNetConfig(**fields, scan=False), None, None, (8, 8, 1))
+    scanned = unet_from_config(UNetConfig(**fields), None, None, (8, 8, 1))
+    x, t = jax.random.normal(jax.random.key(1), (2, 8, 8, 1)), jnp.array([3.0, 700.0])
+    params = unrolled.init(jax.random.key(2), x, t, train=False)["params"]
+    leaves, tree = jax.tree.flatten(params)  # away from the near-zero init, so every block matters
+    params = jax.tree.unflatten(tree, [p + 0.1 * jax.random.normal(jax.random.key(i), p.shape)
+                                       for i, p in enumerate(leaves)])
+    template = jax.eval_shape(lambda: scanned.init(jax.random.key(2), x, t, train=False))["params"]
+    assert {k for k in template if "_blocks" in k} == {"enc_8_blocks0_to_2", "enc_4_blocks1_to_2",
+                                                       "dec_4_blocks0_to_2", "dec_8_blocks1_to_3"}
+    converted = song_unet.song_unet_params_from_unrolled(params, template)
+    assert jax.tree.map(lambda a: a.shape, converted) == jax.tree.map(lambda a: a.shape, template)
+    np.testing.assert_allclose(scanned.apply({"params": converted}, x, t, train=False),
+                               unrolled.apply({"params": params}, x, t, train=False), rtol=1e-4, atol=1e-5)

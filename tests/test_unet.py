@@ -13,6 +13,7 @@ import pytest
 
 from gm.nn import UNet, timestep_embedding
 from gm.nn.layers import num_groups
+from gm.nn.unet import unet_params_from_unrolled
 
 # Ho et al. 2020, CIFAR-10 model (diffusion_tf: ch=128, ch_mult=(1,2,2,2), 2 blocks, attn at 16).
 PAPER_CIFAR10_PARAMS = 35_746_307
@@ -79,10 +80,11 @@ def tiny_random():
     return _random_variables(MODEL, x, t), x, t
 
 
-def test_paper_config_parameter_count():
+@pytest.mark.parametrize("scan", [True, False])
+def test_paper_config_parameter_count(scan):
     x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     t = jax.ShapeDtypeStruct((1,), jnp.int32)
-    shapes = _abstract_init(UNet(), x, t)
+    shapes = _abstract_init(UNet(scan=scan), x, t)
     n = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(shapes["params"]))
     print(f"UNet paper config: {n:,} parameters (reference {PAPER_CIFAR10_PARAMS:,})")
     assert abs(n - PAPER_CIFAR10_PARAMS) <= 100_000
@@ -129,7 +131,7 @@ def test_init_output_shape_dtype_and_near_zero():
 
 def test_attention_placed_at_feature_map_resolution():
     x, t = _inputs()
-    attn = sorted(k for k in _abstract_init(MODEL, x, t)["params"] if "attn" in k)
+    attn = sorted(k for k in _abstract_init(UNet(**TINY, scan=False), x, t)["params"] if "attn" in k)
     # 8x8 input, ch_mult=(1, 2): level 0 is 8x8, level 1 is 4x4.
     assert attn == ["down_1_attn_0", "mid_attn_1", "up_1_attn_0", "up_1_attn_1"]
 
@@ -199,7 +201,7 @@ def test_improved_ddpm_options_scale_shift_and_heads_change_only_what_they_shoul
     heads = _abstract_init(UNet(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4), x, t)["params"]
     assert jax.tree.map(lambda a: a.shape, base) == jax.tree.map(lambda a: a.shape, heads)
     film = _abstract_init(UNet(num_res_blocks=3, attn_resolutions=(16, 8), num_heads=4, scale_shift_norm=True,
-                               out_ch=6), x, t)["params"]
+                               out_ch=6, scan=False), x, t)["params"]
     blocks = [name for name in film if "temb_proj" in film[name]]
     assert len(blocks) == 4 * 3 + 4 * 4 + 2  # down, up (one more per level) and the two middle blocks
     for name in blocks:  # the embedding now gives a scale and a shift per channel
@@ -240,3 +242,29 @@ def _group_norm(params, x):
     var = g.var(axis=(1, 2, 4), keepdims=True)
     normed = ((g - mean) / np.sqrt(var + 1e-6)).reshape(x.shape)
     return normed * params["scale"] + params["bias"]
+
+
+SCANNED = {  # UNet fields -> the scanned stages it must have
+    "two_levels_with_attention": (dict(ch=8, ch_mult=(1, 2), num_res_blocks=3, attn_resolutions=(4,)),
+                                  {"down_0_blocks_0_to_2", "down_1_blocks_1_to_2", "up_0_blocks_1_to_3",
+                                   "up_1_blocks_0_to_2"}),
+    "vdm_like_one_level": (dict(ch=8, ch_mult=(1,), num_res_blocks=5, attn_resolutions=()),
+                           {"down_0_blocks_0_to_4", "up_0_blocks_0_to_5"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCANNED))
+def test_scanned_blocks_give_the_unrolled_numbers_after_conversion(name):
+    fields, stages = SCANNED[name]
+    x, t = _inputs()
+    unrolled, scanned = UNet(**fields, scan=False), UNet(**fields)
+    params = _random_variables(unrolled, x, t)["params"]
+    template = _abstract_init(scanned, x, t)["params"]
+    assert {k for k in template if "_blocks_" in k} == stages
+    converted = unet_params_from_unrolled(params, template)
+    assert jax.tree.map(lambda a: a.shape, converted) == jax.tree.map(lambda a: a.shape, template)
+    np.testing.assert_allclose(scanned.apply({"params": converted}, x, t, train=False),
+                               unrolled.apply({"params": params}, x, t, train=False), rtol=2e-5, atol=2e-5)
+    # Dropout draws differ per block, so training mode differs in values, not in what it depends on.
+    out = scanned.apply({"params": converted}, x, t, train=True, rngs={"dropout": _key(3)})
+    assert out.shape == x.shape and bool(jnp.all(jnp.isfinite(out)))

@@ -61,8 +61,10 @@ def glow_params_from_unrolled(params, num_levels: int, depth: int, num_blocks: i
     A level's chain holds Squeeze, the steps' layers, then the factored-out inner level (no parameters
     in Squeeze, Shift or Unsqueeze)."""
     def level(chain, i):
-        steps = [conditioners_from_unrolled({name: chain[f"layers_{1 + 3 * j + k}"] for k, name in enumerate(STEP_LAYERS)},
-                                            num_blocks) for j in range(depth)]
+        def step(j):
+            return {name: chain[f"layers_{1 + 3 * j + k}"] for k, name in enumerate(STEP_LAYERS)}
+
+        steps = [conditioners_from_unrolled(step(j), num_blocks) for j in range(depth)]
         out = {"layers_1": {"steps": stack_blocks(steps)}}
         if i < num_levels - 1:
             out["layers_2"] = {"inner": level(chain[f"layers_{1 + 3 * depth}"]["inner"], i + 1)}

@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from gm.nn.scan import Conv
+
 Dtype = Any
 
 
@@ -86,8 +88,9 @@ def GroupNorm(channels: int, *, dtype: Dtype = jnp.float32, name: str | None = N
 
 def _conv3x3(features: int, *, dtype: Dtype, init_scale: float = 1.0, strides: int = 1,
              name: str | None = None) -> nn.Conv:
-    # "SAME" pads a stride-2 conv on even inputs by (0, 1), exactly as TF does.
-    return nn.Conv(features, (3, 3), strides=(strides, strides), padding="SAME",
+    # "SAME" pads a stride-2 conv on even inputs by (0, 1), exactly as TF does. `Conv`: the residual
+    # blocks may run inside a scan (gm.nn.scan).
+    return Conv(features, (3, 3), strides=(strides, strides), padding="SAME",
                    kernel_init=default_init(init_scale), dtype=dtype, name=name)
 
 

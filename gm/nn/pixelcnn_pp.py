@@ -34,6 +34,7 @@ import jax.numpy as jnp
 from gm.distributions import dlm_num_params
 from gm.nn.causal import down_padding, down_right_padding, down_shift, right_shift
 from gm.nn.convnets import UpConv2x
+from gm.nn.scan import Conv, repeat, stack_blocks
 
 SHIFTS = ("down", "down_right")
 # The reference's kernels: 2x3 (one row above, centred) for `u`, 2x2 (above and left) for `ul`.
@@ -60,8 +61,9 @@ def _shifted_conv(features: int, shift: str, kernel_size: tuple[int, int] | None
     padding = down_padding(kernel_size) if shift == "down" else down_right_padding(kernel_size)
     # Variance scale init_scale^2: the reference's init_scale multiplies the output's standard deviation.
     init = nn.initializers.variance_scaling(init_scale ** 2, "fan_in", "truncated_normal")
-    return nn.Conv(features, kernel_size, strides=(strides, strides), padding=padding,
-                   kernel_init=init, dtype=dtype, name=name)
+    # `Conv`: the gated blocks run inside a scan (gm.nn.scan); a strided conv is plain `nn.Conv`'s.
+    return Conv(features, kernel_size, strides=(strides, strides), padding=padding,
+                kernel_init=init, dtype=dtype, name=name)
 
 
 class ShiftedConvTranspose(nn.Module):
@@ -118,6 +120,28 @@ class GatedResnet(nn.Module):
         return x + a * nn.sigmoid(b)
 
 
+class _ResnetPair(nn.Module):
+    """A gated block of each stream ('u', then 'ul' reading u), as a scan body: carry (u, ul); xs None in
+    the first pass, or the first pass's (u, ul) maps of this position in the second; y broadcast.
+    Returns the new (u, ul) as both carry and output (the first pass keeps every map)."""
+    dropout: float
+    num_classes: Optional[int]
+    train: bool
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry, skips, y):
+        u, ul = carry
+
+        def block(shift, name):
+            return GatedResnet(shift, self.dropout, self.num_classes, self.dtype, name=name)
+
+        u = block("down", "u")(u, None if skips is None else skips[0], y, train=self.train)
+        ul_aux = u if skips is None else jnp.concatenate([u, skips[1]], axis=-1)
+        ul = block("down_right", "ul")(ul, ul_aux, y, train=self.train)
+        return (u, ul), (u, ul)
+
+
 class PixelCNNPP(nn.Module):
     """PixelCNN++: images [B, H, W, C] in [-1, 1] -> discretized logistic mixture parameters.
 
@@ -129,6 +153,9 @@ class PixelCNNPP(nn.Module):
       dropout: dropout rate inside every block, active when ``train=True`` (rng name "dropout").
       num_classes: if set, the network is class-conditional and needs labels ``y``.
       dtype: compute precision; parameters are float32 and the output is cast to float32.
+      scan: each resolution's gated blocks of a pass are traced once (`gm.nn.scan`), under
+        'down_L' (first pass) and 'up_L' (second); False unrolls them (GatedResnet_0, ...), the
+        layout of checkpoints written before (`pixelcnn_pp_params_from_unrolled` converts).
 
     Call ``model.apply(params, x, y, train=...)``; x is float [B, H, W, C] with H and W divisible by 4
     (two halvings), y int [B] in {0..num_classes-1} or None. Returns float32
@@ -141,6 +168,7 @@ class PixelCNNPP(nn.Module):
     dropout: float = 0.5
     num_classes: Optional[int] = None
     dtype: jnp.dtype = jnp.float32
+    scan: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array | None = None, *, train: bool) -> jax.Array:
@@ -162,11 +190,20 @@ class PixelCNNPP(nn.Module):
         u_list = [down_shift(conv("down", (2, 3))(x))]
         ul_list = [down_shift(conv("down", (1, 3))(x)) + right_shift(conv("down_right", (2, 1))(x))]
 
+        def pairs(length, name):
+            return repeat(_ResnetPair, length, in_axes=(0, nn.broadcast))(
+                self.dropout, self.num_classes, train, self.dtype, name=name)
+
         # First pass: full, 1/2 and 1/4 resolution, keeping every map for the second pass.
         for level in range(NUM_RESOLUTIONS):
             if level > 0:
                 u_list.append(conv("down", strides=2)(u_list[-1]))
                 ul_list.append(conv("down_right", strides=2)(ul_list[-1]))
+            if self.scan:
+                _, (us, uls) = pairs(self.nr_resnet, f"down_{level}")((u_list[-1], ul_list[-1]), None, y)
+                u_list.extend(us[k] for k in range(self.nr_resnet))
+                ul_list.extend(uls[k] for k in range(self.nr_resnet))
+                continue
             for _ in range(self.nr_resnet):
                 u_list.append(block("down")(u_list[-1], None, y, train=train))
                 ul_list.append(block("down_right")(ul_list[-1], u_list[-1], y, train=train))
@@ -177,7 +214,12 @@ class PixelCNNPP(nn.Module):
             if level > 0:
                 u = ShiftedConvTranspose(filters, "down", self.dtype)(u)
                 ul = ShiftedConvTranspose(filters, "down_right", self.dtype)(ul)
-            for _ in range(self.nr_resnet + (level > 0)):
+            count = self.nr_resnet + (level > 0)
+            if self.scan:
+                skips = [jnp.stack([maps.pop() for _ in range(count)]) for maps in (u_list, ul_list)]
+                (u, ul), _ = pairs(count, f"up_{level}")((u, ul), tuple(skips), y)
+                continue
+            for _ in range(count):
                 u = block("down")(u, u_list.pop(), y, train=train)
                 ul = block("down_right")(ul, jnp.concatenate([u, ul_list.pop()], axis=-1), y,
                                          train=train)
@@ -200,3 +242,18 @@ def _check_inputs(x, y, num_classes):
         raise ValueError("Labels y were given but num_classes is None; set num_classes to condition on them.")
     if num_classes is not None and y is None:
         raise ValueError(f"This PixelCNNPP is class-conditional (num_classes={num_classes}); pass labels y.")
+
+
+def pixelcnn_pp_params_from_unrolled(params, nr_resnet: int):
+    """Parameters of `PixelCNNPP(scan=False)` (checkpoints written before blocks were scanned) -> the
+    scanned layout: the unrolled GatedResnet_K, created u then ul per position, first pass then second,
+    stacked per resolution and pass into 'down_L' / 'up_L' {'u', 'ul'}."""
+    out = {k: v for k, v in params.items() if not k.startswith("GatedResnet_")}
+    counts = [(f"down_{level}", nr_resnet) for level in range(NUM_RESOLUTIONS)] + [
+        (f"up_{level}", nr_resnet + (level > 0)) for level in range(NUM_RESOLUTIONS)]
+    pair = 0
+    for name, count in counts:
+        out[name] = {stream: stack_blocks([params[f"GatedResnet_{2 * (pair + k) + offset}"] for k in range(count)])
+                     for offset, stream in enumerate(("u", "ul"))}
+        pair += count
+    return out

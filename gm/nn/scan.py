@@ -28,15 +28,33 @@ from jax import lax
 from jax.custom_derivatives import SymbolicZero
 
 
-def repeat(block: type, length: int, *, remat: bool = False, reverse: bool = False):
+def repeat(block: type, length: int, *, remat: bool = False, reverse: bool = False, in_axes=0):
     """`block` (a module class) run `length` times in sequence with stacked parameters [length, ...].
 
-    Returns a module class taking the block's own attributes; call it as `(carry, xs) -> (carry, ys)`.
-    reverse runs block length-1 first (and reads xs from the end), for a bijector's other direction.
+    Returns a module class taking the block's own attributes; call it as `(carry, xs, *rest) -> (carry, ys)`.
+    in_axes: one per argument after the carry, 0 (stacked per block) or `nn.broadcast` (the same for every
+    block, e.g. a time embedding). reverse runs block length-1 first (and reads xs from the end), for a
+    bijector's other direction. Each block draws its own parameter and dropout randomness.
     """
     target = nn.remat(block, prevent_cse=False) if remat else block
-    return nn.scan(target, variable_axes={"params": 0}, split_rngs={"params": True}, in_axes=0,
-                   length=length, reverse=reverse)
+    return nn.scan(target, variable_axes={"params": 0}, split_rngs={"params": True, "dropout": True},
+                   in_axes=in_axes, length=length, reverse=reverse)
+
+
+def uniform_runs(signatures: Sequence[Any], width: int, enabled: bool = True) -> list:
+    """[start, stop) ranges covering a sequence of blocks, in order. `signatures[j]` describes block j's
+    input (a tuple whose first entry is the carried map's channels, then e.g. a skip map's channels and
+    whether attention follows); `width` is every block's output channels. Two or more consecutive blocks
+    with equal signatures whose carried map is already `width` wide form one range, to be scanned; every
+    other block is a range of one, to be unrolled (all of them when not `enabled`)."""
+    runs = []
+    for j, signature in enumerate(signatures):
+        scannable = enabled and signature[0] == width
+        if runs and scannable and runs[-1][2] == signature:
+            runs[-1][1] = j + 1
+        else:
+            runs.append([j, j + 1, signature if scannable else None])
+    return [(start, stop) for start, stop, _ in runs]
 
 
 def stack_blocks(trees: Sequence[Any]) -> Any:
@@ -55,7 +73,8 @@ def unstack_blocks(tree: Any) -> list:
 def _channels_last(ndim):
     """lax's dimension numbers of an N-d channels-last convolution (NHWC input and output, HWIO kernel)."""
     spatial = tuple(range(1, ndim - 1))
-    return lax.ConvDimensionNumbers(lhs_spec=(0, ndim - 1) + spatial, rhs_spec=(ndim - 1, ndim - 2) + tuple(range(ndim - 2)),
+    kernel_spatial = tuple(range(ndim - 2))
+    return lax.ConvDimensionNumbers(lhs_spec=(0, ndim - 1) + spatial, rhs_spec=(ndim - 1, ndim - 2) + kernel_spatial,
                                     out_spec=(0, ndim - 1) + spatial)
 
 
@@ -81,8 +100,8 @@ def _tangent_in_w(x, tw, pads):
     inner = tuple(range(1, n + 1))
     numbers = lax.ConvDimensionNumbers(lhs_spec=(n + 1, 0) + inner, rhs_spec=(n + 1, 0) + inner,
                                        out_spec=(n, n + 1) + tuple(range(n)))
-    out = lax.conv_general_dilated(x.transpose((n + 1,) + inner + (0,)), tw.transpose((n,) + tuple(range(n)) + (n + 1,)),
-                                   (1,) * n, pads, dimension_numbers=numbers)
+    lhs, rhs = x.transpose((n + 1,) + inner + (0,)), tw.transpose((n,) + tuple(range(n)) + (n + 1,))
+    out = lax.conv_general_dilated(lhs, rhs, (1,) * n, pads, dimension_numbers=numbers)
     return out.transpose((n,) + tuple(range(n)) + (n + 1,))
 
 

@@ -13,6 +13,7 @@ initialisation with near-zero last layers. With EDM's CIFAR-10 settings (128 cha
 from __future__ import annotations
 
 import math
+import re
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -21,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gm.nn.layers import Dtype
+from gm.nn.scan import Conv, repeat, stack_blocks, uniform_runs
 
 EMBEDDINGS = ("positional", "fourier")
 ENCODERS = ("standard", "residual")
@@ -61,7 +63,8 @@ def upsample(x: jax.Array, taps: Sequence[int]) -> jax.Array:
 
 
 def conv(features: int, kernel: int, weight: float = 1.0, dtype=jnp.float32, name: Optional[str] = None):
-    return nn.Conv(features, (kernel, kernel), padding="SAME", kernel_init=xavier(weight), dtype=dtype, name=name)
+    # `Conv`: the blocks may run inside a scan (gm.nn.scan).
+    return Conv(features, (kernel, kernel), padding="SAME", kernel_init=xavier(weight), dtype=dtype, name=name)
 
 
 class Block(nn.Module):
@@ -101,10 +104,32 @@ class Block(nn.Module):
         return (conv(ch, 1, weight=1e-5, dtype=self.dtype, name="proj")(a) + x) * skip_scale
 
 
+class _Stage(nn.Module):
+    """A `Block` (named 'block') as a scan body: carry h; xs the skip map concatenated to h first (the
+    decoder) or None; the embedding broadcast. Returns (h, h): the encoder keeps every output."""
+    out_ch: int
+    attention: bool
+    dropout: float
+    taps: Sequence[int]
+    train: bool
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, skip, emb):
+        x = h if skip is None else jnp.concatenate([h, skip], axis=-1)
+        h = Block(self.out_ch, attention=self.attention, dropout=self.dropout, taps=tuple(self.taps), dtype=self.dtype,
+                  name="block")(x, emb, train=self.train)
+        return h, h
+
+
 class SongUNet(nn.Module):
     """DDPM++ (embedding 'positional', encoder 'standard', taps (1, 1), noise_mult 1) or NCSN++
     ('fourier', 'residual', (1, 3, 3, 1), 2): (x [B, H, W, C], noise label [B], class [B] or None, train)
-    -> float32 [B, H, W, out_ch]."""
+    -> float32 [B, H, W, out_ch].
+
+    scan: consecutive blocks of a resolution with the same input shape are traced once (`gm.nn.scan`),
+    under 'enc_R_blocksA_to_B' / 'dec_R_blocksA_to_B'; False unrolls them, the layout of checkpoints
+    written before (`song_unet_params_from_unrolled` converts)."""
     ch: int = 128
     ch_mult: Sequence[int] = (2, 2, 2)
     num_blocks: int = 4
@@ -117,6 +142,7 @@ class SongUNet(nn.Module):
     num_classes: Optional[int] = None
     out_ch: Optional[int] = None
     dtype: Dtype = jnp.float32
+    scan: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: Optional[jax.Array] = None, *, train: bool) -> jax.Array:
@@ -142,10 +168,16 @@ class SongUNet(nn.Module):
                                                      feature_group_count=r.shape[-1])
                     h = aux = (h + r) / math.sqrt(2.0)
             skips.append(h)
-            for i in range(self.num_blocks):
-                attention = res in self.attn_resolutions
-                h = block(self.ch * mult, f"enc_{res}_block{i}", attention=attention)(h, emb, train=train)
-                skips.append(h)
+            width, attention = self.ch * mult, res in self.attn_resolutions
+            signatures = [(h.shape[-1] if i == 0 else width, None) for i in range(self.num_blocks)]
+            for start, stop in uniform_runs(signatures, width, self.scan):
+                if stop - start == 1:
+                    h = block(width, f"enc_{res}_block{start}", attention=attention)(h, emb, train=train)
+                    skips.append(h)
+                else:
+                    name = f"enc_{res}_blocks{start}_to_{stop - 1}"
+                    h, outs = self._stage(stop - start, width, attention, train, name)(h, None, emb)
+                    skips.extend(outs[k] for k in range(stop - start))
         for level, mult in reversed(list(enumerate(self.ch_mult))):
             res = x.shape[1] >> level
             if level == len(self.ch_mult) - 1:
@@ -153,13 +185,28 @@ class SongUNet(nn.Module):
                 h = block(h.shape[-1], f"dec_{res}_in1")(h, emb, train=train)
             else:
                 h = block(h.shape[-1], f"dec_{res}_up", up=True)(h, emb, train=train)
-            for i in range(self.num_blocks + 1):
-                attention = i == self.num_blocks and res in self.attn_resolutions
-                h = block(self.ch * mult, f"dec_{res}_block{i}", attention=attention)(
-                    jnp.concatenate([h, skips.pop()], axis=-1), emb, train=train)
+            count, width = self.num_blocks + 1, self.ch * mult
+            level_skips = skips[len(skips) - count:][::-1]
+            del skips[len(skips) - count:]
+            attention = [i == self.num_blocks and res in self.attn_resolutions for i in range(count)]
+            signatures = [(h.shape[-1] if i == 0 else width, level_skips[i].shape[-1], attention[i])
+                          for i in range(count)]
+            for start, stop in uniform_runs(signatures, width, self.scan):
+                if stop - start == 1:
+                    h = block(width, f"dec_{res}_block{start}", attention=attention[start])(
+                        jnp.concatenate([h, level_skips[start]], axis=-1), emb, train=train)
+                else:
+                    name = f"dec_{res}_blocks{start}_to_{stop - 1}"
+                    h, _ = self._stage(stop - start, width, attention[start], train, name)(
+                        h, jnp.stack(level_skips[start:stop]), emb)
         assert not skips, "every skip connection must be consumed"
         h = nn.silu(group_norm(h.shape[-1], 1e-6, self.dtype, "out_norm")(h))
         return conv(out_ch, 3, weight=1e-5, dtype=self.dtype, name="out_conv")(h).astype(jnp.float32)
+
+    def _stage(self, length, width, attention, train, name):
+        """`length` blocks of one signature traced once."""
+        return repeat(_Stage, length, in_axes=(0, nn.broadcast))(
+            width, attention, self.dropout, tuple(self.taps), train, self.dtype, name=name)
 
     def _embed(self, t: jax.Array, y: Optional[jax.Array]) -> jax.Array:
         width = self.ch * self.noise_mult
@@ -177,3 +224,15 @@ class SongUNet(nn.Module):
             emb = emb + nn.Dense(width, kernel_init=xavier(), name="map_label")(onehot)
         emb = nn.silu(nn.Dense(4 * self.ch, kernel_init=xavier(), dtype=self.dtype, name="map_layer0")(emb))
         return nn.silu(nn.Dense(4 * self.ch, kernel_init=xavier(), dtype=self.dtype, name="map_layer1")(emb))
+
+
+def song_unet_params_from_unrolled(params, template):
+    """Parameters of `SongUNet(scan=False)` (checkpoints written before blocks were scanned) -> the layout
+    of `template`, the scanned SongUNet's parameters (e.g. `jax.eval_shape` of its init): each
+    'PREFIX_blocksA_to_B' gets the unrolled 'PREFIX_blockJ', J = A..B, stacked."""
+    out = {}
+    for name in template:
+        match = re.fullmatch(r"(.+)_blocks(\d+)_to_(\d+)", name)
+        out[name] = params[name] if match is None else {"block": stack_blocks(
+            [params[f"{match.group(1)}_block{j}"] for j in range(int(match.group(2)), int(match.group(3)) + 1)])}
+    return out

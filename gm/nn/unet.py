@@ -6,6 +6,7 @@ model: 35,746,307 parameters.
 from __future__ import annotations
 
 import dataclasses
+import re
 from typing import Literal, Optional, Tuple
 
 import flax.linen as nn
@@ -25,7 +26,30 @@ from gm.nn.layers import (
     default_init,
     timestep_embedding,
 )
+from gm.nn.scan import repeat, stack_blocks, uniform_runs
 from gm.nn.song_unet import SongUNet
+
+
+class _Stage(nn.Module):
+    """One residual block (named 'block') and, with `attention`, its attention block ('attn'), as a scan
+    body: carry h [B, H, W, out_ch]; xs the skip map concatenated to h first (the up path) or None; temb
+    broadcast. Returns (h, h): the down path keeps every block's output for the skips."""
+    out_ch: int
+    dropout: float
+    scale_shift_norm: bool
+    attention: bool
+    num_heads: int
+    train: bool
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, h, skip, temb):
+        x = h if skip is None else jnp.concatenate([h, skip], axis=-1)
+        h = ResnetBlock(self.out_ch, self.dropout, self.scale_shift_norm, self.dtype, name="block")(
+            x, temb, train=self.train)
+        if self.attention:
+            h = AttnBlock(num_heads=self.num_heads, dtype=self.dtype, name="attn")(h)
+        return h, h
 
 
 class UNet(nn.Module):
@@ -52,6 +76,11 @@ class UNet(nn.Module):
         embedding and ``y`` must be given.
       out_ch: output channels; None means the input's channel count.
       dtype: compute dtype; parameters stay float32, the output is float32.
+      scan: consecutive residual blocks of a level with the same input shape
+        (e.g. all but the first of each level on the way down) are traced
+        once (`gm.nn.scan`), under 'down_I_blocks_A_to_B' / 'up_I_blocks_A_to_B';
+        False unrolls them, the layout of checkpoints written before
+        (`unet_params_from_unrolled` converts).
     """
 
     ch: int = 128
@@ -65,6 +94,7 @@ class UNet(nn.Module):
     num_classes: int | None = None
     out_ch: int | None = None
     dtype: Dtype = jnp.float32
+    scan: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, *,
@@ -97,11 +127,19 @@ class UNet(nn.Module):
         hs = [nn.Conv(self.ch, (3, 3), padding="SAME", kernel_init=default_init(1.0),
                       dtype=self.dtype, name="conv_in")(x)]
         for i in range(num_levels):
-            for j in range(self.num_res_blocks):
-                h = res_block(hs[-1], self.ch_mult[i], f"down_{i}_block_{j}")
-                if h.shape[1] in self.attn_resolutions:
-                    h = attn_block(h, f"down_{i}_attn_{j}")
-                hs.append(h)
+            width = self.ch * self.ch_mult[i]
+            signatures = [(hs[-1].shape[-1] if j == 0 else width, None) for j in range(self.num_res_blocks)]
+            h = hs[-1]
+            for start, stop in uniform_runs(signatures, width, self.scan):
+                if stop - start == 1:
+                    h = res_block(h, self.ch_mult[i], f"down_{i}_block_{start}")
+                    if h.shape[1] in self.attn_resolutions:
+                        h = attn_block(h, f"down_{i}_attn_{start}")
+                    hs.append(h)
+                else:
+                    name = f"down_{i}_blocks_{start}_to_{stop - 1}"
+                    h, outs = self._stage(stop - start, width, h.shape[1], train, name)(h, None, temb)
+                    hs.extend(outs[k] for k in range(stop - start))
             if i != num_levels - 1:
                 hs.append(Downsample(self.resamp_with_conv, dtype=self.dtype,
                                      name=f"down_{i}_downsample")(hs[-1]))
@@ -112,11 +150,19 @@ class UNet(nn.Module):
         h = res_block(h, None, "mid_block_2")
 
         for i in reversed(range(num_levels)):
-            for j in range(self.num_res_blocks + 1):
-                h = res_block(jnp.concatenate([h, hs.pop()], axis=-1), self.ch_mult[i],
-                              f"up_{i}_block_{j}")
-                if h.shape[1] in self.attn_resolutions:
-                    h = attn_block(h, f"up_{i}_attn_{j}")
+            width = self.ch * self.ch_mult[i]
+            count = self.num_res_blocks + 1
+            skips = hs[len(hs) - count:][::-1]
+            del hs[len(hs) - count:]
+            signatures = [(h.shape[-1] if j == 0 else width, skips[j].shape[-1]) for j in range(count)]
+            for start, stop in uniform_runs(signatures, width, self.scan):
+                if stop - start == 1:
+                    h = res_block(jnp.concatenate([h, skips[start]], axis=-1), self.ch_mult[i], f"up_{i}_block_{start}")
+                    if h.shape[1] in self.attn_resolutions:
+                        h = attn_block(h, f"up_{i}_attn_{start}")
+                else:
+                    h, _ = self._stage(stop - start, width, h.shape[1], train, f"up_{i}_blocks_{start}_to_{stop - 1}")(
+                        h, jnp.stack(skips[start:stop]), temb)
             if i != 0:
                 h = Upsample(self.resamp_with_conv, dtype=self.dtype, name=f"up_{i}_upsample")(h)
         assert not hs, "every skip connection must be consumed"
@@ -126,6 +172,13 @@ class UNet(nn.Module):
         h = nn.Conv(out_ch, (3, 3), padding="SAME", kernel_init=default_init(0.0),
                     dtype=self.dtype, name="conv_out")(h)
         return h.astype(jnp.float32)
+
+    def _stage(self, length, width, resolution, train, name):
+        """`length` residual blocks (each followed by attention at the attention resolutions) traced once."""
+        return repeat(_Stage, length, in_axes=(0, nn.broadcast))(
+            out_ch=width, dropout=self.dropout, scale_shift_norm=self.scale_shift_norm,
+            attention=resolution in self.attn_resolutions, num_heads=self.num_heads, train=train,
+            dtype=self.dtype, name=name)
 
     def _embed(self, t: jax.Array, y: jax.Array | None) -> jax.Array:
         """Time (plus class) embedding, [B, 4 * ch] in the compute dtype."""
@@ -165,7 +218,9 @@ class UNetConfig:
     """config.model for the UNet (see `UNet`): the DDPM paper's CIFAR-10 network by default (35.7M
     parameters). class_conditional adds a class embedding; dtype is the compute dtype. architecture:
     'ddpm' (this module's UNet), or score_sde's 'ddpmpp' / 'ncsnpp' (`gm.nn.song_unet`, with ch,
-    ch_mult, num_res_blocks, attn_resolutions and dropout; one attention head, no scale-shift norm)."""
+    ch_mult, num_res_blocks, attn_resolutions and dropout; one attention head, no scale-shift norm).
+    scan: trace the repeated residual blocks of a level once (False: unrolled, the layout of checkpoints
+    written before; `unet_params_from_unrolled` converts)."""
     architecture: Literal[ARCHITECTURES] = "ddpm"
     ch: int = setting(128, positive)
     ch_mult: Tuple[int, ...] = setting((1, 2, 2, 2), positive_entries)
@@ -176,6 +231,7 @@ class UNetConfig:
     scale_shift_norm: bool = False
     class_conditional: bool = False
     dtype: Literal[checks.DTYPES] = "float32"
+    scan: bool = True
 
     def check(self, name):
         checks.require(self.ch >= 4, f"{name}.ch", self.ch, "at least 4 (the timestep embedding's width)")
@@ -214,8 +270,27 @@ def unet_from_config(c: UNetConfig, num_embeddings: Optional[int] = None, out_ch
                         attn_resolutions=tuple(c.attn_resolutions), dropout=c.dropout,
                         embedding="fourier" if ncsnpp else "positional", encoder="residual" if ncsnpp else "standard",
                         taps=(1, 3, 3, 1) if ncsnpp else (1, 1), noise_mult=2 if ncsnpp else 1,
-                        num_classes=num_embeddings, out_ch=out_ch, dtype=jnp.dtype(c.dtype))
+                        num_classes=num_embeddings, out_ch=out_ch, dtype=jnp.dtype(c.dtype), scan=c.scan)
     return UNet(ch=c.ch, ch_mult=tuple(c.ch_mult), num_res_blocks=c.num_res_blocks,
                 attn_resolutions=tuple(c.attn_resolutions), dropout=c.dropout, num_heads=c.num_heads,
                 scale_shift_norm=c.scale_shift_norm, num_classes=num_embeddings, out_ch=out_ch,
-                dtype=jnp.dtype(c.dtype))
+                dtype=jnp.dtype(c.dtype), scan=c.scan)
+
+
+def unet_params_from_unrolled(params, template):
+    """Parameters of `UNet(scan=False)` (checkpoints written before blocks were scanned) -> the layout of
+    `template`, the parameters of the scanned UNet of the same fields (e.g. from `jax.eval_shape` of its
+    init): each 'PATH_I_blocks_A_to_B' gets blocks A..B of the unrolled 'PATH_I_block_J' (and
+    'PATH_I_attn_J') stacked."""
+    out = {}
+    for name in template:
+        match = re.fullmatch(r"(down|up)_(\d+)_blocks_(\d+)_to_(\d+)", name)
+        if match is None:
+            out[name] = params[name]
+            continue
+        path, level, first, last = match.group(1), match.group(2), int(match.group(3)), int(match.group(4))
+        stage = {"block": stack_blocks([params[f"{path}_{level}_block_{j}"] for j in range(first, last + 1)])}
+        if "attn" in template[name]:
+            stage["attn"] = stack_blocks([params[f"{path}_{level}_attn_{j}"] for j in range(first, last + 1)])
+        out[name] = stage
+    return out

@@ -111,7 +111,8 @@ def init_or_restore(run: RunConfig, method: Method, dataset, optimizer, ckpt):
                              f"({LAYOUT - 1}) kept a family's non-gradient state among the parameters (it {e}); "
                              f"this version cannot resume it: train again in a new --workdir.") from None
         raise ValueError(f"The checkpoint in {ckpt.directory} was written by another model: it {e}; resume with "
-                         f"the config it was written with (config.model and the family's fields) or use a new "
+                         f"the config it was written with (config.model and the family's fields; one written before "
+                         f"repeated blocks were scanned needs the network's scan=False) or use a new "
                          f"--workdir.") from None
     if restored is None:
         return parallel.replicate(state_lib.run_once(make)), 0
