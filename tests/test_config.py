@@ -1,5 +1,6 @@
 """Layered configs, typed and checked at the boundary; the registry; the direction of imports."""
 import ast
+import contextlib
 import dataclasses
 import gc
 import glob
@@ -116,22 +117,25 @@ def test_an_unknown_family_is_one_sentence():
         families.parse(config)
 
 
-def _parse(source):
-    """ast.parse with the garbage collector paused: CPython 3.11 raises "AST constructor recursion depth
-    mismatch" when a finalizer runs Python code (e.g. asyncio logging a task an earlier test left behind)
-    while the tree is being built."""
+@contextlib.contextmanager
+def _gc_paused():
+    """The garbage collector off: CPython 3.11 raises "AST constructor recursion depth mismatch" when a
+    finalizer runs Python code (e.g. asyncio logging a task an earlier test left behind) while a tree is
+    being built. One collection first, not one per file: in a worker that has run many tests a full
+    collection takes most of a second."""
     gc.collect()
     gc.disable()
     try:
-        return ast.parse(source)
+        yield
     finally:
         gc.enable()
 
 
 def _imports(path):
-    """Every module a Python file imports (absolute names; `from gm import x` gives gm.x)."""
+    """Every module a Python file imports (absolute names; `from gm import x` gives gm.x). Call it with
+    the garbage collector paused (`_gc_paused`)."""
     names = set()
-    for node in ast.walk(_parse(open(path).read())):
+    for node in ast.walk(ast.parse(open(path).read())):
         if isinstance(node, ast.Import):
             names.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module:
@@ -147,13 +151,17 @@ FAMILY_MODULES = ("gm.autoregressive", "gm.vae", "gm.vqvae", "gm.gan", "gm.flows
 def test_imports_point_down():
     """Models at the bottom, the registry above them, the trainer above that: family code never imports
     the trainer, and the trainer reaches families only through the registry."""
-    below_trainer = [p for p in glob.glob(os.path.join(REPO, "gm", "**", "*.py"), recursive=True)
-                     if f"{os.sep}train{os.sep}" not in p]
-    for path in below_trainer:
-        bad = sorted(n for n in _imports(path) if n == "gm.train" or n.startswith("gm.train."))
-        assert not bad, f"{os.path.relpath(path, REPO)} imports the trainer: {bad}"
-    for path in glob.glob(os.path.join(REPO, "gm", "train", "*.py")):
-        bad = sorted(n for n in _imports(path) if n.startswith(FAMILY_MODULES))
-        assert not bad, f"{os.path.relpath(path, REPO)} imports a family instead of gm.families: {bad}"
-    for path in glob.glob(os.path.join(REPO, "benchmarks", "*.py")):
-        assert "experiments.compare" not in _imports(path), path
+    paths = glob.glob(os.path.join(REPO, "gm", "**", "*.py"), recursive=True) + glob.glob(
+        os.path.join(REPO, "benchmarks", "*.py"))
+    with _gc_paused():
+        imports = {path: _imports(path) for path in paths}
+    for path, names in imports.items():
+        where = os.path.relpath(path, REPO)
+        if where.startswith("benchmarks"):
+            assert "experiments.compare" not in names, path
+        elif not where.startswith(os.path.join("gm", "train")):
+            bad = sorted(n for n in names if n == "gm.train" or n.startswith("gm.train."))
+            assert not bad, f"{where} imports the trainer: {bad}"
+        else:
+            bad = sorted(n for n in names if n.startswith(FAMILY_MODULES))
+            assert not bad, f"{where} imports a family instead of gm.families: {bad}"

@@ -86,28 +86,54 @@ def test_loop_conv_falls_back_to_lax_for_strides_and_groups():
         np.testing.assert_array_equal(got, want)
 
 
-def _loop_gradient_conv_labels(conv):
-    """The dim_labels of every convolution XLA compiles for the gradient of a 2-block lax.scan of `conv`."""
+def _loop_conv_labels(conv, mode):
+    """The dim_labels of every convolution XLA compiles for a 2-block lax.scan of `conv`, differentiated
+    in reverse mode (the gradient) or forward mode (a Jacobian-vector product, as ODE likelihoods take)."""
     def loss(ws, x):
         out, _ = lax.scan(lambda h, w: (h + jnp.tanh(conv(h, w)), None), x, ws)
         return jnp.sum(out ** 2)
 
     ws = jnp.zeros((2, 3, 3, 4, 4))
     x = jnp.zeros((2, 6, 6, 4))
-    text = jax.jit(jax.grad(loss)).lower(ws, x).compile().as_text()
+    if mode == "reverse":
+        fn = jax.grad(loss)
+    else:
+        fn = lambda ws, x: jax.jvp(lambda x: loss(ws, x), (x,), (x,))  # noqa: E731
+    text = jax.jit(fn).lower(ws, x).compile().as_text()
     return set(re.findall(r"convolution\(.*dim_labels=(\S+?),", text))
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the rewrite only matters (and only acts) on CPU")
-def test_in_a_loop_every_gradient_convolution_is_in_the_layout_of_xlas_fast_kernels():
+@pytest.mark.parametrize("mode", ["reverse", "forward"])
+def test_in_a_loop_every_derivative_convolution_is_in_the_layout_of_xlas_fast_kernels(mode):
     def flax_like(h, w):
         return scan.loop_conv(h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
     def plain(h, w):
         return lax.conv_general_dilated(h, w, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
-    assert _loop_gradient_conv_labels(flax_like) == {"b01f_01io->b01f"}
-    assert _loop_gradient_conv_labels(plain) != {"b01f_01io->b01f"}  # the reason `loop_conv` exists
+    assert _loop_conv_labels(flax_like, mode) == {"b01f_01io->b01f"}
+    if mode == "reverse":
+        assert _loop_conv_labels(plain, mode) != {"b01f_01io->b01f"}  # the reason `loop_conv` exists
+
+
+def test_loop_conv_derivatives_batch_under_vmap():
+    x = jax.random.normal(jax.random.key(0), (3, 2, 5, 5, 2))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+    numbers = ("NHWC", "HWIO", "NHWC")
+
+    def loss(conv, x, w):
+        return jnp.sum(jnp.tanh(conv(x, w, (1, 1), "SAME", dimension_numbers=numbers)) ** 2)
+
+    for transform in (jax.grad, jax.jacfwd, jax.jacrev):
+        got = jax.vmap(transform(lambda x: loss(scan.loop_conv, x, w)))(x)
+        want = jax.vmap(transform(lambda x: loss(lax.conv_general_dilated, x, w)))(x)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+    # Second order: a Hessian-vector product through the kernel, both ways round.
+    small_w = w[:, :, :, :2]
+    hvp = [jax.jvp(jax.grad(lambda w: loss(conv, x[0], w)), (small_w,), (jnp.ones_like(small_w),))[1]
+           for conv in (scan.loop_conv, lax.conv_general_dilated)]
+    np.testing.assert_allclose(hvp[0], hvp[1], rtol=1e-3, atol=1e-4)
 
 
 def test_scan_conv_is_flax_conv_with_the_same_parameters():

@@ -16,7 +16,11 @@ them into the stacked tree, `unstack_blocks` goes back.
 Convolutions inside a loop body need `Conv` (below) on CPU: XLA:CPU rewrites a convolution into the
 layout its fast kernels take (batch-major input, HWIO kernel) only outside loops, so the two gradient
 convolutions of a scanned block ran through its generic emitter, 8x slower (a paper-size Glow step 19x).
-`Conv` states its gradients in that layout itself.
+`Conv` states its derivatives in that layout itself: a `custom_jvp` whose two tangent terms are
+`linear_call`s, each with its own transpose, so forward mode (an ODE likelihood's Jacobian-vector
+products) and reverse mode (training) both run channels-last convolutions, and higher orders compose.
+JAX has no vmap rule for `linear_call`; this module registers one (vmap the function and its transpose),
+and where JAX's internals differ, `Conv` is plain `nn.Conv`.
 """
 import functools
 from typing import Any, Sequence
@@ -25,7 +29,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.custom_derivatives import SymbolicZero
+from jax.custom_derivatives import SymbolicZero, linear_call
 
 
 def repeat(block: type, length: int, *, remat: bool = False, reverse: bool = False, in_axes=0):
@@ -82,27 +86,53 @@ def _forward(x, w, pads):
     return lax.conv_general_dilated(x, w, (1,) * (x.ndim - 2), pads, dimension_numbers=_channels_last(x.ndim))
 
 
-def _tangent_in_x(tx, w, pads):
-    """conv(tx, w), with the kernel handed over as [..., O, I]: the transpose JAX derives from it (the
-    input gradient) then takes the kernel as HWIO, the layout of XLA:CPU's fast convolution."""
-    n = tx.ndim - 2
-    spatial = tuple(range(n))
-    numbers = lax.ConvDimensionNumbers(lhs_spec=(0, n + 1) + tuple(range(1, n + 1)), rhs_spec=(n, n + 1) + spatial,
-                                       out_spec=(0, n + 1) + tuple(range(1, n + 1)))
-    return lax.conv_general_dilated(tx, w.swapaxes(-1, -2), (1,) * n, pads, dimension_numbers=numbers)
+def _input_transpose(w, pads, ct):
+    """The transpose of x -> conv(x, w) at ct: ct convolved with the spatially flipped kernel, its in and
+    out features swapped (HWIO again, the layout of XLA:CPU's fast convolution)."""
+    n = ct.ndim - 2
+    flipped = jnp.flip(w, tuple(range(n))).swapaxes(-1, -2)
+    return _forward(ct, flipped, tuple((k - 1 - lo, k - 1 - hi) for k, (lo, hi) in zip(w.shape[:n], pads)))
 
 
-def _tangent_in_w(x, tw, pads):
-    """conv(x, tw) as a convolution of x laid out [C, spatial..., B] with tw laid out [I, spatial..., O]
-    into [spatial..., B, O]: the transpose JAX derives from it (the kernel gradient) is then a
-    channels-last convolution of x's channels (as its batch) with the cotangent (as its kernel)."""
+def _kernel_transpose(x, pads, ct):
+    """The transpose of w -> conv(x, w) at ct (the kernel gradient): a channels-last convolution whose
+    batch is x's channels and whose features are the batch, the cotangent as its kernel."""
     n = x.ndim - 2
-    inner = tuple(range(1, n + 1))
-    numbers = lax.ConvDimensionNumbers(lhs_spec=(n + 1, 0) + inner, rhs_spec=(n + 1, 0) + inner,
-                                       out_spec=(n, n + 1) + tuple(range(n)))
-    lhs, rhs = x.transpose((n + 1,) + inner + (0,)), tw.transpose((n,) + tuple(range(n)) + (n + 1,))
-    out = lax.conv_general_dilated(lhs, rhs, (1,) * n, pads, dimension_numbers=numbers)
-    return out.transpose((n,) + tuple(range(n)) + (n + 1,))
+    spatial = tuple(range(1, n + 1))
+    out = _forward(x.transpose((n + 1,) + spatial + (0,)), ct.transpose(spatial + (0, n + 1)), pads)
+    return out.transpose(spatial + (0, n + 1))
+
+
+def _batch_linear_call(args, dims, *, callee, transpose_thunk, num_callee_consts, num_res):
+    """vmap of a `linear_call` (JAX has no rule for it): the same call on the batch, its function and its
+    transpose vmapped, every argument with the batch axis first (unbatched ones broadcast)."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    args = [jnp.broadcast_to(a, (size,) + a.shape) if d is None else jnp.moveaxis(a, d, 0)
+            for a, d in zip(args, dims)]
+    residuals, linear = args[:num_callee_consts + num_res], args[num_callee_consts + num_res:]
+    transpose, transpose_consts = transpose_thunk()
+    call, call_transpose = jax_core.jaxpr_as_fun(callee), jax_core.jaxpr_as_fun(transpose)
+
+    def fun(res, lin):
+        return tuple(jax.vmap(call)(*res, *lin))
+
+    def fun_transpose(res, cts):
+        return tuple(jax.vmap(lambda *a: call_transpose(*transpose_consts, *a))(*res[num_callee_consts:], *cts))
+
+    outs = linear_call(fun, fun_transpose, tuple(residuals), tuple(linear))
+    return list(outs), [0] * len(outs)
+
+
+try:  # the rule goes where JAX keeps batching rules; without it, loop_conv is lax's convolution
+    from jax._src import core as jax_core
+    from jax._src.custom_derivatives import linear_call_p
+    from jax.interpreters import batching
+
+    if linear_call_p not in batching.fancy_primitive_batchers:
+        batching.primitive_batchers[linear_call_p] = _batch_linear_call
+    _FAST_GRADIENTS = True
+except (ImportError, AttributeError):  # pragma: no cover  (another JAX's internals)
+    _FAST_GRADIENTS = False
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
@@ -112,21 +142,29 @@ def _conv(x, w, pads):
 
 @functools.partial(_conv.defjvp, symbolic_zeros=True)
 def _conv_jvp(pads, primals, tangents):
+    # Each tangent term is linear with a transpose of our own (`linear_call`): forward mode evaluates the
+    # channels-last convolution, reverse mode transposes into the channels-last gradient convolutions.
     x, w = primals
     tx, tw = tangents
-    terms = ([] if isinstance(tx, SymbolicZero) else [_tangent_in_x(tx, w, pads)]) + (
-        [] if isinstance(tw, SymbolicZero) else [_tangent_in_w(x, tw, pads)])
+    terms = []
+    if not isinstance(tx, SymbolicZero):
+        terms.append(linear_call(lambda w, t: _forward(t, w, pads), lambda w, ct: _input_transpose(w, pads, ct),
+                                 w, tx))
+    if not isinstance(tw, SymbolicZero):
+        terms.append(linear_call(lambda x, t: _forward(x, t, pads), lambda x, ct: _kernel_transpose(x, pads, ct),
+                                 x, tw))
     y = _forward(x, w, pads)
     return y, sum(terms[1:], terms[0]) if terms else jnp.zeros_like(y)
 
 
 def loop_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None, dimension_numbers=None,
               feature_group_count=1, batch_group_count=1, precision=None, preferred_element_type=None):
-    """`lax.conv_general_dilated` with both gradients stated as channels-last convolutions on CPU, for
-    stride 1, no dilation, one feature group and channels-last data (what convolutions in gm's scanned
-    blocks are); any other convolution, or another backend, is `lax.conv_general_dilated` itself."""
+    """`lax.conv_general_dilated` whose derivatives (both tangents, both transposes) are channels-last
+    convolutions on CPU, for stride 1, no dilation, one feature group and channels-last data (what
+    convolutions in gm's scanned blocks are); any other convolution, or another backend, is
+    `lax.conv_general_dilated` itself. Same values and derivatives, to float rounding."""
     spatial = lhs.ndim - 2
-    plain = (jax.default_backend() != "cpu" or tuple(window_strides) != (1,) * spatial
+    plain = (not _FAST_GRADIENTS or jax.default_backend() != "cpu" or tuple(window_strides) != (1,) * spatial
              or any(d is not None and tuple(d) != (1,) * spatial for d in (lhs_dilation, rhs_dilation))
              or feature_group_count != 1 or batch_group_count != 1 or precision is not None
              or preferred_element_type is not None
