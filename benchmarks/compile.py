@@ -14,13 +14,12 @@ independent of depth). `--depths=4,32` measures the same config at each `model.d
 process, each from a cold in-memory cache, and adds the ratio of the last to the first. One JSON line
 per row goes to benchmarks/results.jsonl.
 """
-import argparse
 import time
 
 import jax
 import numpy as np
 
-from benchmarks.family import family_config
+from benchmarks.family import config_arguments, family_config
 from benchmarks.harness import RESULTS, dataset_info, environment, random_batch, record
 from gm import families, optim, parallel
 from gm.train import state as state_lib
@@ -68,7 +67,9 @@ def benchmark(args):
         stage = setup.family.stages[0]
         run_cfg = setup.stage_run(stage)
         method = stage.make(setup.settings, info, None)
-        batch = random_batch(info, args.batch_size or run_cfg.train.batch_size)
+        batch_size = args.batch_size or run_cfg.train.batch_size
+        parallel.check_batch_size(batch_size, "--batch_size")
+        batch = random_batch(info, batch_size)
         row = {"benchmark": "compile", "family": args.family, "config": args.config, "overrides": overrides,
                **environment(), "shape": list(info.shape), **compile_stats(run_cfg, method, batch)}
         rows.append(row)
@@ -78,11 +79,7 @@ def benchmark(args):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--family", required=True, help=f"one of {', '.join(families.FAMILIES)}")
-    p.add_argument("--config", default="paper", choices=("paper", "smoke"))
-    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                   help="change a config field, e.g. model.hidden=64 (repeatable)")
+    p = config_arguments(__doc__)
     p.add_argument("--depths", default="", help="comma-separated model.depth values measured in one run")
     p.add_argument("--batch_size", type=int, default=0, help="default: the config's train batch size")
     p.add_argument("--out", default=RESULTS)

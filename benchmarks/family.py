@@ -109,12 +109,18 @@ def benchmark(args):
     return rows
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def config_arguments(description):
+    """An argument parser with the arguments that pick a config: --family, --config and --set."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--family", required=True, help=f"one of {', '.join(families.FAMILIES)}")
     p.add_argument("--config", default="paper", choices=("paper", "smoke"))
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="change a config field, e.g. model.name=gated_pixelcnn (repeatable)")
+    return p
+
+
+def parse_args(argv=None):
+    p = config_arguments(__doc__)
     p.add_argument("--batch_size", type=int, default=0, help="default: the config's train batch size")
     p.add_argument("--steps", type=int, default=5, help="compiled calls per timed window")
     p.add_argument("--repeats", type=int, default=3)

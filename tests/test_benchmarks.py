@@ -3,6 +3,7 @@ import json
 
 import pytest
 
+from benchmarks import compile as compile_bench
 from benchmarks import family, flows, targets
 from benchmarks.harness import dataset_info
 
@@ -144,3 +145,17 @@ def test_family_gradient_accumulation_row(tmp_path):
                          "--set", "train.batch_size=16")
     _check_train(row, 16)
     assert row["micro_batches"] == 2
+
+
+def test_compile_rows_hold_each_depth_and_the_ratio(tmp_path):
+    out = tmp_path / "results.jsonl"
+    compile_bench.main(["--family=glow", "--config=smoke", "--depths=2,6", "--batch_size=8", f"--out={out}"])
+    shallow, deep = _rows(out)
+    assert shallow["overrides"] == ["model.depth=2"] and deep["overrides"] == ["model.depth=6"]
+    for row in (shallow, deep):
+        assert row["benchmark"] == "compile" and row["batch_size"] == 8 and row["compile_s"] > 0
+        assert row["total_s"] >= row["compile_s"] and row["hlo_instructions"] > 0 and row["xla_temp_mb"] >= 0
+    assert deep["params"] > shallow["params"]  # three times the steps, stacked
+    assert deep["total_s_ratio_to_first"] == round(deep["total_s"] / shallow["total_s"], 2)
+    # Scanned, the program hardly grows with K (unrolled, three times the steps are about three times it).
+    assert deep["hlo_instructions"] < 1.2 * shallow["hlo_instructions"]

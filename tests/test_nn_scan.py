@@ -59,15 +59,20 @@ CASES = {  # (input shape, kernel shape, padding)
 }
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
-def test_loop_conv_has_lax_values_and_gradients(case):
+def _case(case):
+    """(x, w, loop_conv of them, lax's convolution of them) for one of CASES."""
     x_shape, w_shape, padding = CASES[case]
     x = jax.random.normal(jax.random.key(0), x_shape)
     w = jax.random.normal(jax.random.key(1), w_shape)
     spatial = "HW" if x.ndim == 4 else "W"
     numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
     ours = lambda x, w: scan.loop_conv(x, w, (1,) * (x.ndim - 2), padding, dimension_numbers=numbers)  # noqa: E731
-    theirs = lambda x, w: _lax_conv(x, w, padding)  # noqa: E731
+    return x, w, ours, lambda x, w: _lax_conv(x, w, padding)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_loop_conv_has_lax_values_and_gradients(case):
+    x, w, ours, theirs = _case(case)
     np.testing.assert_allclose(ours(x, w), theirs(x, w), rtol=1e-5, atol=1e-5)
     cotangent = jax.random.normal(jax.random.key(2), theirs(x, w).shape)
     for got, want in zip(jax.vjp(ours, x, w)[1](cotangent), jax.vjp(theirs, x, w)[1](cotangent)):
@@ -146,15 +151,10 @@ def test_scan_conv_is_flax_conv_with_the_same_parameters():
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_loop_conv_has_lax_forward_mode_derivatives(case):
-    x_shape, w_shape, padding = CASES[case]
-    x = jax.random.normal(jax.random.key(0), x_shape)
-    w = jax.random.normal(jax.random.key(1), w_shape)
-    spatial = "HW" if x.ndim == 4 else "W"
-    numbers = (f"N{spatial}C", f"{spatial}IO", f"N{spatial}C")
-    ours = lambda x, w: scan.loop_conv(x, w, (1,) * (x.ndim - 2), padding, dimension_numbers=numbers)  # noqa: E731
+    x, w, ours, theirs = _case(case)
     tx, tw = jax.random.normal(jax.random.key(2), x.shape), jax.random.normal(jax.random.key(3), w.shape)
-    want = jax.jvp(lambda x, w: _lax_conv(x, w, padding), (x, w), (tx, tw))[1]
+    want = jax.jvp(theirs, (x, w), (tx, tw))[1]
     np.testing.assert_allclose(jax.jvp(ours, (x, w), (tx, tw))[1], want, rtol=1e-4, atol=1e-4)
     only_x = jax.jvp(lambda x: ours(x, w), (x,), (tx,))[1]  # the kernel's tangent is a symbolic zero
-    want_x = jax.jvp(lambda x: _lax_conv(x, w, padding), (x,), (tx,))[1]
+    want_x = jax.jvp(lambda x: theirs(x, w), (x,), (tx,))[1]
     np.testing.assert_allclose(only_x, want_x, rtol=1e-4, atol=1e-4)

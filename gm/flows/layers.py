@@ -127,10 +127,12 @@ def coupling_mask(shape, kind, parity):
     return mask.astype(jnp.float32)
 
 
-def _residual(h, hidden):
-    """h + conv1x1(relu(conv3x3(LayerNorm(h)))), its layers created in the calling module."""
-    r = nn.relu(Conv(hidden, (3, 3))(nn.LayerNorm()(h)))
-    return h + Conv(hidden, (1, 1))(r)
+def _residual(h, hidden, in_loop=False):
+    """h + conv1x1(relu(conv3x3(LayerNorm(h)))), its layers created in the calling module; in a scanned
+    block (`in_loop`) through `gm.nn.scan.Conv`, elsewhere `nn.Conv` (XLA lays the gradients out itself)."""
+    conv = Conv if in_loop else nn.Conv
+    r = nn.relu(conv(hidden, (3, 3))(nn.LayerNorm()(h)))
+    return h + conv(hidden, (1, 1))(r)
 
 
 class ResidualBlock(nn.Module):
@@ -139,7 +141,7 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, h, _=None):
-        return _residual(h, self.hidden), None
+        return _residual(h, self.hidden, in_loop=True), None
 
 
 class ConvConditioner(nn.Module):
@@ -147,21 +149,24 @@ class ConvConditioner(nn.Module):
     zero-initialised 3x3 output conv so the coupling starts as the identity (Glow's choice).
 
     scan: the residual blocks are one `gm.nn.scan.repeat` (parameters under 'blocks', stacked);
-    otherwise unrolled, the layout of checkpoints written before scanning."""
+    otherwise unrolled, the layout of checkpoints written before scanning. in_loop: the conditioner
+    itself runs inside a scan (Glow's steps)."""
     hidden: int
     num_blocks: int
     scan: bool = True
+    in_loop: bool = False
 
     @nn.compact
     def __call__(self, h, out_features):
-        h = nn.relu(Conv(self.hidden, (3, 3))(h))
+        conv = Conv if self.in_loop else nn.Conv
+        h = nn.relu(conv(self.hidden, (3, 3))(h))
         if self.scan and self.num_blocks:
             h, _ = repeat(ResidualBlock, self.num_blocks)(self.hidden, name="blocks")(h, None)
         else:
             for _ in range(self.num_blocks):
-                h = _residual(h, self.hidden)
-        h = nn.relu(Conv(self.hidden, (1, 1))(h))
-        return Conv(out_features, (3, 3), kernel_init=nn.initializers.zeros)(h)
+                h = _residual(h, self.hidden, self.in_loop)
+        h = nn.relu(conv(self.hidden, (1, 1))(h))
+        return conv(out_features, (3, 3), kernel_init=nn.initializers.zeros)(h)
 
 
 def conditioner_params_from_unrolled(tree, num_blocks: int):
@@ -209,7 +214,7 @@ class AffineCoupling(Bijector):
     split can express: the network sees (m x, m) with all channels and its output is masked by 1 - m,
     as in RealNVP. `scale='tanh'` is RealNVP's log_s = a tanh(.) with a learned per-channel a; 'sigmoid'
     is Glow's log_s = log sigmoid(. + 2). The conditioner is convolutional for images (its residual
-    blocks scanned unless scan=False), an MLP for vectors.
+    blocks scanned unless scan=False; in_loop: the coupling runs inside a scan), an MLP for vectors.
     """
     mask: str = "checkerboard"
     parity: int = 0
@@ -217,12 +222,13 @@ class AffineCoupling(Bijector):
     num_blocks: int = 2
     scale: str = "tanh"
     scan: bool = True
+    in_loop: bool = False
 
     @nn.compact
     def __call__(self, x, inverse=False):
         if self.scale not in SCALES:
             raise ValueError(f"The coupling scale must be one of {SCALES}, got {self.scale!r}.")
-        net = (ConvConditioner(self.hidden, self.num_blocks, self.scan) if x.ndim == 4
+        net = (ConvConditioner(self.hidden, self.num_blocks, self.scan, self.in_loop) if x.ndim == 4
                else MLPConditioner(self.hidden, self.num_blocks))
         if self.mask == "channel":
             coupling_mask(x.shape[1:], self.mask, self.parity)  # checks the channel count

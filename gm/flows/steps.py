@@ -27,7 +27,7 @@ class GlowStep(nn.Module):
     def __call__(self, carry, lu_init):
         x, log_det = carry
         norm, conv = ActNorm(), Invertible1x1Conv()
-        coupling = AffineCoupling("channel", 0, self.hidden, self.num_blocks, "sigmoid")
+        coupling = AffineCoupling("channel", 0, self.hidden, self.num_blocks, "sigmoid", in_loop=True)
         layers = ((norm, {}), (conv, {"lu_init": lu_init}), (coupling, {}))
         for layer, extra in (layers if self.inverse else reversed(layers)):
             x, ld = layer(x, inverse=self.inverse, **extra)

@@ -87,10 +87,10 @@ def GroupNorm(channels: int, *, dtype: Dtype = jnp.float32, name: str | None = N
 
 
 def _conv3x3(features: int, *, dtype: Dtype, init_scale: float = 1.0, strides: int = 1,
-             name: str | None = None) -> nn.Conv:
-    # "SAME" pads a stride-2 conv on even inputs by (0, 1), exactly as TF does. `Conv`: the residual
-    # blocks may run inside a scan (gm.nn.scan).
-    return Conv(features, (3, 3), strides=(strides, strides), padding="SAME",
+             name: str | None = None, in_loop: bool = False) -> nn.Conv:
+    # "SAME" pads a stride-2 conv on even inputs by (0, 1), exactly as TF does. In a scanned block
+    # (`in_loop`), `gm.nn.scan.Conv`; elsewhere XLA lays the gradients out well itself.
+    return (Conv if in_loop else nn.Conv)(features, (3, 3), strides=(strides, strides), padding="SAME",
                    kernel_init=default_init(init_scale), dtype=dtype, name=name)
 
 
@@ -113,13 +113,14 @@ class ResnetBlock(nn.Module):
     dropout: float = 0.0
     scale_shift_norm: bool = False
     dtype: Dtype = jnp.float32
+    in_loop: bool = False  # inside a scan: convolutions through gm.nn.scan.Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array, *, train: bool) -> jax.Array:
         c = x.shape[-1]
         out_ch = c if self.out_ch is None else self.out_ch
         h = nn.swish(GroupNorm(c, dtype=self.dtype, name="norm1")(x))
-        h = _conv3x3(out_ch, dtype=self.dtype, name="conv1")(h)
+        h = _conv3x3(out_ch, dtype=self.dtype, name="conv1", in_loop=self.in_loop)(h)
         emb_width = 2 * out_ch if self.scale_shift_norm else out_ch
         emb = _nin(emb_width, dtype=self.dtype, name="temb_proj")(nn.swish(temb))[:, None, None, :]
         if self.scale_shift_norm:
@@ -129,7 +130,7 @@ class ResnetBlock(nn.Module):
             h = GroupNorm(out_ch, dtype=self.dtype, name="norm2")(h + emb)
         h = nn.Dropout(self.dropout)(nn.swish(h), deterministic=not train)
         # Near-zero init makes the block start as the identity map.
-        h = _conv3x3(out_ch, dtype=self.dtype, init_scale=0.0, name="conv2")(h)
+        h = _conv3x3(out_ch, dtype=self.dtype, init_scale=0.0, name="conv2", in_loop=self.in_loop)(h)
         if c != out_ch:
             x = _nin(out_ch, dtype=self.dtype, name="nin_shortcut")(x)
         return x + h

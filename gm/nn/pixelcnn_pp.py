@@ -52,7 +52,7 @@ def concat_elu(x: jax.Array) -> jax.Array:
 
 def _shifted_conv(features: int, shift: str, kernel_size: tuple[int, int] | None = None,
                   strides: int = 1, *, dtype, init_scale: float = 1.0,
-                  name: str | None = None) -> nn.Conv:
+                  name: str | None = None, in_loop: bool = False) -> nn.Conv:
     """A conv padded so its output at (i, j) sees rows <= i: columns centred ("down") or <= j
     ("down_right"). With stride 2 it halves H and W (which must be even)."""
     if shift not in SHIFTS:
@@ -61,9 +61,9 @@ def _shifted_conv(features: int, shift: str, kernel_size: tuple[int, int] | None
     padding = down_padding(kernel_size) if shift == "down" else down_right_padding(kernel_size)
     # Variance scale init_scale^2: the reference's init_scale multiplies the output's standard deviation.
     init = nn.initializers.variance_scaling(init_scale ** 2, "fan_in", "truncated_normal")
-    # `Conv`: the gated blocks run inside a scan (gm.nn.scan); a strided conv is plain `nn.Conv`'s.
-    return Conv(features, kernel_size, strides=(strides, strides), padding=padding,
-                kernel_init=init, dtype=dtype, name=name)
+    # In a scanned block (`in_loop`), `gm.nn.scan.Conv`; elsewhere XLA lays the gradients out well itself.
+    return (Conv if in_loop else nn.Conv)(features, kernel_size, strides=(strides, strides), padding=padding,
+                                          kernel_init=init, dtype=dtype, name=name)
 
 
 class ShiftedConvTranspose(nn.Module):
@@ -100,17 +100,19 @@ class GatedResnet(nn.Module):
     dropout: float = 0.0
     num_classes: Optional[int] = None
     dtype: jnp.dtype = jnp.float32
+    in_loop: bool = False  # inside a scan: convolutions through gm.nn.scan.Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, aux: jax.Array | None = None, y: jax.Array | None = None,
                  *, train: bool) -> jax.Array:
         features = x.shape[-1]
-        h = _shifted_conv(features, self.shift, dtype=self.dtype, name="conv1")(concat_elu(x))
+        h = _shifted_conv(features, self.shift, dtype=self.dtype, name="conv1", in_loop=self.in_loop)(concat_elu(x))
         if aux is not None:
             h = h + nn.Dense(features, dtype=self.dtype, name="nin_aux")(concat_elu(aux))
         h = concat_elu(h)
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = _shifted_conv(2 * features, self.shift, dtype=self.dtype, init_scale=0.1, name="conv2")(h)
+        h = _shifted_conv(2 * features, self.shift, dtype=self.dtype, init_scale=0.1, name="conv2",
+                          in_loop=self.in_loop)(h)
         if y is not None:
             # One learned vector per class and block, the reference's one-hot h times its matrix `hw`.
             embed = nn.Embed(self.num_classes, 2 * features, embedding_init=nn.initializers.normal(0.05),
@@ -134,7 +136,7 @@ class _ResnetPair(nn.Module):
         u, ul = carry
 
         def block(shift, name):
-            return GatedResnet(shift, self.dropout, self.num_classes, self.dtype, name=name)
+            return GatedResnet(shift, self.dropout, self.num_classes, self.dtype, in_loop=True, name=name)
 
         u = block("down", "u")(u, None if skips is None else skips[0], y, train=self.train)
         ul_aux = u if skips is None else jnp.concatenate([u, skips[1]], axis=-1)

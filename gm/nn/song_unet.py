@@ -12,6 +12,7 @@ initialisation with near-zero last layers. With EDM's CIFAR-10 settings (128 cha
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Optional, Sequence
@@ -62,9 +63,11 @@ def upsample(x: jax.Array, taps: Sequence[int]) -> jax.Array:
                                         feature_group_count=c)
 
 
-def conv(features: int, kernel: int, weight: float = 1.0, dtype=jnp.float32, name: Optional[str] = None):
-    # `Conv`: the blocks may run inside a scan (gm.nn.scan).
-    return Conv(features, (kernel, kernel), padding="SAME", kernel_init=xavier(weight), dtype=dtype, name=name)
+def _conv(features: int, kernel: int, weight: float = 1.0, dtype=jnp.float32, name: Optional[str] = None,
+          in_loop: bool = False):
+    # In a scanned block (`in_loop`), `gm.nn.scan.Conv`; elsewhere XLA lays the gradients out well itself.
+    return (Conv if in_loop else nn.Conv)(features, (kernel, kernel), padding="SAME", kernel_init=xavier(weight),
+                                          dtype=dtype, name=name)
 
 
 class Block(nn.Module):
@@ -77,10 +80,12 @@ class Block(nn.Module):
     dropout: float = 0.0
     taps: Sequence[int] = (1, 1)
     dtype: Dtype = jnp.float32
+    in_loop: bool = False  # inside a scan: convolutions through gm.nn.scan.Conv
 
     @nn.compact
     def __call__(self, x: jax.Array, emb: jax.Array, *, train: bool) -> jax.Array:
         skip_scale, eps, c = math.sqrt(0.5), 1e-6, x.shape[-1]
+        conv = functools.partial(_conv, in_loop=self.in_loop)
         resample = (lambda h: upsample(h, self.taps)) if self.up else (lambda h: downsample(h, self.taps)) \
             if self.down else (lambda h: h)
         h = resample(nn.silu(group_norm(c, eps, self.dtype, "norm0")(x)))
@@ -118,7 +123,7 @@ class _Stage(nn.Module):
     def __call__(self, h, skip, emb):
         x = h if skip is None else jnp.concatenate([h, skip], axis=-1)
         h = Block(self.out_ch, attention=self.attention, dropout=self.dropout, taps=tuple(self.taps), dtype=self.dtype,
-                  name="block")(x, emb, train=self.train)
+                  in_loop=True, name="block")(x, emb, train=self.train)
         return h, h
 
 
@@ -155,7 +160,7 @@ class SongUNet(nn.Module):
         for level, mult in enumerate(self.ch_mult):
             res = x.shape[1] >> level
             if level == 0:
-                h = conv(self.ch, 3, dtype=self.dtype, name=f"enc_{res}_conv")(x)
+                h = _conv(self.ch, 3, dtype=self.dtype, name=f"enc_{res}_conv")(x)
             else:
                 h = block(h.shape[-1], f"enc_{res}_down", down=True)(h, emb, train=train)
                 if self.encoder == "residual":
@@ -201,7 +206,7 @@ class SongUNet(nn.Module):
                         h, jnp.stack(level_skips[start:stop]), emb)
         assert not skips, "every skip connection must be consumed"
         h = nn.silu(group_norm(h.shape[-1], 1e-6, self.dtype, "out_norm")(h))
-        return conv(out_ch, 3, weight=1e-5, dtype=self.dtype, name="out_conv")(h).astype(jnp.float32)
+        return _conv(out_ch, 3, weight=1e-5, dtype=self.dtype, name="out_conv")(h).astype(jnp.float32)
 
     def _stage(self, length, width, attention, train, name):
         """`length` blocks of one signature traced once."""

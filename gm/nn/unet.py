@@ -45,7 +45,7 @@ class _Stage(nn.Module):
     @nn.compact
     def __call__(self, h, skip, temb):
         x = h if skip is None else jnp.concatenate([h, skip], axis=-1)
-        h = ResnetBlock(self.out_ch, self.dropout, self.scale_shift_norm, self.dtype, name="block")(
+        h = ResnetBlock(self.out_ch, self.dropout, self.scale_shift_norm, self.dtype, in_loop=True, name="block")(
             x, temb, train=self.train)
         if self.attention:
             h = AttnBlock(num_heads=self.num_heads, dtype=self.dtype, name="attn")(h)
