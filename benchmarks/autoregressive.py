@@ -10,10 +10,14 @@ random parameters (speed does not depend on training):
   - one network evaluation on the 16 images (median of --repeats): a forward pass (a log_prob call)
     for the convolutional models and NADE, one cached decoding step for the transformer,
   - the full sampler, timed, when its estimate (evaluations x one evaluation) is under --max_seconds;
-    otherwise `sample_s` is that estimate, marked "estimated". Convolutional models evaluate the
-    whole network once per pixel (PixelCNN++: 1,024 times) or per sub-pixel (PixelCNN: 3,072 times);
-    the transformer takes one cached step per sub-pixel (3,072, each attending over the fixed-size
-    cache, so every step costs the same); NADE's sampler is one cheap scan and is always timed.
+    otherwise `sample_s` is that estimate, marked "estimated". PixelCNN and gated PixelCNN evaluate the
+    whole network once per sub-pixel (3,072 times); the transformer takes one cached step per sub-pixel
+    (3,072, each attending over the fixed-size cache, so every step costs the same); NADE's sampler is
+    one cheap scan and is always timed.
+  - PixelCNN++: its cached sampler (`gm.nn.pixelcnn_pp_cache`, every layer at one position per pixel),
+    always timed, side by side with the naive one (the whole network once per pixel, 1,024 times;
+    timed or estimated as above) on the same parameters and key: the speedup, and whether the two drew
+    the same images where both ran in full.
 Appends one JSON line per model to benchmarks/results.jsonl.
 """
 import argparse
@@ -54,7 +58,7 @@ def transformer_step(model: ar.ModelConfig, info, params, num=NUM):
     return step, transformer.init_cache(net, num)
 
 
-def sampler_stats(model: ar.ModelConfig, method, info, params, repeats, max_seconds, num=NUM):
+def sampler_stats(model: ar.ModelConfig, method, info, params, repeats, max_seconds, num=NUM, key_seed=3):
     """Time `method.sample` of the autoregressive model `model` (its config.model) drawing `num` images.
 
     Returns sampler_compile_s, network_eval_s (one forward pass on `num` images, or one cached decoding
@@ -81,27 +85,52 @@ def sampler_stats(model: ar.ModelConfig, method, info, params, repeats, max_seco
     sampler = jax.jit(lambda p, k: method.sample(p, k, num)).lower(params, jax.random.key(2)).compile()
     compile_s = time.perf_counter() - start
     evaluations = network_evaluations(name, info)
+    cached = name == "pixelcnn_pp" and model.pixelcnn_pp.sampler == "cached"
     estimate = evaluations * eval_s
-    if name == "nade" or estimate <= max_seconds:
-        samples, sample_s = timed(sampler, params, jax.random.key(3))
+    samples = None
+    if name == "nade" or cached or estimate <= max_seconds:
+        samples, sample_s = timed(sampler, params, jax.random.key(key_seed))
         if samples.shape != (num,) + tuple(info.shape):
             raise AssertionError(f"the sampler returned {samples.shape} for {num} images of {info.shape}")
         kind = "measured"
     else:
         sample_s, kind = estimate, "estimated"
-    return {"num_images": num, "sampler_compile_s": round(compile_s, 1), "network_eval_s": float(f"{eval_s:.4g}"),
-            "network_evaluations": evaluations if name != "nade" else None, "sample_s": round(sample_s, 3),
-            "sample_s_kind": kind, "images_per_s": round(num / sample_s, 4)}
+    stats = {"num_images": num, "sampler_compile_s": round(compile_s, 1), "network_eval_s": float(f"{eval_s:.4g}"),
+             "network_evaluations": evaluations if name not in ("nade",) and not cached else None,
+             "sample_s": round(sample_s, 3), "sample_s_kind": kind, "images_per_s": round(num / sample_s, 4)}
+    if name == "pixelcnn_pp":
+        stats["sampler"] = model.pixelcnn_pp.sampler
+    return stats, samples
+
+
+def side_by_side(cached, naive, cached_samples, naive_samples):
+    """The naive PixelCNN++ sampler's numbers next to the cached one's: naive_sample_s (and its kind),
+    the speedup, and same_samples where both ran in full (else None)."""
+    same = None if naive_samples is None else bool(np.array_equal(np.asarray(cached_samples),
+                                                                  np.asarray(naive_samples)))
+    return {"naive_sampler_compile_s": naive["sampler_compile_s"], "naive_sample_s": naive["sample_s"],
+            "naive_sample_s_kind": naive["sample_s_kind"], "naive_network_evaluations": naive["network_evaluations"],
+            "speedup": round(naive["sample_s"] / cached["sample_s"], 1), "same_samples": same}
 
 
 def benchmark(name, variant, info, repeats, max_seconds):
     experiment = nade_mnist if name == "nade" else pixelcnn_cifar
-    config = experiment.get_config(variant)
-    config.model.name = name
-    settings = families.parse(config).settings
-    method = ar.make(settings, info)
+
+    def setup(sampler=None):
+        config = experiment.get_config(variant)
+        config.model.name = name
+        if sampler is not None:
+            config.model.pixelcnn_pp.sampler = sampler
+        settings = families.parse(config).settings
+        return settings.model, ar.make(settings, info)
+
+    model, method = setup()
     batch = random_batch(info, NUM)
     params = state_lib.run_once(method.init, jax.random.key(0), batch)
+    stats, samples = sampler_stats(model, method, info, params, repeats, max_seconds)
+    if name == "pixelcnn_pp" and model.pixelcnn_pp.sampler == "cached":
+        naive, naive_samples = sampler_stats(*setup("naive"), info, params, repeats, max_seconds)
+        stats.update(side_by_side(stats, naive, samples, naive_samples))
     return {
         "benchmark": "autoregressive_sampling",
         "model": name,
@@ -109,7 +138,7 @@ def benchmark(name, variant, info, repeats, max_seconds):
         **environment(),
         "params": num_params(params),
         "shape": list(info.shape),
-        **sampler_stats(settings.model, method, info, params, repeats, max_seconds),
+        **stats,
         **peak_memory(),
     }
 

@@ -19,7 +19,8 @@ windows of text tokens), so nothing is downloaded; "images/s" counts examples (c
   - sampler: the family's `sample` drawing --num_samples images from the EMA parameters after those
     steps (speed does not depend on training), compiled, then the median of --repeats calls.
     Autoregressive models are timed as `benchmarks.autoregressive` does: a full grid when its estimate
-    (network evaluations x one evaluation) is below --max_seconds, else that estimate, marked so;
+    (network evaluations x one evaluation) is below --max_seconds (always for PixelCNN++'s cached
+    sampler), else that estimate, marked so;
   - peak memory: the device's peak_bytes_in_use (GPU) or the process's max RSS (CPU).
 
 A family of several stages gets a row per stage, each made from the one before's benchmarked parameters:
@@ -79,7 +80,7 @@ def family_config(family, variant, overrides):
 
 def sampler_row(family, model, method, info, params, args):
     if family in AUTOREGRESSIVE:
-        return ar_bench.sampler_stats(model, method, info, params, args.repeats, args.max_seconds, args.num_samples)
+        return ar_bench.sampler_stats(model, method, info, params, args.repeats, args.max_seconds, args.num_samples)[0]
     return measure_sampler(method, params, args.num_samples, args.repeats)
 
 

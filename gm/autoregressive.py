@@ -11,7 +11,8 @@ Order: raster (row by row, left to right) and, inside a pixel, R -> G -> B, the 
 
 `log_prob` is exact, in nats per example, of the data's integer levels (or of the binarized image for
 NADE), so bits/dim goes through `gm.distributions.bits_per_dim` like every other family. Sampling is
-one compiled loop on device: a `fori_loop` over pixels (PixelCNN++) or sub-pixels (PixelCNN), a
+one compiled loop on device: a `fori_loop` over pixels (PixelCNN++, with every layer's activations
+cached so a pixel costs one position per layer: `gm.nn.pixelcnn_pp_cache`) or sub-pixels (PixelCNN), a
 `scan` over dimensions carrying NADE's hidden pre-activation, and a key/value-cached `scan` for the
 transformer.
 """
@@ -58,12 +59,15 @@ class PixelCNNConfig:
 class PixelCNNPPConfig:
     """PixelCNN++ (Salimans et al. 2017), the reference code's CIFAR-10 defaults. scan: trace each
     resolution's gated blocks once (False: unrolled, the layout of checkpoints written before;
-    `gm.nn.pixelcnn_pp.pixelcnn_pp_params_from_unrolled` converts)."""
+    `gm.nn.pixelcnn_pp.pixelcnn_pp_params_from_unrolled` converts). sampler: 'cached' computes each
+    layer at one position per drawn pixel (`gm.nn.pixelcnn_pp_cache`); 'naive' re-runs the network on
+    the whole image per pixel. Both draw the same images for the same key."""
     nr_resnet: int = setting(5, positive)
     nr_filters: int = setting(160, positive)
     nr_logistic_mix: int = setting(10, positive)
     dropout: float = setting(0.5, interval(0.0, 1.0))
     scan: bool = True
+    sampler: Literal["cached", "naive"] = "cached"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,9 +199,11 @@ def _apply(net, params, inputs, y, dropout_key):
     return net.apply({"params": params}, inputs, y, train=train, rngs=rngs)
 
 
-def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn):
+def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn, cached_sample=None):
     """A convolutional model on images in [-1, 1]: log_prob_fn(out, x_sym, levels) -> [B, ...] nats,
-    draw_fn(key, out_ij) -> int levels [B, C] from the network's output at one pixel, out[:, i, j]."""
+    draw_fn(key, out_ij) -> int levels [B, C] from the network's output at one pixel, out[:, i, j].
+    cached_sample(params, key, shape, y, draw_fn, to_sym) -> levels, if given, replaces the sampler that
+    re-runs the network per pixel."""
     to_sym = lambda levels: dist.levels_to_symmetric(levels, info.num_bits)
 
     def init(key, levels, y):
@@ -208,8 +214,11 @@ def _conv_model(net, info, per_pixel, log_prob_fn, draw_fn):
         return dist.sum_per_example(log_prob_fn(out, to_sym(levels), levels))
 
     def sample(params, key, num, y):
+        shape = (num,) + tuple(info.shape)
+        if cached_sample is not None:
+            return cached_sample(params, key, shape, y, draw_fn, to_sym)
         draw = lambda x, k, i, j: draw_fn(k, _apply(net, params, to_sym(x), y, None)[:, i, j])
-        return sample_raster(draw, key, (num,) + tuple(info.shape), per_pixel)
+        return sample_raster(draw, key, shape, per_pixel)
 
     return Model(init, log_prob, sample)
 
@@ -220,14 +229,18 @@ def _categorical_model(net, info):
                        draw_fn=jax.random.categorical)
 
 
-def _mixture_model(net, info):
+def _mixture_model(net, info, cached):
+    from gm.nn import pixelcnn_pp_cache
+
     num_bits = info.num_bits
+    cached_sample = lambda params, *args: pixelcnn_pp_cache.sample(net, params, *args)
     return _conv_model(
         net, info, per_pixel=True,
         log_prob_fn=lambda out, x, _: dist.discretized_logistic_mixture_log_prob(x, out, num_bits),
         draw_fn=lambda key, out: dist.symmetric_to_levels(
             dist.sample_discretized_logistic_mixture(key, out[:, None, None], num_bits, info.shape[-1]),
-            num_bits)[:, 0, 0].astype(jnp.int32))
+            num_bits)[:, 0, 0].astype(jnp.int32),
+        cached_sample=cached_sample if cached else None)
 
 
 def _transformer_model(net, info):
@@ -289,7 +302,8 @@ def model_from_config(model: ModelConfig, info) -> Model:
     if name == "pixelcnn_pp":
         from gm.nn.pixelcnn_pp import PixelCNNPP
 
-        return _mixture_model(PixelCNNPP(num_classes=num_classes, dtype=dtype, **fields), info)
+        cached = fields.pop("sampler") == "cached"
+        return _mixture_model(PixelCNNPP(num_classes=num_classes, dtype=dtype, **fields), info, cached)
     cls = PixelCNN if name == "pixelcnn" else GatedPixelCNN
     return _categorical_model(cls(info.num_levels, num_classes=num_classes, dtype=dtype, **fields), info)
 

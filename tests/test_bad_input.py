@@ -301,6 +301,7 @@ BAD_CONFIGS = [
     ("realnvp_cifar", {"flow.temperature": 0.0}, "config.flow.temperature"),
     ("pixelcnn_cifar", {"model.name": "wavenet"}, "config.model.name"),
     ("pixelcnn_cifar", {"model.pixelcnn_pp.nr_logistic_mix": 0}, "config.model.pixelcnn_pp.nr_logistic_mix"),
+    ("pixelcnn_cifar", {"model.pixelcnn_pp.sampler": "fast"}, "config.model.pixelcnn_pp.sampler"),
     ("nade_mnist", {"model.nade.num_hidden": 0}, "config.model.nade.num_hidden"),
     ("vqvae_cifar", {"model.num_codes": 1}, "config.model.num_codes"),
     ("vqvae_cifar", {"model.codebook_decay": 1.0}, "config.model.codebook_decay"),

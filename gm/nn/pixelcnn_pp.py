@@ -52,9 +52,10 @@ def concat_elu(x: jax.Array) -> jax.Array:
 
 def _shifted_conv(features: int, shift: str, kernel_size: tuple[int, int] | None = None,
                   strides: int = 1, *, dtype, init_scale: float = 1.0,
-                  name: str | None = None, in_loop: bool = False) -> nn.Conv:
+                  name: str | None = None, in_loop: bool = False, windowed: bool = False) -> nn.Conv:
     """A conv padded so its output at (i, j) sees rows <= i: columns centred ("down") or <= j
-    ("down_right"). With stride 2 it halves H and W (which must be even)."""
+    ("down_right"). With stride 2 it halves H and W (which must be even). `windowed`: no padding, for
+    inputs that are windows already holding their context (`gm.nn.pixelcnn_pp_cache`)."""
     if shift not in SHIFTS:
         raise ValueError(f"shift must be one of {SHIFTS}, got {shift!r}.")
     kernel_size = DEFAULT_KERNELS[shift] if kernel_size is None else kernel_size
@@ -62,7 +63,8 @@ def _shifted_conv(features: int, shift: str, kernel_size: tuple[int, int] | None
     # Variance scale init_scale^2: the reference's init_scale multiplies the output's standard deviation.
     init = nn.initializers.variance_scaling(init_scale ** 2, "fan_in", "truncated_normal")
     # In a scanned block (`in_loop`), `gm.nn.scan.Conv`; elsewhere XLA lays the gradients out well itself.
-    return (Conv if in_loop else nn.Conv)(features, kernel_size, strides=(strides, strides), padding=padding,
+    return (Conv if in_loop else nn.Conv)(features, kernel_size, strides=(strides, strides),
+                                          padding="VALID" if windowed else padding,
                                           kernel_init=init, dtype=dtype, name=name)
 
 
@@ -92,34 +94,52 @@ class ShiftedConvTranspose(nn.Module):
 class GatedResnet(nn.Module):
     """PixelCNN++'s gated residual block: [B, H, W, F] -> [B, H, W, F].
 
-    x + a * sigmoid(b), where [a, b] = conv(dropout(concat_elu(conv(concat_elu(x)) + nin(concat_elu(aux)))))
-    (+ a class embedding). Both convs are shifted by `shift`, so the block keeps its input's causality as
-    long as `aux` has it too; `aux` is the other stream or the matching map of the first pass.
+    x + a * sigmoid(b), where [a, b] = conv2(dropout(concat_elu(h))) (+ a class embedding) and
+    h = conv1(concat_elu(x)) + nin(concat_elu(aux)) (`hidden`). Both convs are shifted by `shift`, so the
+    block keeps its input's causality as long as `aux` has it too; `aux` is the other stream or the
+    matching map of the first pass.
+
+    `windowed=True` is the same block for the cached sampler: convolutions without padding, `hidden` and
+    `output` called on windows of cached maps [B, kh, w + kw - 1, .] that hold each output's context.
     """
+    features: int
     shift: str
     dropout: float = 0.0
     num_classes: Optional[int] = None
     dtype: jnp.dtype = jnp.float32
     in_loop: bool = False  # inside a scan: convolutions through gm.nn.scan.Conv
+    windowed: bool = False
 
-    @nn.compact
-    def __call__(self, x: jax.Array, aux: jax.Array | None = None, y: jax.Array | None = None,
-                 *, train: bool) -> jax.Array:
-        features = x.shape[-1]
-        h = _shifted_conv(features, self.shift, dtype=self.dtype, name="conv1", in_loop=self.in_loop)(concat_elu(x))
-        if aux is not None:
-            h = h + nn.Dense(features, dtype=self.dtype, name="nin_aux")(concat_elu(aux))
-        h = concat_elu(h)
-        h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = _shifted_conv(2 * features, self.shift, dtype=self.dtype, init_scale=0.1, name="conv2",
-                          in_loop=self.in_loop)(h)
-        if y is not None:
+    def setup(self):
+        conv = lambda features, **kw: _shifted_conv(features, self.shift, dtype=self.dtype, in_loop=self.in_loop,
+                                                    windowed=self.windowed, **kw)
+        self.conv1 = conv(self.features)
+        self.nin_aux = nn.Dense(self.features, dtype=self.dtype)
+        self.conv2 = conv(2 * self.features, init_scale=0.1)
+        if self.num_classes is not None:
             # One learned vector per class and block, the reference's one-hot h times its matrix `hw`.
-            embed = nn.Embed(self.num_classes, 2 * features, embedding_init=nn.initializers.normal(0.05),
-                             dtype=self.dtype, name="class_embed")
-            h = h + embed(y)[:, None, None, :]
+            self.class_embed = nn.Embed(self.num_classes, 2 * self.features,
+                                        embedding_init=nn.initializers.normal(0.05), dtype=self.dtype)
+        self.drop = nn.Dropout(self.dropout)
+
+    def hidden(self, x: jax.Array, aux: jax.Array | None) -> jax.Array:
+        """The first conv's output plus the projected aux, before its concat_elu: [B, H', W', F]."""
+        h = self.conv1(concat_elu(x))
+        if aux is not None:
+            h = h + self.nin_aux(concat_elu(aux))
+        return h
+
+    def output(self, x: jax.Array, h: jax.Array, y: jax.Array | None, *, train: bool) -> jax.Array:
+        """x + a * sigmoid(b) from the block input x and `hidden`'s h (a window of it, if windowed)."""
+        h = self.conv2(self.drop(concat_elu(h), deterministic=not train))
+        if y is not None:
+            h = h + self.class_embed(y)[:, None, None, :]
         a, b = jnp.split(h, 2, axis=-1)
         return x + a * nn.sigmoid(b)
+
+    def __call__(self, x: jax.Array, aux: jax.Array | None = None, y: jax.Array | None = None,
+                 *, train: bool) -> jax.Array:
+        return self.output(x, self.hidden(x, aux), y, train=train)
 
 
 class _ResnetPair(nn.Module):
@@ -136,7 +156,8 @@ class _ResnetPair(nn.Module):
         u, ul = carry
 
         def block(shift, name):
-            return GatedResnet(shift, self.dropout, self.num_classes, self.dtype, in_loop=True, name=name)
+            return GatedResnet(u.shape[-1], shift, self.dropout, self.num_classes, self.dtype, in_loop=True,
+                               name=name)
 
         u = block("down", "u")(u, None if skips is None else skips[0], y, train=self.train)
         ul_aux = u if skips is None else jnp.concatenate([u, skips[1]], axis=-1)
@@ -182,7 +203,7 @@ class PixelCNNPP(nn.Module):
         x = jnp.concatenate([x, jnp.ones(x.shape[:-1] + (1,), self.dtype)], axis=-1)
 
         def block(shift):
-            return GatedResnet(shift, dropout=self.dropout, num_classes=self.num_classes, dtype=self.dtype)
+            return GatedResnet(filters, shift, dropout=self.dropout, num_classes=self.num_classes, dtype=self.dtype)
 
         def conv(shift, kernel_size=None, strides=1):
             return _shifted_conv(filters, shift, kernel_size, strides, dtype=self.dtype)
