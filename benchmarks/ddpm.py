@@ -24,10 +24,12 @@ from gm import diffusion, families, parallel
 from gm.nn.unet import unet_from_config
 
 
-def paper_unet(dtype="float32"):
-    """(typed setup, Method) of the paper's CIFAR-10 DDPM with compute dtype `dtype`."""
+def paper_unet(dtype="float32", scan=True):
+    """(typed setup, Method) of the paper's CIFAR-10 DDPM with compute dtype `dtype` (scan: the UNet's
+    config.model.scan)."""
     config = ddpm_cifar.get_config()
     config.model.dtype = dtype
+    config.model.scan = scan
     setup = families.parse(config)
     return setup, diffusion.make(setup.settings, fake_cifar_info())
 

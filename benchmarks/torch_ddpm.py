@@ -86,16 +86,19 @@ def main():
     p.add_argument("--steps", type=int, default=3, help="train steps per timed window")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch intra-op threads")
+    p.add_argument("--unrolled", action="store_true",
+                   help="gm's UNet with config.model.scan=False (each residual block traced on its own)")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args()
 
-    setup, method = paper_unet("float32")
+    setup, method = paper_unet("float32", scan=not args.unrolled)
     batch = random_batch(fake_cifar_info(), args.batch_size)
     gm_stats, _, _ = measure_train_step(setup.run.optim, method, batch, args.steps, args.repeats)
     torch_stats = measure_torch_train_step(args.batch_size, args.steps, args.repeats, args.threads)
     result = {
         "benchmark": "ddpm_unet_train_step_gm_vs_torch",
         **environment(),
+        "gm_unet_scan": not args.unrolled,
         **{f"gm_{k}": v for k, v in gm_stats.items()},
         **torch_stats,
         "ratio_gm_over_torch": round(gm_stats["train_images_per_s"] / torch_stats["torch_images_per_s"], 3),

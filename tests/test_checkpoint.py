@@ -37,20 +37,21 @@ def _largest_data_file(step_dir):
     return max(_data_files(step_dir), key=os.path.getsize)
 
 
-def _largest_data_files(step_dir):
-    """Every data file of the largest size. OCDBT can leave the same data in two files (the process's
-    own and the merged root's) of which only one is read, so damaging one of them may touch nothing."""
-    size = os.path.getsize(_largest_data_file(step_dir))
-    return [f for f in _data_files(step_dir) if os.path.getsize(f) == size]
-
-
 def corrupt(step_dir, how):
     """Damage a committed step folder the way disks, copies and crashes do."""
-    if how == "flip_byte":  # silent: Orbax restores it without complaint; the checksum does not
-        for path in _largest_data_files(step_dir):
+    if how == "flip_byte":  # in array bytes Orbax restores it without complaint; the checksum does not
+        # Every data file: OCDBT keeps the same values in the process's folder and the merged root's and
+        # reads one of them, and which files hold values (not tree nodes) varies with the writes' timing.
+        for path in _data_files(step_dir):
             data = bytearray(open(path, "rb").read())
             data[len(data) // 2] ^= 0x40
             open(path, "wb").write(bytes(data))
+    elif how == "wrong_checksum":  # the arrays read back intact but differ from what was saved
+        path = os.path.join(step_dir, "meta", "metadata")
+        meta = json.load(open(path))
+        name = sorted(meta["checksums"])[0]
+        meta["checksums"][name] ^= 1
+        json.dump(meta, open(path, "w"))
     elif how == "truncate":
         path = _largest_data_file(step_dir)
         data = open(path, "rb").read()
@@ -67,7 +68,7 @@ def corrupt(step_dir, how):
         raise ValueError(how)
 
 
-CORRUPTIONS = ("flip_byte", "truncate", "delete_array_file", "delete_meta", "garbage_meta", "delete_manifest")
+CORRUPTIONS = ("flip_byte", "wrong_checksum", "truncate", "delete_array_file", "delete_meta", "garbage_meta", "delete_manifest")
 
 
 def _tree(value):
@@ -108,6 +109,8 @@ def test_a_corrupted_newest_step_falls_back_to_the_previous_one(three_steps, how
     with pytest.raises(CorruptCheckpointError) as error:
         ckpt.restore(_target(_tree(0)), 6)
     assert error.value.step == 6
+    if how == "wrong_checksum":
+        assert "does not match the checksum written with it" in str(error.value)
     with caplog.at_level(logging.WARNING):
         state, meta, step = ckpt.restore_newest_good(_target(_tree(0)))
     assert step == 4 and meta == {"data_step": 4}
