@@ -9,6 +9,8 @@ With D(x) = sigmoid(logit(x)) and G the generator (Goodfellow et al. 2014):
     generator, non-saturating            -E[log D(G(z))]     =  E[softplus(-logit(G(z)))]
     Wasserstein critic (Arjovsky 2017)   E[f(G(z))] - E[f(x)];  generator -E[f(G(z))]
     hinge (Lim & Ye 2017; Miyato 2018)   E[relu(1 - f(x))] + E[relu(1 + f(G(z)))];  generator -E[f(G(z))]
+    least squares (Mao et al. 2017)      (E[(f(x) - 1)^2] + E[f(G(z))^2]) / 2;  generator E[(f(G(z)) - 1)^2]
+                                         (CycleGAN's scaling; Mao et al. also halve the generator's)
 
 Every loss is a scalar to minimise, in nats where it is a log-likelihood. The optimal discriminator for
 fixed G is D* = p_data / (p_data + p_g), where V = 2 JSD(p_data || p_g) - log 4 (`value_at_optimum`).
@@ -16,7 +18,7 @@ fixed G is D* = p_data / (p_data + p_g), where V = 2 JSD(p_data || p_g) - log 4 
 import jax
 import jax.numpy as jnp
 
-LOSSES = ("minimax", "non_saturating", "wasserstein", "hinge")
+LOSSES = ("minimax", "non_saturating", "wasserstein", "hinge", "least_squares")
 
 
 def discriminator_loss(loss, real, fake):
@@ -27,6 +29,8 @@ def discriminator_loss(loss, real, fake):
         return jnp.mean(fake) - jnp.mean(real)
     if loss == "hinge":
         return jnp.mean(jax.nn.relu(1.0 - real)) + jnp.mean(jax.nn.relu(1.0 + fake))
+    if loss == "least_squares":
+        return 0.5 * (jnp.mean((real - 1.0) ** 2) + jnp.mean(fake ** 2))
     raise ValueError(f"config.gan.loss must be one of {LOSSES}, got {loss!r}.")
 
 
@@ -38,6 +42,8 @@ def generator_loss(loss, fake):
         return jnp.mean(jax.nn.softplus(-fake))
     if loss in ("wasserstein", "hinge"):
         return -jnp.mean(fake)
+    if loss == "least_squares":
+        return jnp.mean((fake - 1.0) ** 2)
     raise ValueError(f"config.gan.loss must be one of {LOSSES}, got {loss!r}.")
 
 

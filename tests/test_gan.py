@@ -50,6 +50,7 @@ class Setup:
     ("non_saturating", 2 * LOG2, LOG2),   # -log 1/2
     ("wasserstein", 0.0, 0.0),
     ("hinge", 2.0, 0.0),
+    ("least_squares", 0.5, 1.0),          # ((0 - 1)^2 + 0^2) / 2; (0 - 1)^2
 ])
 def test_losses_at_zero_logits(loss, d_expected, g_expected):
     zeros = jnp.zeros(5)
@@ -66,6 +67,9 @@ def test_losses_at_known_outputs():
     np.testing.assert_allclose(gan_losses.generator_loss("non_saturating", fake), -np.mean(np.log(sig(fake))), rtol=1e-6)
     np.testing.assert_allclose(gan_losses.discriminator_loss("wasserstein", real, fake), 1.75 - 0.5)
     np.testing.assert_allclose(gan_losses.discriminator_loss("hinge", real, fake), (0 + 2) / 2 + (1.5 + 4) / 2)
+    np.testing.assert_allclose(gan_losses.discriminator_loss("least_squares", real, fake),
+                               0.5 * ((1 + 4) / 2 + (0.25 + 9) / 2))
+    np.testing.assert_allclose(gan_losses.generator_loss("least_squares", fake), (0.25 + 4) / 2)
     with pytest.raises(ValueError, match="config.gan.loss"):
         gan_losses.generator_loss("relativistic", fake)
 
