@@ -16,6 +16,9 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
   per byte): the offline `pydoc` and TFDS `tiny_shakespeare`, see `gm.text_datasets`.
 * Captioned images add `'captions': int16[N, k, bytes]` (`DatasetInfo.captions_per_image` = k, each
   caption's UTF-8 bytes padded): TFDS `coco_captions` at 32x32, see `gm.caption_datasets`.
+* Two unpaired image domains (translation, CycleGAN) are `{'image_a', 'image_b': uint8[N, H, W, C],
+  'label_a', 'label_b', 'label': int32[N]}`, `DatasetInfo.domains` naming A and B: the offline
+  `digit_strokes` (thin and thick digits) and TFDS `cycle_gan/NAME`, see `gm.translation_datasets`.
 * 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
   the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
   (PacGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points) are the sharp
@@ -39,11 +42,11 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from gm import audio_datasets, caption_datasets, point_sets, text_datasets, tfds_prepare
+from gm import audio_datasets, caption_datasets, point_sets, text_datasets, tfds_prepare, translation_datasets
 
 DATASETS = ('digits', 'mnist', 'cifar10', 'ring8', 'grid25', 'eight_gaussians', 'checkerboard', 'pacgan_ring',
             'pacgan_grid') + tuple(point_sets.SPLITS) + ('notes', 'sc09') + text_datasets.TEXT_DATASETS + \
-    caption_datasets.CAPTIONED
+    caption_datasets.CAPTIONED + translation_datasets.TRANSLATION_DATASETS
 AUDIO = ('notes', 'sc09')
 TEXT = text_datasets.TEXT_DATASETS
 
@@ -64,6 +67,7 @@ class DatasetInfo:
     vocab_size: int | None = None  # token symbols, for text; None otherwise
     bytes_per_token: float | None = None  # UTF-8 bytes per token of the test text, for text
     captions_per_image: int | None = None  # captions of each image ('captions' [N, k, bytes]), or None
+    domains: tuple[str, str] | None = None  # names of domains A and B ('image_a', 'image_b'), or None
     # The text's `gm.tokenize` tokenizer (ids <-> text), for text; not part of the dataset's identity.
     tokenizer: Any = dataclasses.field(default=None, compare=False, repr=False)
 
@@ -81,7 +85,9 @@ class DatasetInfo:
 
     @property
     def modality(self) -> str:
-        """'image', 'audio', 'text' or 'points' (the 2-D toys)."""
+        """'image', 'audio', 'text', 'domains' (two unpaired image domains) or 'points' (the 2-D toys)."""
+        if self.domains is not None:
+            return 'domains'
         if self.is_audio:
             return 'audio'
         if self.is_text:
@@ -316,6 +322,17 @@ def _load_captioned(name: str, data_dir: str | None) -> Dataset:
     return _make(name, (size, size, 3), 8, 1, train, test, captions_per_image=caption_datasets.CAPTIONS)
 
 
+@functools.lru_cache(maxsize=2)
+def _load_domains(name: str, data_dir: str | None) -> Dataset:
+    if name == 'digit_strokes':
+        digits = _load_digits()
+        train, test = translation_datasets.digit_strokes(digits.train, digits.test)
+        return _make(name, digits.info.shape, 4, 10, train, test, domains=translation_datasets.DOMAIN_NAMES[name])
+    config = name.split('/', 1)[1]
+    train, test = translation_datasets.load_cycle_gan(config, data_dir, DataError, _reachable)
+    return _make(name, train['image_a'].shape[1:], 8, 1, train, test, domains=tuple(config.split('2', 1)))
+
+
 def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None, context: int = 256,
          tokenizer: str = 'bytes') -> Dataset:
     """Loads dataset `name` (one of DATASETS) whole into memory.
@@ -338,6 +355,8 @@ def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = Non
         return _load_text(name, data_dir, int(context), tokenizer)
     if name in caption_datasets.CAPTIONED:
         return _load_captioned(name, data_dir)
+    if name in translation_datasets.TRANSLATION_DATASETS:
+        return _load_domains(name, data_dir)
     raise DataError(f'Unknown dataset {name!r} in config.data.name: use one of {", ".join(DATASETS)}.')
 
 
@@ -389,12 +408,13 @@ def train_batch(ds: Dataset, *, step: int, batch_size: int, seed: int, process_i
         index[rows] = _permutation(n, seed, int(e))[offset[rows]]
     batch = {k: v[index] for k, v in ds.train.items()}
     if random_flip:
-        if 'image' not in batch:
+        images = [k for k in ('image', 'image_a', 'image_b') if k in batch]
+        if not images:
             raise DataError(f'random_flip needs images but {ds.info.name!r} has none: set '
                             'config.data.random_flip=False.')
         flip = _flip_mask(seed, step, batch_size)[lo:hi]
-        batch['image'] = np.where(flip[:, None, None, None], batch['image'][:, :, ::-1],
-                                  batch['image'])
+        for k in images:
+            batch[k] = np.where(flip[:, None, None, None], batch[k][:, :, ::-1], batch[k])
     return batch
 
 

@@ -227,6 +227,7 @@ def test_the_checks_name_the_field_and_say_what_it_takes():
 BAD_CONFIGS = [
     # shared fields
     ("ddpm_cifar", {"data.name": "imagenet64"}, "config.data.name"),
+    ("ddpm_cifar", {"data.name": "digit_strokes"}, "does not model domains; config.data.name='digit_strokes'"),
     ("ddpm_cifar", {"train.batch_size": 12}, "config.train.batch_size=12 must be a positive multiple of the 8"),
     ("ddpm_cifar", {"train.batch_size": 0}, "config.train.batch_size"),
     ("vae_mnist", {"train.batch_size": 20}, "config.train.batch_size"),

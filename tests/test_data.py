@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from conftest import write_tfds_metadata
 
-from gm import caption_datasets, captions, data
+from gm import caption_datasets, captions, data, translation_datasets
 
 
 def _indexed(n, image_shape=None):
@@ -359,3 +359,66 @@ def test_coco_captions_are_square_images_with_five_padded_captions(coco_captions
     with pytest.raises(data.DataError, match=r"^coco_captions is not prepared in .* cannot be reached to download "
                                              r"it: run `tfds build coco_captions` .*--config.data.name=digits"):
         data.load("coco_captions", data_dir=str(tmp_path / "empty"))
+
+
+# --- two unpaired domains (translation) -------------------------------------------------------------
+
+def test_thicken_grows_every_stroke_by_a_pixel_on_each_side():
+    image = np.zeros((1, 5, 5, 1), np.uint8)
+    image[0, 2, 2, 0] = 9
+    cross = translation_datasets.thicken(image)[0, ..., 0]
+    assert cross.sum() == 5 * 9 and cross[1:4, 2].tolist() == [9, 9, 9] and cross[2, 1:4].tolist() == [9, 9, 9]
+
+
+def test_pair_domains_repeats_the_smaller_domain_in_a_shuffled_order():
+    rng = np.random.default_rng(0)
+    a = np.arange(5, dtype=np.uint8).reshape(5, 1, 1, 1)
+    b = (10 + np.arange(2, dtype=np.uint8)).reshape(2, 1, 1, 1)
+    split = translation_datasets.pair_domains(a, np.arange(5), b, np.arange(2), rng)
+    assert sorted(split['image_a'].ravel().tolist()) == list(range(5))  # the larger one: each image once
+    assert np.bincount(split['image_b'].ravel() - 10).tolist() in ([3, 2], [2, 3])  # the smaller, cycled
+    np.testing.assert_array_equal(split['label_b'], split['image_b'].ravel() - 10)  # labels follow their images
+    np.testing.assert_array_equal(split['label'], split['label_a'])
+
+
+def test_digit_strokes_are_unpaired_thin_and_thick_digits():
+    ds, digits = data.load('digit_strokes'), data.load('digits')
+    info = ds.info
+    assert info.domains == ('thin', 'thick') and info.modality == 'domains' and info.shape == (8, 8, 1)
+    assert (info.num_bits, info.num_classes, info.num_train, info.num_test) == (4, 10, 719, 180)
+    key = lambda im: im.tobytes()  # noqa: E731
+    thin = {key(im): label for im, label in zip(digits.train['image'], digits.train['label'])}
+    thick = {key(im): label for im, label in zip(translation_datasets.thicken(digits.train['image']),
+                                                   digits.train['label'])}
+    # Domain A holds digits as they are, B thickened ones, with their own labels ...
+    assert all(thin[key(im)] == label for im, label in zip(ds.train['image_a'], ds.train['label_a']))
+    assert all(thick[key(im)] == label for im, label in zip(ds.train['image_b'], ds.train['label_b']))
+    assert ds.train['image_b'].mean() > 1.5 * ds.train['image_a'].mean()
+    # ... from disjoint halves: hardly any A digit's thickened self is in B (the digits repeat a few images).
+    in_b = {key(im) for im in ds.train['image_b']}
+    thickened_a = translation_datasets.thicken(ds.train['image_a'])
+    assert np.mean([key(im) in in_b for im in thickened_a]) < 0.02
+    batch = data.train_batch(ds, step=0, batch_size=8, seed=0, random_flip=True)
+    assert set(batch) == {'image_a', 'image_b', 'label_a', 'label_b', 'label'} and batch['image_b'].shape == (8, 8, 8, 1)
+
+
+def test_cycle_gan_with_mock_data_and_offline(tmp_path, monkeypatch, no_network):
+    tfds = pytest.importorskip('tensorflow_datasets')
+    metadata = str(tmp_path / 'metadata')
+    write_tfds_metadata(tfds, 'cycle_gan/horse2zebra', metadata, 3, 3,
+                        more_splits=(('trainA', 3), ('trainB', 3), ('testA', 3), ('testB', 3)))
+    with tfds.testing.mock_data(num_examples=3, data_dir=metadata):
+        ds = data.load('cycle_gan/horse2zebra', data_dir=metadata)
+    assert ds.info.domains == ('horse', 'zebra') and ds.info.shape == (256, 256, 3)  # mock images resized
+    assert ds.train['image_a'].shape == (3, 256, 256, 3) and ds.train['image_a'].dtype == np.uint8
+    assert ds.info.modality == 'domains' and ds.info.num_classes == 1
+
+    monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError('no download offline')))
+    empty = tmp_path / 'empty'
+    empty.mkdir()
+    with pytest.raises(data.DataError) as e:
+        data.load('cycle_gan/apple2orange', data_dir=str(empty))
+    message = str(e.value)
+    assert '\n' not in message and 'cannot be reached' in message and 'tfds build cycle_gan/apple2orange' in message
+    assert 'config.data.name=digit_strokes' in message
