@@ -399,7 +399,8 @@ def test_digit_strokes_are_unpaired_thin_and_thick_digits():
     thickened_a = translation_datasets.thicken(ds.train['image_a'])
     assert np.mean([key(im) in in_b for im in thickened_a]) < 0.02
     batch = data.train_batch(ds, step=0, batch_size=8, seed=0, random_flip=True)
-    assert set(batch) == {'image_a', 'image_b', 'label_a', 'label_b', 'label'} and batch['image_b'].shape == (8, 8, 8, 1)
+    assert set(batch) == {'image_a', 'image_b', 'label_a', 'label_b', 'label'}
+    assert batch['image_b'].shape == (8, 8, 8, 1)
 
 
 def test_cycle_gan_with_mock_data_and_offline(tmp_path, monkeypatch, no_network):
