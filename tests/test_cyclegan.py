@@ -90,17 +90,19 @@ class Tiny:
                       "image_b": jnp.asarray(rng.integers(0, 16, (2, 8, 8, 1)), jnp.uint8)}
         self.a = dist.levels_to_symmetric(self.batch["image_a"], 4)
         self.b = dist.levels_to_symmetric(self.batch["image_b"], 4)
-        self.params = cyclegan.init_params(self.nets, jax.random.key(0), self.a[:1])
+        # Compiled as one program: eagerly, each of the networks' small ops would compile on its own.
+        self.params = jax.jit(lambda k, x: cyclegan.init_params(self.nets, k, x))(jax.random.key(0), self.a[:1])
 
 
 def test_generator_loss_is_the_sum_of_its_terms_by_hand():
     s = Tiny()
     g, d = s.params["generators"], s.params["discriminators"]
-    loss, (fake_a, fake_b, metrics) = cyclegan.generator_objective(s.nets, s.cycle, g, d, s.a, s.b)
-    G = lambda x: s.nets.generator.apply({"params": g["a_to_b"]}, x)  # noqa: E731
-    F = lambda x: s.nets.generator.apply({"params": g["b_to_a"]}, x)  # noqa: E731
-    D_a = lambda x: s.nets.discriminator.apply({"params": d["a"]}, x)  # noqa: E731
-    D_b = lambda x: s.nets.discriminator.apply({"params": d["b"]}, x)  # noqa: E731
+    objective = jax.jit(lambda cycle, g, d: cyclegan.generator_objective(s.nets, cycle, g, d, s.a, s.b),
+                        static_argnums=0)
+    loss, (fake_a, fake_b, metrics) = objective(s.cycle, g, d)
+    translate, judge = jax.jit(s.nets.translate), jax.jit(s.nets.judge)
+    G, F = (lambda x: translate(g["a_to_b"], x)), (lambda x: translate(g["b_to_a"], x))  # noqa: E731
+    D_a, D_b = (lambda x: judge(d["a"], x)), (lambda x: judge(d["b"], x))  # noqa: E731
     mae = lambda x, y: np.mean(np.abs(np.asarray(x) - np.asarray(y)))  # noqa: E731
     adversarial = np.mean((np.asarray(D_b(G(s.a))) - 1) ** 2) + np.mean((np.asarray(D_a(F(s.b))) - 1) ** 2)
     cycle = mae(F(G(s.a)), s.a) + mae(G(F(s.b)), s.b)
@@ -109,7 +111,7 @@ def test_generator_loss_is_the_sum_of_its_terms_by_hand():
     np.testing.assert_allclose(metrics["cycle_a"] + metrics["cycle_b"], cycle, rtol=1e-5)
     np.testing.assert_allclose(fake_b, G(s.a), rtol=1e-6)
     np.testing.assert_allclose(fake_a, F(s.b), rtol=1e-6)
-    no_identity = cyclegan.generator_objective(s.nets, Tiny(lambda_identity=0.0).cycle, g, d, s.a, s.b)[0]
+    no_identity = objective(Tiny(lambda_identity=0.0).cycle, g, d)[0]
     np.testing.assert_allclose(no_identity, adversarial + 10 * cycle, rtol=1e-5)
 
 
@@ -118,7 +120,7 @@ def test_discriminator_loss_is_half_the_least_squares_terms_per_domain():
     d = s.params["discriminators"]
     fake_a, fake_b = -s.a, -s.b
     loss, _ = cyclegan.discriminator_objective(s.nets, d, s.a, s.b, fake_a, fake_b)
-    judge = lambda name, x: np.asarray(s.nets.discriminator.apply({"params": d[name]}, x))  # noqa: E731
+    judge = lambda name, x: np.asarray(jax.jit(s.nets.judge)(d[name], x))  # noqa: E731
     want = sum(0.5 * (np.mean((judge(n, real) - 1) ** 2) + np.mean(judge(n, fake) ** 2))
                for n, real, fake in (("a", s.a, fake_a), ("b", s.b, fake_b)))
     np.testing.assert_allclose(loss, want, rtol=1e-5)
@@ -140,8 +142,8 @@ def test_one_step_updates_the_generators_then_the_discriminators_on_pooled_image
     # By hand: the generators' step on L_G with the discriminators as they were. The steps are 1e-3 or more,
     # the compiled and the eager float32 gradients differ by 1e-6.
     g, d = s.params["generators"], s.params["discriminators"]
-    (g_loss, (fake_a, fake_b, _)), g_grads = jax.value_and_grad(cyclegan.generator_objective, argnums=2,
-                                                                 has_aux=True)(s.nets, s.cycle, g, d, s.a, s.b)
+    (g_loss, (fake_a, fake_b, _)), g_grads = jax.jit(jax.value_and_grad(
+        lambda g: cyclegan.generator_objective(s.nets, s.cycle, g, d, s.a, s.b), has_aux=True))(g)
     updates, _ = g_opt.update(g_grads, opt_state["generators"], g)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
                  params["generators"], optax.apply_updates(g, updates))
@@ -151,8 +153,8 @@ def test_one_step_updates_the_generators_then_the_discriminators_on_pooled_image
         np.testing.assert_allclose(pool["images"][:2], fake, rtol=1e-5, atol=1e-6)
         np.testing.assert_array_equal(pool["images"][2], 0.0)
     # The discriminators' step on L_D against those images (no gradient reaches the generators).
-    (d_loss, _), d_grads = jax.value_and_grad(cyclegan.discriminator_objective, argnums=1, has_aux=True)(
-        s.nets, d, s.a, s.b, fake_a, fake_b)
+    (d_loss, _), d_grads = jax.jit(jax.value_and_grad(
+        lambda d: cyclegan.discriminator_objective(s.nets, d, s.a, s.b, fake_a, fake_b), has_aux=True))(d)
     d_updates, _ = d_opt.update(d_grads, opt_state["discriminators"], d)
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5),
                  params["discriminators"], optax.apply_updates(d, d_updates))
