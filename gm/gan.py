@@ -69,8 +69,8 @@ class GANModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObjectiveConfig:
-    """config.gan: the loss (`gm.gan_losses`: minimax | non_saturating | wasserstein | hinge); d_steps,
-    k discriminator updates per generator update; packing, PacGAN's m (Lin et al. 2018: the
+    """config.gan: the loss (`gm.gan_losses`: minimax | non_saturating | wasserstein | hinge |
+    least_squares); d_steps, k discriminator updates per generator update; packing, PacGAN's m (Lin et al. 2018: the
     discriminator judges m samples, all real or all generated, concatenated along the features; 1: an
     ordinary GAN); gradient_penalty, the weight of WGAN-GP's penalty (0: none); clip, WGAN's weight clip
     (0: none); unrolled_steps, Metz et al.'s K (0: not unrolled)."""
