@@ -330,7 +330,8 @@ def _load_domains(name: str, data_dir: str | None) -> Dataset:
         return _make(name, digits.info.shape, 4, 10, train, test, domains=translation_datasets.DOMAIN_NAMES[name])
     config = name.split('/', 1)[1]
     train, test = translation_datasets.load_cycle_gan(config, data_dir, DataError, _reachable)
-    return _make(name, train['image_a'].shape[1:], 8, 1, train, test, domains=tuple(config.split('2', 1)))
+    return _make(name, train['image_a'].shape[1:], 8, 1, train, test,
+                 domains=translation_datasets.domain_names(config))
 
 
 def load(name: str, *, data_dir: str | None = None, manual_dir: str | None = None, context: int = 256,

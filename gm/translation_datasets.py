@@ -29,6 +29,13 @@ CYCLE_GAN_SIZE = 256
 _CROSS = ndimage.generate_binary_structure(2, 1)
 
 
+def domain_names(config: str) -> tuple[str, str]:
+    """The names of cycle_gan/`config`'s domains: its two sides ('horse2zebra' -> horse, zebra), or A and
+    B for the sets named otherwise (maps, cityscapes, facades)."""
+    a, two, b = config.partition("2")
+    return (a, b) if two else ("A", "B")
+
+
 def thicken(images: np.ndarray) -> np.ndarray:
     """Grey dilation of uint8 images [N, H, W, 1] by a 3x3 cross: each pixel the brightest of itself and
     its four neighbours, so a stroke gains a pixel on every side."""

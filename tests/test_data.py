@@ -413,6 +413,7 @@ def test_cycle_gan_with_mock_data_and_offline(tmp_path, monkeypatch, no_network)
     assert ds.info.domains == ('horse', 'zebra') and ds.info.shape == (256, 256, 3)  # mock images resized
     assert ds.train['image_a'].shape == (3, 256, 256, 3) and ds.train['image_a'].dtype == np.uint8
     assert ds.info.modality == 'domains' and ds.info.num_classes == 1
+    assert translation_datasets.domain_names('facades') == ('A', 'B')
 
     monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare',
                         lambda *a, **k: (_ for _ in ()).throw(AssertionError('no download offline')))
