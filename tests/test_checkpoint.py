@@ -48,10 +48,12 @@ def corrupt(step_dir, how):
             open(path, "wb").write(bytes(data))
     elif how == "wrong_checksum":  # the arrays read back intact but differ from what was saved
         path = os.path.join(step_dir, "meta", "metadata")
-        meta = json.load(open(path))
+        with open(path) as f:
+            meta = json.load(f)
         name = sorted(meta["checksums"])[0]
         meta["checksums"][name] ^= 1
-        json.dump(meta, open(path, "w"))
+        with open(path, "w") as f:
+            json.dump(meta, f)
     elif how == "truncate":
         path = _largest_data_file(step_dir)
         data = open(path, "rb").read()
@@ -68,7 +70,8 @@ def corrupt(step_dir, how):
         raise ValueError(how)
 
 
-CORRUPTIONS = ("flip_byte", "wrong_checksum", "truncate", "delete_array_file", "delete_meta", "garbage_meta", "delete_manifest")
+CORRUPTIONS = ("flip_byte", "wrong_checksum", "truncate", "delete_array_file", "delete_meta", "garbage_meta",
+               "delete_manifest")
 
 
 def _tree(value):
