@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gm.flows.bijectors import Bijector, sum_per_example
-from gm.nn.scan import Conv, repeat, stack_blocks
+from gm.nn.scan import conv_module, repeat, stack_blocks
 
 MASKS = ("checkerboard", "channel")
 SCALES = ("tanh", "sigmoid")
@@ -129,8 +129,8 @@ def coupling_mask(shape, kind, parity):
 
 def _residual(h, hidden, in_loop=False):
     """h + conv1x1(relu(conv3x3(LayerNorm(h)))), its layers created in the calling module; in a scanned
-    block (`in_loop`) through `gm.nn.scan.Conv`, elsewhere `nn.Conv` (XLA lays the gradients out itself)."""
-    conv = Conv if in_loop else nn.Conv
+    block (`in_loop`) through `gm.nn.scan.Conv` (`gm.nn.scan.conv_module`)."""
+    conv = conv_module(in_loop)
     r = nn.relu(conv(hidden, (3, 3))(nn.LayerNorm()(h)))
     return h + conv(hidden, (1, 1))(r)
 
@@ -158,7 +158,7 @@ class ConvConditioner(nn.Module):
 
     @nn.compact
     def __call__(self, h, out_features):
-        conv = Conv if self.in_loop else nn.Conv
+        conv = conv_module(self.in_loop)
         h = nn.relu(conv(self.hidden, (3, 3))(h))
         if self.scan and self.num_blocks:
             h, _ = repeat(ResidualBlock, self.num_blocks)(self.hidden, name="blocks")(h, None)

@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from gm.nn.scan import Conv
+from gm.nn.scan import conv_module
 
 Dtype = Any
 
@@ -88,10 +88,9 @@ def GroupNorm(channels: int, *, dtype: Dtype = jnp.float32, name: str | None = N
 
 def _conv3x3(features: int, *, dtype: Dtype, init_scale: float = 1.0, strides: int = 1,
              name: str | None = None, in_loop: bool = False) -> nn.Conv:
-    # "SAME" pads a stride-2 conv on even inputs by (0, 1), exactly as TF does. In a scanned block
-    # (`in_loop`), `gm.nn.scan.Conv`; elsewhere XLA lays the gradients out well itself.
-    return (Conv if in_loop else nn.Conv)(features, (3, 3), strides=(strides, strides), padding="SAME",
-                   kernel_init=default_init(init_scale), dtype=dtype, name=name)
+    # "SAME" pads a stride-2 conv on even inputs by (0, 1), exactly as TF does.
+    return conv_module(in_loop)(features, (3, 3), strides=(strides, strides), padding="SAME",
+                                kernel_init=default_init(init_scale), dtype=dtype, name=name)
 
 
 def _nin(features: int, *, dtype: Dtype, init_scale: float = 1.0, name: str | None = None) -> nn.Dense:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from gm.distributions import dlm_num_params
 from gm.nn.causal import down_padding, down_right_padding, down_shift, right_shift
 from gm.nn.convnets import UpConv2x
-from gm.nn.scan import Conv, repeat, stack_blocks
+from gm.nn.scan import conv_module, repeat, stack_blocks
 
 SHIFTS = ("down", "down_right")
 # The reference's kernels: 2x3 (one row above, centred) for `u`, 2x2 (above and left) for `ul`.
@@ -62,10 +62,8 @@ def _shifted_conv(features: int, shift: str, kernel_size: tuple[int, int] | None
     padding = down_padding(kernel_size) if shift == "down" else down_right_padding(kernel_size)
     # Variance scale init_scale^2: the reference's init_scale multiplies the output's standard deviation.
     init = nn.initializers.variance_scaling(init_scale ** 2, "fan_in", "truncated_normal")
-    # In a scanned block (`in_loop`), `gm.nn.scan.Conv`; elsewhere XLA lays the gradients out well itself.
-    return (Conv if in_loop else nn.Conv)(features, kernel_size, strides=(strides, strides),
-                                          padding="VALID" if windowed else padding,
-                                          kernel_init=init, dtype=dtype, name=name)
+    return conv_module(in_loop)(features, kernel_size, strides=(strides, strides),
+                                padding="VALID" if windowed else padding, kernel_init=init, dtype=dtype, name=name)
 
 
 class ShiftedConvTranspose(nn.Module):

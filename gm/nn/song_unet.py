@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from gm.nn.layers import Dtype
-from gm.nn.scan import Conv, repeat, stack_blocks, uniform_runs
+from gm.nn.scan import conv_module, repeat, stack_blocks, uniform_runs
 
 EMBEDDINGS = ("positional", "fourier")
 ENCODERS = ("standard", "residual")
@@ -65,9 +65,8 @@ def upsample(x: jax.Array, taps: Sequence[int]) -> jax.Array:
 
 def _conv(features: int, kernel: int, weight: float = 1.0, dtype=jnp.float32, name: Optional[str] = None,
           in_loop: bool = False):
-    # In a scanned block (`in_loop`), `gm.nn.scan.Conv`; elsewhere XLA lays the gradients out well itself.
-    return (Conv if in_loop else nn.Conv)(features, (kernel, kernel), padding="SAME", kernel_init=xavier(weight),
-                                          dtype=dtype, name=name)
+    return conv_module(in_loop)(features, (kernel, kernel), padding="SAME", kernel_init=xavier(weight),
+                                dtype=dtype, name=name)
 
 
 class Block(nn.Module):
