@@ -81,7 +81,7 @@ def family_config(family, variant, overrides):
 def sampler_row(family, model, method, info, params, args):
     if family in AUTOREGRESSIVE:
         return ar_bench.sampler_stats(model, method, info, params, args.repeats, args.max_seconds, args.num_samples)[0]
-    return measure_sampler(method, params, args.num_samples, args.repeats)
+    return measure_sampler(method, params, args.num_samples, args.repeats, info)
 
 
 def benchmark(args):

@@ -31,6 +31,10 @@ _INFOS = {
     # WaveGAN's SC09 training split; its test size is not needed for timing (0: not stated here).
     "sc09": gm_data.DatasetInfo(name="sc09", shape=(16000,), num_bits=16, num_classes=10, num_train=18_620,
                                 num_test=0, sample_rate=16_000),
+    # TFDS cycle_gan/horse2zebra: 1,067 horses and 1,334 zebras to train (rows: the larger), 120 and 140 to test.
+    "cycle_gan/horse2zebra": gm_data.DatasetInfo(name="cycle_gan/horse2zebra", shape=(256, 256, 3), num_bits=8,
+                                                 num_classes=1, num_train=1_334, num_test=140,
+                                                 domains=("horse", "zebra")),
 }
 
 
@@ -48,10 +52,10 @@ def dataset_info(name, context=256, tokenizer="bytes"):
         return gm_data.DatasetInfo(name=name, shape=(context,), num_bits=None, num_classes=1,
                                    num_train=1_003_854 - context + 1, num_test=55_770 // context, vocab_size=256,
                                    bytes_per_token=1.0, tokenizer=tokenize.ByteTokenizer())
-    if name in ("digits", "notes", "pydoc"):
+    if name in ("digits", "notes", "pydoc", "digit_strokes"):
         return gm_data.load(name, context=context, tokenizer=tokenizer).info
     raise ValueError(f"No benchmark shape for config.data.name {name!r}; use one of "
-                     f"{('digits', 'notes', 'pydoc', 'tiny_shakespeare') + tuple(_INFOS)}.")
+                     f"{('digits', 'notes', 'pydoc', 'digit_strokes', 'tiny_shakespeare') + tuple(_INFOS)}.")
 
 
 def fake_cifar_info():
@@ -59,7 +63,8 @@ def fake_cifar_info():
 
 
 def random_batch(info, batch_size, seed=0):
-    """{'image': uint8 [B, H, W, C] uniform over the info's levels, 'label': int32 [B]}; for audio
+    """{'image': uint8 [B, H, W, C] uniform over the info's levels, 'label': int32 [B]} (two domains:
+    'image_a' and 'image_b'); for audio
     {'audio': int16 [B, T] (Gaussian, a tenth of full scale), 'label'}; for text {'tokens': int32 [B, T]
     uniform over the vocabulary, 'label'}."""
     rng = np.random.default_rng(seed)
@@ -70,8 +75,11 @@ def random_batch(info, batch_size, seed=0):
         audio = np.clip(rng.normal(0.0, 3277.0, (batch_size,) + tuple(info.shape)), -32768, 32767)
         return {"audio": audio.astype(np.int16),
                 "label": rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)}
-    return {"image": rng.integers(0, info.num_levels, (batch_size,) + tuple(info.shape), dtype=np.uint8),
-            "label": rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)}
+    images = lambda: rng.integers(0, info.num_levels, (batch_size,) + tuple(info.shape), dtype=np.uint8)  # noqa: E731
+    labels = rng.integers(0, info.num_classes, (batch_size,), dtype=np.int32)
+    if info.domains is not None:
+        return {"image_a": images(), "image_b": images(), "label": labels}
+    return {"image": images(), "label": labels}
 
 
 def machine_description():
@@ -185,13 +193,20 @@ def measure_train_step(optim_config: OptimConfig, method, batch, steps, repeats,
     return stats, device_state, strategy
 
 
-def measure_sampler(method, params, num, repeats):
-    """Compile and time `method.sample(params, key, num)` as the trainer runs it (`parallel.jit_sampler`).
+def measure_sampler(method, params, num, repeats, info=None):
+    """Compile and time `method.sample(params, key, num)` as the trainer runs it (`parallel.jit_sampler`);
+    for a translation family (`info` needed), `method.translate` of num random images of each domain,
+    where an image is one translation.
 
     Returns stats: sample_compile_s (compile + the first call), sample_images_per_s (median over
     `repeats` calls, each with a new key) and each call's.
     """
-    sampler = parallel.jit_sampler(method.sample, num)
+    if method.sample is None:
+        batch = random_batch(info, num)
+        translate = jax.jit(method.translate)
+        sampler = lambda params, key: translate(params, key, batch)["fake_a"]  # noqa: E731
+    else:
+        sampler = parallel.jit_sampler(method.sample, num)
     images, compile_s = timed(sampler, params, jax.random.key(2))
     if images.shape[0] != num:
         raise AssertionError(f"the sampler returned {images.shape[0]} images for num={num}")

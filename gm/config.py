@@ -219,7 +219,9 @@ def check_multiple(period, field, steps_per_call, train_name):
 class OptimConfig:
     """config.optim: global-norm clipping (grad_clip, 0: none) -> Adam(W) or RMSProp (decay b2) on a
     learning rate warmed up linearly over warmup_steps, then times lr_decay every step, or (cosine_steps
-    > 0) cosine-decayed over cosine_steps to learning_rate * final_lr_fraction and held there; eps_root > 0
+    > 0) cosine-decayed over cosine_steps to learning_rate * final_lr_fraction and held there, or
+    (linear_decay_steps > 0) held until step linear_decay_start, then decayed linearly to learning_rate *
+    final_lr_fraction over linear_decay_steps (CycleGAN's 100 + 100 epochs); eps_root > 0
     keeps Adam's square root differentiable at 0 (needed to differentiate through updates); weight_decay
     (AdamW, decoupled) applies to every parameter or (weight_decay_on='matrices', GPT-2's choice) to
     those of two or more dimensions only; ema_decay:
@@ -229,6 +231,8 @@ class OptimConfig:
     warmup_steps: int = setting(0, nonnegative)
     lr_decay: float = setting(1.0, interval(0.0, 1.0, low_open=True, high_open=False))
     cosine_steps: int = setting(0, nonnegative)
+    linear_decay_start: int = setting(0, nonnegative)
+    linear_decay_steps: int = setting(0, nonnegative)
     final_lr_fraction: float = setting(0.0, interval(0.0, 1.0, high_open=False))
     grad_clip: float = setting(0.0, interval(0.0, None))
     b1: float = setting(0.9, interval(0.0, 1.0))
@@ -243,6 +247,15 @@ class OptimConfig:
         if self.cosine_steps and self.lr_decay != 1.0:
             raise ValueError(f"{name}.lr_decay={self.lr_decay} and {name}.cosine_steps={self.cosine_steps} are two "
                              f"decays; set {name}.lr_decay=1.0 for the cosine one or {name}.cosine_steps=0.")
+        if self.linear_decay_steps and (self.cosine_steps or self.lr_decay != 1.0):
+            raise ValueError(f"{name}.linear_decay_steps={self.linear_decay_steps} is a decay of its own; set "
+                             f"{name}.cosine_steps=0 and {name}.lr_decay=1.0 with it.")
+        if self.linear_decay_start and not self.linear_decay_steps:
+            raise ValueError(f"{name}.linear_decay_start={self.linear_decay_start} starts no decay; set "
+                             f"{name}.linear_decay_steps > 0 or leave the start at 0.")
+        if self.linear_decay_steps and self.linear_decay_start < self.warmup_steps:
+            raise ValueError(f"{name}.linear_decay_start={self.linear_decay_start} falls in the warm-up; set it to "
+                             f"at least {name}.warmup_steps={self.warmup_steps}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,7 +265,7 @@ class SampleConfig:
     batch_size: int = setting(64, positive)
 
 
-METRICS = ("bpd", "fid", "recon")
+METRICS = ("bpd", "fid", "recon", "translation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,8 +273,9 @@ class EvalConfig:
     """config.eval: what --mode=eval and the in-training evaluations (every `every` steps, 0: none) measure.
 
     metrics: any of 'bpd' (test negative log-likelihood through `gm.metrics.likelihood`), 'fid' (FID / IS
-      / KID of samples, `gm.metrics.sample_quality`) and 'recon' (test reconstruction error); a model
-      that cannot provide one skips it.
+      / KID of samples, `gm.metrics.sample_quality`), 'recon' (test reconstruction error) and
+      'translation' (a translation family's test translations: cycle error, FID of each direction,
+      class kept; `gm.metrics.translation`); a model that cannot provide one skips it.
     batch_size, num_examples: test batches (a multiple of the device count) and how many examples (0: all).
     features: 'auto' (Inception for CIFAR-10, the domain classifier for the digits, MNIST and the audio
       sets), 'inception', 'digits', 'mnist', 'notes' or 'sc09'; num_samples, sample_batch_size: samples
@@ -269,7 +283,7 @@ class EvalConfig:
     reference: 'train' or 'test' (that split's statistics) or an .npz of `gm.metrics.reference_stats`.
     inception_weights: the FID Inception weights file (else $GM_INCEPTION_WEIGHTS); kid: also report KID.
     """
-    metrics: Tuple[Literal["bpd", "fid", "recon"], ...] = ("bpd",)
+    metrics: Tuple[Literal[METRICS], ...] = ("bpd",)
     every: int = setting(0, nonnegative)
     batch_size: int = setting(500, positive)
     num_examples: int = setting(0, nonnegative)

@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import optax
 
 from gm import distributions as dist
-from gm import gan_losses, optim
+from gm import checks, gan_losses, optim
 from gm.config import OptimConfig, interval, nonnegative, positive, setting
-from gm.method import Training
-from gm.nn.cyclegan import PatchDiscriminator, ResnetGenerator
+from gm.method import Method, Training
+from gm.nn.cyclegan import PatchDiscriminator, ResnetGenerator, patch_grid
 
 LOSS = "least_squares"
 
@@ -201,3 +201,62 @@ def training(nets: Networks, cycle: CycleConfig, d_optimizer, shape, num_bits: i
                 "discriminators": params["discriminators"]}
 
     return Training(update=update, init_opt_state=init_opt_state, init_extra=init_extra, average=average)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The family.
+# ---------------------------------------------------------------------------------------------------
+
+def check_data(info) -> None:
+    """One sentence unless `info` is two image domains of one shape (`gm.data.DatasetInfo.domains`)."""
+    if info.domains is None:
+        raise ValueError(f"CycleGAN translates between two image domains; config.data.name={info.name!r} is "
+                         f"{info.modality} data, use digit_strokes or a cycle_gan/NAME set.")
+
+
+def check_sizes(model: CycleGANModelConfig, info) -> None:
+    """One sentence when the images of `info` do not halve config.model.g_down times or leave the
+    discriminator no patch."""
+    h, w = info.shape[:2]
+    step = 2 ** model.g_down
+    checks.require(h % step == 0 and w % step == 0, "config.model.g_down", model.g_down,
+                   f"small enough that 2^g_down divides the {h}x{w} images")
+    checks.require(min(patch_grid(h, model.d_layers), patch_grid(w, model.d_layers)) >= 1, "config.model.d_layers",
+                   model.d_layers, f"small enough to leave a patch of the {h}x{w} images")
+
+
+def make(settings: Settings, info) -> Method:
+    """CycleGAN for the two domains `info` describes -> Method with `translate` and its own `training`.
+
+    `sample` is None: a translation needs an input. `loss` is L_G + L_D on a batch without the history
+    (for monitoring); `translate` maps test images both ways and back (`gm.method.TranslateFn`).
+    """
+    check_data(info)
+    check_sizes(settings.model, info)
+    nets = networks(settings.model, info.shape[-1])
+    num_bits = info.num_bits
+    to_x = lambda levels: dist.levels_to_symmetric(levels, num_bits)  # noqa: E731
+    to_levels = lambda x: dist.symmetric_to_levels(jnp.clip(x, -1.0, 1.0), num_bits).astype(jnp.uint8)  # noqa: E731
+
+    def init(key, batch):
+        return init_params(nets, key, to_x(batch["image_a"][:1]))
+
+    def loss(params, key, batch):
+        real_a, real_b = to_x(batch["image_a"]), to_x(batch["image_b"])
+        g_loss, (fake_a, fake_b, metrics) = generator_objective(nets, settings.cyclegan, params["generators"],
+                                                                params["discriminators"], real_a, real_b)
+        d_loss, d_metrics = discriminator_objective(nets, params["discriminators"], real_a, real_b, fake_a, fake_b)
+        return g_loss, {"g_loss": g_loss, "d_loss": d_loss, **metrics, **d_metrics}
+
+    def translate(params, key, batch):
+        g = params["generators"]
+        fake_b = nets.translate(g["a_to_b"], to_x(batch["image_a"]))
+        fake_a = nets.translate(g["b_to_a"], to_x(batch["image_b"]))
+        return {"image_a": jnp.asarray(batch["image_a"], jnp.uint8), "fake_b": to_levels(fake_b),
+                "cycle_a": to_levels(nets.translate(g["b_to_a"], fake_b)),
+                "image_b": jnp.asarray(batch["image_b"], jnp.uint8), "fake_a": to_levels(fake_a),
+                "cycle_b": to_levels(nets.translate(g["a_to_b"], fake_a))}
+
+    d_optimizer = optim.make_optimizer(settings.optim_d)
+    return Method(init=init, loss=loss, sample=None, translate=translate,
+                  training=training(nets, settings.cyclegan, d_optimizer, tuple(info.shape), num_bits))

@@ -17,8 +17,9 @@ a fancy-index away and its contents are a pure function of `(seed, step)`:
 * Captioned images add `'captions': int16[N, k, bytes]` (`DatasetInfo.captions_per_image` = k, each
   caption's UTF-8 bytes padded): TFDS `coco_captions` at 32x32, see `gm.caption_datasets`.
 * Two unpaired image domains (translation, CycleGAN) are `{'image_a', 'image_b': uint8[N, H, W, C],
-  'label_a', 'label_b', 'label': int32[N]}`, `DatasetInfo.domains` naming A and B: the offline
-  `digit_strokes` (thin and thick digits) and TFDS `cycle_gan/NAME`, see `gm.translation_datasets`.
+  'label_a', 'label_b', 'label': int32[N], 'first_a', 'first_b': bool[N]}`, `DatasetInfo.domains`
+  naming A and B: the offline `digit_strokes` (thin and thick digits) and TFDS `cycle_gan/NAME`, see
+  `gm.translation_datasets`.
 * 2-D toys are `{'x': float32[N, 2], 'label': int32[N]}` (label = index of the mixture mode or square
   the point was drawn from), `num_bits=None`. ring8 and grid25 (std 0.02), pacgan_ring and pacgan_grid
   (PacGAN's: radius 1 and std 0.01, spacing 2 and std 0.05, 100,000 training points) are the sharp

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import ml_collections
 
-from gm import autoregressive, dalle, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
+from gm import autoregressive, cyclegan, dalle, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
 from gm.diffusion import continuous, vdm
 from gm import config as config_lib
 from gm.config import RunConfig
@@ -42,7 +42,8 @@ class Family:
     experiment: the module under experiments/ with its paper configuration; preset: (dotted field,
     value) pairs this entry sets on the sections' defaults (several entries share a module);
     check(run, settings): rules that span the family's and the base sections; modality: what it models
-    ('image', which the image families also fit to 2-D points, 'audio' or 'text')."""
+    ('image', which the image families also fit to 2-D points, 'audio', 'text' or 'domains': two unpaired
+    image domains to translate between)."""
     name: str
     label: str
     settings: type
@@ -84,11 +85,12 @@ FAMILIES = {f.name: f for f in (
             Stage("prior", dalle.make_prior, train="prior_train", optim="prior_optim")), "dalle_digits",
            check=dalle.check),
     Family("gpt", "GPT", gpt.Settings, _one_stage(gpt.make), "gpt_text", modality="text"),
+    Family("cyclegan", "CycleGAN", cyclegan.Settings, _one_stage(cyclegan.make), "cyclegan", modality="domains"),
 )}
 
 
 # The data each modality of family fits (`gm.data.DatasetInfo.modality`).
-DATA_MODALITIES = {"image": ("image", "points"), "audio": ("audio",), "text": ("text",)}
+DATA_MODALITIES = {"image": ("image", "points"), "audio": ("audio",), "text": ("text",), "domains": ("domains",)}
 
 
 def check_data(family: Family, info) -> None:

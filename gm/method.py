@@ -6,7 +6,8 @@ of an optax `GradientTransformation`:
     init(key, batch) -> params
     loss(params, key, batch) -> (scalar loss, {name: scalar metric})
     sample(params, key, num) -> uint8 images [num, H, W, C] at the data's bit depth
-                                 (or float data-space arrays for 2-D toy data)
+                                 (or float data-space arrays for 2-D toy data); None for a family
+                                 that only maps given data to data (`translate`)
     log_prob(params, key, batch) -> float32 [B] log-likelihood in nats per example, or None
 
 `log_prob_is_bound` says whether `log_prob` is exact or a lower bound (an ELBO). By default the trainer
@@ -32,6 +33,10 @@ LogProbFn = Callable[[Params, PRNGKey, Batch], jax.Array]
 # (params, key, batch) -> {'data': uint8 [B, H, W, C] levels as the model sees them (binarized ones for a
 # Bernoulli decoder), 'reconstruction': the same shape, and optionally 'codes': int [B, ...] discrete latents}
 ReconstructFn = Callable[[Params, PRNGKey, Batch], Mapping[str, jax.Array]]
+# (params, key, batch of two domains) -> {'image_a', 'fake_b', 'cycle_a', 'image_b', 'fake_a', 'cycle_b'}: uint8
+# [B, H, W, C] levels; the test images of each domain, their translations and the translations back
+# (fake_b = G(a), cycle_a = F(G(a)), fake_a = F(b), cycle_b = G(F(b))).
+TranslateFn = Callable[[Params, PRNGKey, Batch], Mapping[str, jax.Array]]
 # (params, opt_state, extra, key, batch, *, optimizer, reduce_fn) -> (params, opt_state, extra, metrics)
 UpdateFn = Callable[..., Tuple[Params, Any, Any, Metrics]]
 
@@ -65,7 +70,7 @@ class Method(NamedTuple):
     """The pure functions of a model family (see the module docstring)."""
     init: InitFn
     loss: LossFn
-    sample: SampleFn
+    sample: Optional[SampleFn]
     log_prob: Optional[LogProbFn] = None
     log_prob_is_bound: bool = False
     # What log_prob's nats are spread over when it is not the data's dimensions, as (count, name): a prior
@@ -80,3 +85,6 @@ class Method(NamedTuple):
     # sample_labels(num) -> int [num] classes (evaluations score how often a classifier agrees).
     sample_prompts: Optional[Callable[[int], Tuple[str, ...]]] = None
     sample_labels: Optional[Callable[[int], Any]] = None
+    # Image-to-image translation between two domains (`TranslateFn`): its sample grids, --mode=sample
+    # and the 'translation' evaluation translate test images, where other families draw samples.
+    translate: Optional[TranslateFn] = None

@@ -15,11 +15,21 @@ from gm.config import OptimConfig
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0, lr_decay: float = 1.0,
-                           cosine_steps: int = 0, final_lr_fraction: float = 0.0):
+                           cosine_steps: int = 0, final_lr_fraction: float = 0.0, linear_decay_start: int = 0,
+                           linear_decay_steps: int = 0):
     """Linear warm-up from 0 to `learning_rate` over `warmup_steps`, then times `lr_decay` every step
     (PixelCNN++'s 0.999995; 1.0 keeps it constant), or, with cosine_steps > 0, half a cosine from
     `learning_rate` down to learning_rate * final_lr_fraction over cosine_steps, then held there (GPT's
-    schedule). A float when nothing varies."""
+    schedule), or, with linear_decay_steps > 0, held until step linear_decay_start and then a straight
+    line down to learning_rate * final_lr_fraction over linear_decay_steps (CycleGAN's; its authors step
+    it once per epoch and end at 1/101 of the rate, this steps every update and ends at the fraction).
+    A float when nothing varies."""
+    if linear_decay_steps:
+        decay = optax.linear_schedule(learning_rate, learning_rate * final_lr_fraction, linear_decay_steps,
+                                      transition_begin=linear_decay_start - warmup_steps)
+        if not warmup_steps:
+            return decay
+        return optax.join_schedules([optax.linear_schedule(0.0, learning_rate, warmup_steps), decay], [warmup_steps])
     if cosine_steps:
         return optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup_steps, warmup_steps + cosine_steps,
                                                   end_value=learning_rate * final_lr_fraction)
@@ -42,7 +52,8 @@ def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
     `learning_rate_schedule`; AdamW decays every parameter or, with o.weight_decay_on='matrices', those
     `matrices_only` selects. o.eps_root > 0 keeps Adam's square root differentiable where a second
     moment is 0 (needed to differentiate through updates)."""
-    schedule = learning_rate_schedule(o.learning_rate, o.warmup_steps, o.lr_decay, o.cosine_steps, o.final_lr_fraction)
+    schedule = learning_rate_schedule(o.learning_rate, o.warmup_steps, o.lr_decay, o.cosine_steps, o.final_lr_fraction,
+                                      o.linear_decay_start, o.linear_decay_steps)
     parts = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip else []
     if o.name == "rmsprop":
         parts.append(optax.rmsprop(schedule, decay=o.b2, eps=o.eps))

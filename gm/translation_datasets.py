@@ -1,10 +1,12 @@
 """Two unpaired image domains, A and B, for translation (CycleGAN).
 
 Each split is {'image_a': uint8 [N, H, W, C], 'image_b': the same, 'label_a': int32 [N], 'label_b',
-'label'} (label = label_a, the array `gm.data` counts examples by). Row i pairs an image of A with an
-unrelated image of B: the domains are drawn from different images, and `gm.data.train_batch` shuffles
-the rows each epoch, so a batch holds unpaired images of both. The smaller domain of a split is repeated
-in a fixed shuffled order up to the larger one's count, as the authors' loader cycles it.
+'label', 'first_a': bool [N], 'first_b'} (label = label_a, the array `gm.data` counts examples by). Row
+i pairs an image of A with an unrelated image of B: the domains are drawn from different images, and
+`gm.data.train_batch` shuffles the rows each epoch, so a batch holds unpaired images of both. The
+smaller domain of a split is repeated in a fixed shuffled order up to the larger one's count, as the
+authors' loader cycles it; first_a / first_b mark the first row holding each image of a domain, so an
+evaluation counts every image once.
 
 * ``digit_strokes`` (offline): the 8x8 4-bit digits (`gm.data`'s split), domain A ("thin") the digits as
   they are, domain B ("thick") their strokes thickened by a grey dilation with a 3x3 cross, each
@@ -54,7 +56,9 @@ def pair_domains(images_a: np.ndarray, labels_a: np.ndarray, images_b: np.ndarra
 
     image_a, label_a = fill(images_a, labels_a)
     image_b, label_b = fill(images_b, labels_b)
-    return {"image_a": image_a, "image_b": image_b, "label_a": label_a, "label_b": label_b, "label": label_a}
+    rows = np.arange(n)
+    return {"image_a": image_a, "image_b": image_b, "label_a": label_a, "label_b": label_b, "label": label_a,
+            "first_a": rows < len(images_a), "first_b": rows < len(images_b)}
 
 
 def digit_strokes(digits_train: dict, digits_test: dict) -> tuple[dict, dict]:

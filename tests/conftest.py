@@ -63,3 +63,17 @@ def coco_captions(tmp_path_factory):
     write_tfds_metadata(tfds, "coco_captions", metadata, 2, 2, more_splits=(("val", 2), ("restval", 2)))
     with tfds.testing.mock_data(num_examples=2, data_dir=metadata):
         return data.load("coco_captions", data_dir=str(folder / "data"))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def release_compiled_programs():
+    """After each test file, drop the compiled programs and traces JAX keeps in memory. A worker runs
+    hundreds of tests, each compiling its own small programs; kept, they grew each worker past 6 GB
+    over the suite. A later file that needs one again reads it from the persistent cache."""
+    yield
+    import gc
+
+    import jax
+
+    jax.clear_caches()
+    gc.collect()

@@ -320,6 +320,13 @@ BAD_CONFIGS = [
     ("dalle_digits", {"prior.prompt_template": "a {colour} digit"}, "config.prior.prompt_template"),
     ("dalle_digits", {"prior.candidates": 0}, "config.prior.candidates"),
     ("dalle_digits", {"prior.text_loss_weight": 1.5}, "config.prior.text_loss_weight"),
+    ("cyclegan", {"data.name": "digits"}, "CycleGAN does not model image; config.data.name='digits'"),
+    ("cyclegan", {"cyclegan.lambda_cycle": -1.0}, "config.cyclegan.lambda_cycle"),
+    ("cyclegan", {"cyclegan.pool_size": -1}, "config.cyclegan.pool_size"),
+    ("cyclegan", {"model.g_down": 4}, "config.model.g_down must be small enough that 2^g_down divides the 8x8"),
+    ("cyclegan", {"model.d_layers": 2}, "config.model.d_layers must be small enough to leave a patch"),
+    ("cyclegan", {"optim_d.warmup_steps": 30}, "config.optim_d.linear_decay_start=20 falls in the warm-up"),
+    ("cyclegan", {"eval.metrics": ("bpd",), "eval.every": 1}, "config.eval.metrics to some of ('translation',)"),
 ]
 
 

@@ -55,6 +55,12 @@ def test_family_gan_k_discriminator_steps(tmp_path):
     assert row["sample_images_per_s"] > 0
 
 
+def test_family_cyclegan_times_its_step_and_its_translations(tmp_path):
+    (row,) = _run_family(tmp_path, "--family=cyclegan", "--batch_size=8")
+    _check_train(row, 8)
+    assert row["shape"] == [8, 8, 1] and row["sample_images_per_s"] > 0
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--family=diffusion"], r"Unknown --family 'diffusion'; use one of \('nade'"),
     (["--family=vae", "--set", "model.nope=1"], r"--set 'model.nope=1': the config has no field 'model.nope'"),

@@ -7,8 +7,11 @@ import optax
 import pytest
 
 from gm import cyclegan, gan_losses
+from gm import data as gm_data
 from gm import distributions as dist
-from gm.nn.cyclegan import PatchDiscriminator, ResnetGenerator, instance_norm, reflect_pad
+from gm.metrics import sample_quality
+from gm.metrics.translation import evaluate_translation
+from gm.nn.cyclegan import PatchDiscriminator, ResnetGenerator, instance_norm, patch_grid, reflect_pad
 
 
 def _count(tree):
@@ -16,15 +19,19 @@ def _count(tree):
 
 
 def test_full_size_networks_have_the_reference_parameter_counts_and_patches():
-    # pytorch-CycleGAN-and-pix2pix prints 11.378 M for resnet_9blocks and 2.765 M for the basic PatchGAN.
+    # pytorch-CycleGAN-and-pix2pix prints 11.378 M for resnet_9blocks and 2.765 M for the basic PatchGAN,
+    # counting the biases of the convolutions before an instance norm, which gm leaves out (they have no
+    # effect): 64 + 128 + 256 + 9 x 2 x 256 + 128 + 64 of the generator's, 128 + 256 + 512 of the PatchGAN's.
     x = jnp.zeros((1, 256, 256, 3))
     g = jax.eval_shape(lambda: ResnetGenerator(3).init(jax.random.key(0), x))
     d = PatchDiscriminator()
     d_params = jax.eval_shape(lambda: d.init(jax.random.key(0), x))
-    assert _count(g) == 11_378_179 and _count(d_params) == 2_764_737
+    assert _count(g) == 11_378_179 - 5_248 and _count(d_params) == 2_764_737 - 896
     assert jax.eval_shape(lambda p: ResnetGenerator(3).apply(p, x), g).shape == (1, 256, 256, 3)
     # 30 x 30 logits at 256 x 256: the 70 x 70 patches at a stride of 8 (the reference's output size).
-    assert jax.eval_shape(lambda p: d.apply(p, x), d_params).shape == (1, 30, 30)
+    assert jax.eval_shape(lambda p: d.apply(p, x), d_params).shape == (1, 30, 30) and patch_grid(256, 3) == 30
+    small = jax.eval_shape(lambda: PatchDiscriminator(4, 1).init_with_output(jax.random.key(0), x[:, :8, :8]))[0]
+    assert small.shape == (1, 2, 2) and patch_grid(8, 1) == 2 and patch_grid(8, 2) == 0
 
 
 def test_generator_keeps_the_shape_and_range_and_refuses_odd_sizes():
@@ -129,8 +136,8 @@ def test_discriminator_loss_is_half_the_least_squares_terms_per_domain():
 
 def test_one_step_updates_the_generators_then_the_discriminators_on_pooled_images():
     s = Tiny(pool_size=3)
-    # Plain SGD: Adam's first step is lr x sign(grad), ill-conditioned where a gradient is ~0 (the biases
-    # before an instance norm), while SGD's step is the gradient itself.
+    # Plain SGD: Adam's first step is lr x sign(grad), ill-conditioned where a gradient is ~0, while SGD's
+    # step is the gradient itself.
     g_opt, d_opt = optax.sgd(0.1, momentum=0.5), optax.sgd(0.2, momentum=0.5)
     training = cyclegan.training(s.nets, s.cycle, d_opt, (8, 8, 1), 4)
     opt_state = training.init_opt_state(s.params, g_opt)
@@ -164,7 +171,64 @@ def test_one_step_updates_the_generators_then_the_discriminators_on_pooled_image
                  new_state["generators"][0].trace, g_grads)  # momentum's trace after one step: the gradient
     # The EMA follows the generators; the discriminators' entry is the current one.
     ema = training.average(s.params, params, 0.5)
-    np.testing.assert_allclose(ema["generators"]["a_to_b"]["Conv_0"]["bias"],
-                               0.5 * (g["a_to_b"]["Conv_0"]["bias"] + params["generators"]["a_to_b"]["Conv_0"]["bias"]),
+    np.testing.assert_allclose(ema["generators"]["a_to_b"]["Conv_2"]["bias"],
+                               0.5 * (g["a_to_b"]["Conv_2"]["bias"] + params["generators"]["a_to_b"]["Conv_2"]["bias"]),
                                rtol=1e-6)
     assert ema["discriminators"] is params["discriminators"]
+
+
+def test_translate_maps_each_domain_across_and_back_at_the_datas_levels():
+    s = Tiny()
+    info = gm_data.load("digit_strokes").info
+    method = cyclegan.make(cyclegan.Settings(model=s.model, cyclegan=s.cycle), info)
+    assert method.sample is None
+    out = jax.jit(method.translate)(s.params, jax.random.key(0), s.batch)
+    g = s.params["generators"]
+    to_levels = lambda x: np.asarray(dist.symmetric_to_levels(jnp.clip(x, -1, 1), 4))  # noqa: E731
+    translate = jax.jit(s.nets.translate)
+    fake_b, fake_a = translate(g["a_to_b"], s.a), translate(g["b_to_a"], s.b)
+    want = {"image_a": s.batch["image_a"], "fake_b": to_levels(fake_b),
+            "cycle_a": to_levels(translate(g["b_to_a"], fake_b)), "image_b": s.batch["image_b"],
+            "fake_a": to_levels(fake_a), "cycle_b": to_levels(translate(g["a_to_b"], fake_a))}
+    assert sorted(out) == sorted(want)
+    for name, value in want.items():
+        assert out[name].dtype == jnp.uint8 and out[name].shape == (2, 8, 8, 1)
+        # Rounding to a level may land one level off where the compiled and eager floats straddle a boundary.
+        assert np.abs(np.asarray(out[name], int) - np.asarray(value, int)).max() <= 1, name
+    with pytest.raises(ValueError, match=r"^CycleGAN translates between two image domains; "
+                                         r"config.data.name='digits' is image data, use digit_strokes"):
+        cyclegan.make(cyclegan.Settings(), gm_data.load("digits").info)
+
+
+def test_translation_scores_of_doing_nothing_are_the_untranslated_ones():
+    # A translation that returns its input: no cycle error, each direction's FID equals the FID of the
+    # untranslated images, and the class kept is the classifier's accuracy on the other domain's images.
+    dataset = gm_data.load("digit_strokes")
+    extractor = sample_quality.make_extractor("auto", dataset)
+    references = {}
+    for d in ("a", "b"):
+        features, _ = sample_quality.dataset_features(extractor, dataset, "train", 120, field=f"image_{d}")
+        references[d] = sample_quality.Reference(*sample_quality.moments(features[dataset.train[f"first_{d}"]]),
+                                                 None, d)
+
+    def unchanged(params, key, batch):
+        a, b = batch["image_a"], batch["image_b"]
+        return {"image_a": a, "fake_b": a, "cycle_a": a, "image_b": b, "fake_a": b, "cycle_b": b}
+
+    batches = gm_data.eval_batches(dataset, batch_size=64, split="test")
+    result = evaluate_translation(unchanged, {}, jax.random.key(0), batches, extractor, references, 4, labelled=True)
+    n = len(dataset.test["label"])
+    assert result["num_examples_a"] == int(dataset.test["first_a"].sum()) and result["num_examples_b"] <= n
+    assert result["cycle_l1_a"] == 0.0 and result["cycle_l1_b"] == 0.0
+    for d in ("a", "b"):
+        assert result[f"fid_digits_{d}"] == result[f"fid_digits_{d}_untranslated"] > 50
+    assert result["class_kept_b_to_a"] == result["class_accuracy_real_b"]
+    assert result["class_kept_a_to_b"] == result["class_accuracy_real_a"] > 0.9
+    # The digits' classifier never saw thick strokes: that is what the B -> A translation has to fix.
+    assert result["class_accuracy_real_b"] < 0.8
+    # A cycle one level off everywhere: an L1 of 2 / 15 in [-1, 1] units.
+    off = lambda params, key, batch: dict(unchanged(params, key, batch), cycle_a=batch["image_a"] ^ 1)  # noqa: E731
+    batches = gm_data.eval_batches(dataset, batch_size=64, split="test")
+    result = evaluate_translation(off, {}, jax.random.key(0), batches, extractor, references, 4)
+    np.testing.assert_allclose(result["cycle_l1_a"], 2 / 15, rtol=1e-6)
+    assert "class_kept_b_to_a" not in result

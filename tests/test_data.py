@@ -398,8 +398,13 @@ def test_digit_strokes_are_unpaired_thin_and_thick_digits():
     in_b = {key(im) for im in ds.train['image_b']}
     thickened_a = translation_datasets.thicken(ds.train['image_a'])
     assert np.mean([key(im) in in_b for im in thickened_a]) < 0.02
+    # 718 + 719 digits: the smaller domain's first 718 rows hold each of its images once, then one repeats.
+    for d, count in (('a', 718), ('b', 719)):
+        first = ds.train[f'first_{d}']
+        assert first.sum() == count and first[:count].all()
+        assert len({key(im) for im in ds.train[f'image_{d}'][first]}) == len({key(im) for im in ds.train[f'image_{d}']})
     batch = data.train_batch(ds, step=0, batch_size=8, seed=0, random_flip=True)
-    assert set(batch) == {'image_a', 'image_b', 'label_a', 'label_b', 'label'}
+    assert set(batch) == {'image_a', 'image_b', 'label_a', 'label_b', 'label', 'first_a', 'first_b'}
     assert batch['image_b'].shape == (8, 8, 8, 1)
 
 

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from conftest import CHILD_ENV
-from experiments import ddpm_cifar
+from experiments import cyclegan, ddpm_cifar
 from gm import audio
+from gm.train import loop
 from gm.train import run as run_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -371,6 +372,28 @@ def test_gan_experiment_trains_resumes_and_samples(tmp_path):
     result = json.load(open(tmp_path / "eval_step_6_fid.json"))
     assert result["num_samples"] == 200 and result["fid_digits"] > 0 and 1 <= result["is_digits"] <= 10
     assert "digits train" in result["reference"] and "fid_digits" in proc.stdout
+
+
+def test_cyclegan_experiment_trains_resumes_with_its_history_evaluates_and_translates(tmp_path):
+    # The smoke variant's batch of 8 fills the history of 50 by 8 a step: 32 images after step 4.
+    _ar_run("cyclegan", tmp_path, *_smoke_steps(4))
+    proc = _ar_run("cyclegan", tmp_path, *_smoke_steps(6), "--config.eval.every=6")
+    assert "Restored step 4" in proc.stderr
+    restored = run_lib.restore(cyclegan.get_config("smoke"), str(tmp_path))
+    assert restored.step == 6 and [int(restored.state.extra[f"pool_{d}"]["count"]) for d in "ab"] == [48, 48]
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records if "loss" in r] == [2, 4, 6]
+    assert all(np.isfinite(r[k]) for r in records if "loss" in r for k in ("g_loss", "d_loss", "cycle_a", "identity"))
+    result = next(r for r in records if "eval/cycle_l1_a" in r)  # the in-training evaluation at step 6
+    assert 0 < result["eval/cycle_l1_a"] < 2 and 0 <= result["eval/class_kept_b_to_a"] <= 1
+    assert result["eval/fid_digits_a"] > 0 and result["eval/fid_digits_b_untranslated"] > 0
+    assert os.path.exists(tmp_path / "samples" / "step_00000006.png")
+    _ar_run("cyclegan", tmp_path, *_smoke_steps(6), "--mode=sample", "--config.sample.num=10",
+            "--config.sample.batch_size=5")
+    out = np.load(tmp_path / "samples" / "translations_step_6_n10.npz")
+    assert all(out[k].shape == (10, 8, 8, 1) and out[k].max() <= 15 for k in loop.TRANSLATION_ROWS)
+    assert list(out["domains"]) == ["thin", "thick"]
+    assert os.path.exists(tmp_path / "samples" / "translations_step_6_n10.png")
 
 
 def test_compare_trains_every_family_and_writes_the_table(tmp_path):

@@ -5,7 +5,8 @@ each of its stages: init; a finite scalar loss; one train step under `sharded` e
 single-device step on the same global batch, and under `pmap` equal to the single-device step it
 stands for (each device's slice of the batch with fold_in(key, device), gradients and metrics averaged:
 computed here on one device with `jax.vmap` over a named axis); samples of the right shape, dtype and
-range; `log_prob` of shape [B] where there is one. A family added to `gm.families` gets these checks.
+range (a translation family's translations of the batch); `log_prob` of shape [B] where there is one.
+A family added to `gm.families` gets these checks.
 """
 import importlib
 import re
@@ -17,6 +18,7 @@ import pytest
 
 from gm import data as gm_data
 from gm import families, optim, parallel
+from gm.train import loop
 from gm.train import run as run_lib
 from gm.train import state as state_lib
 
@@ -119,8 +121,14 @@ def test_init_loss_samples_and_log_prob(stage):
     loss, metrics = jax.jit(method.loss)(stage.state.params, jax.random.key(1), stage.batch)
     assert loss.shape == () and np.isfinite(float(loss))
     assert all(np.ndim(v) == 0 and np.isfinite(float(v)) for v in metrics.values())
-    samples = jax.jit(method.sample, static_argnums=2)(stage.state.params, jax.random.key(2), 8)
-    assert samples.shape == (8,) + tuple(info.shape)
+    if method.sample is None:  # a translation family: both domains' images, translated and back
+        out = jax.jit(method.translate)(stage.state.params, jax.random.key(2), stage.batch)
+        assert sorted(out) == sorted(loop.TRANSLATION_ROWS)
+        samples = jnp.concatenate([out[name] for name in loop.TRANSLATION_ROWS])
+        assert samples.shape == (6 * BATCH,) + tuple(info.shape)
+    else:
+        samples = jax.jit(method.sample, static_argnums=2)(stage.state.params, jax.random.key(2), 8)
+        assert samples.shape == (8,) + tuple(info.shape)
     if info.is_audio:
         assert samples.dtype == jnp.int16  # 16-bit PCM
     elif info.num_bits is not None:

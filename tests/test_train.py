@@ -64,6 +64,18 @@ def test_warmup_then_cosine_decay_to_a_floor():
         config_lib.parse(OptimConfig, {"lr_decay": 0.9, "cosine_steps": 4}, "config.optim")
 
 
+def test_held_then_linear_decay_as_cyclegan_steps_it():
+    sizes = _step_sizes(OptimConfig(learning_rate=1e-2, warmup_steps=2, linear_decay_start=4, linear_decay_steps=4,
+                                    final_lr_fraction=0.0), 10)
+    np.testing.assert_allclose(sizes, [0.0, 5e-3, 1e-2, 1e-2, 1e-2, 7.5e-3, 5e-3, 2.5e-3, 0.0, 0.0], atol=1e-9)
+    for fields, match in (({"linear_decay_steps": 4, "cosine_steps": 4}, "is a decay of its own"),
+                          ({"linear_decay_start": 4}, "starts no decay"),
+                          ({"linear_decay_steps": 4, "linear_decay_start": 1, "warmup_steps": 2},
+                           "falls in the warm-up")):
+        with pytest.raises(ValueError, match=rf"^config.optim.linear_decay_\w+=\d+ {match}"):
+            config_lib.parse(OptimConfig, fields, "config.optim")
+
+
 def test_gradients_are_clipped_to_the_global_norm_before_adam():
     opt = optim.make_optimizer(OptimConfig(learning_rate=1e-3, grad_clip=1.0, b1=0.9))
     params = {"a": jnp.zeros(4), "b": jnp.zeros(2)}

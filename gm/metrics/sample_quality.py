@@ -34,7 +34,7 @@ FEATURES = ("auto", "inception", "digits", "mnist", "notes", "sc09")
 AUDIO_FEATURES = ("notes", "sc09")
 # The feature network 'auto' picks for each dataset: a domain classifier where one exists.
 AUTO_FEATURES = {"digits": "digits", "mnist": "mnist", "cifar10": "inception", "coco_captions": "inception",
-                 "notes": "notes", "sc09": "sc09"}
+                 "notes": "notes", "sc09": "sc09", "digit_strokes": "digits"}
 
 
 class FeatureExtractor(NamedTuple):
@@ -91,6 +91,8 @@ def resolve_features(features, data_name):
         raise ValueError(f"Unknown config.eval.features {features!r}; use one of {FEATURES}.")
     if features != "auto":
         return features
+    if data_name and data_name.startswith("cycle_gan/"):
+        return "inception"
     if data_name not in AUTO_FEATURES:
         raise ValueError(f"No feature network for sample quality on config.data.name={data_name!r}; "
                          "FID needs image data or a dataset with a domain classifier (notes, sc09).")
@@ -117,16 +119,19 @@ def _as_extractor_input(pixels, channels):
     return pixels
 
 
+def features_of_levels(extractor, params, levels, num_bits):
+    """(features, logits) of integer levels at `num_bits` [B, H, W, C] (or PCM clips [B, T]) through
+    `extractor.fn` with its `params`; traceable, for use inside a compiled function."""
+    if extractor.audio:
+        return extractor.fn(params, levels)
+    pixels = dist.levels_to_uint8_pixels(levels, num_bits)
+    return extractor.fn(params, _as_extractor_input(pixels, extractor.channels))
+
+
 def compiled_features(extractor, num_bits):
     """jit: integer levels at `num_bits` [B, H, W, C] or PCM clips [B, T] (split over devices) ->
     (features, logits)."""
-    def fn(params, levels):
-        if extractor.audio:
-            return extractor.fn(params, levels)
-        pixels = dist.levels_to_uint8_pixels(levels, num_bits)
-        return extractor.fn(params, _as_extractor_input(pixels, extractor.channels))
-
-    compiled = parallel.jit_batched(fn)
+    compiled = parallel.jit_batched(lambda params, levels: features_of_levels(extractor, params, levels, num_bits))
     return lambda levels: compiled(extractor.params, levels)
 
 
@@ -134,8 +139,9 @@ def compiled_features(extractor, num_bits):
 # Features of a data split and of a model's samples.
 # ---------------------------------------------------------------------------------------------------
 
-def dataset_features(extractor, dataset, split="train", batch_size=500, limit=None):
-    """(features float64 [N, D], logits [N, K]) of a split's images (or clips), N = its size (or `limit`)."""
+def dataset_features(extractor, dataset, split="train", batch_size=500, limit=None, field=None):
+    """(features float64 [N, D], logits [N, K]) of a split's images (or clips), N = its size (or `limit`);
+    `field` names the array (default 'image', or 'audio'; 'image_a' / 'image_b' for two domains)."""
     parallel.check_batch_size(batch_size, "config.eval.batch_size")
     compiled = compiled_features(extractor, dataset.info.num_bits)
     n = len(getattr(dataset, split)["label"]) if limit is None else min(limit, len(getattr(dataset, split)["label"]))
@@ -145,7 +151,7 @@ def dataset_features(extractor, dataset, split="train", batch_size=500, limit=No
     features, logits = [], []
     for batch in tqdm(batches, total=-(-n // batch_size), desc=f"{extractor.name} features ({split})",
                       mininterval=2.0, disable=parallel.process_index() != 0):
-        key = "audio" if dataset.info.is_audio else "image"
+        key = field or ("audio" if dataset.info.is_audio else "image")
         sharded = parallel.shard_batch({key: batch[key], "mask": batch["mask"]})
         f, l, mask = parallel.to_host((*compiled(sharded[key]), sharded["mask"]))
         features.append(np.asarray(f, np.float64)[mask])

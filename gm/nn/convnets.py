@@ -6,7 +6,7 @@ networks (van den Oord et al. 2017, section 4.1): stride-2 4x4 convolutions down
 back up. With `len(channels) = n` downsamplings the code grid is (H / 2^n, W / 2^n).
 """
 import dataclasses
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, Optional, Sequence, Tuple
 
 import flax.linen as nn
 import jax
@@ -81,19 +81,23 @@ def conv_transpose_2x(x, kernel, padding="SAME"):
 
 class UpConv2x(nn.Module):
     """`nn.ConvTranspose(features, kernel_size, strides=(2, 2), padding)` with the same parameters
-    (kernel [kh, kw, I, O] initialised alike, bias) and compute dtype, by `conv_transpose_2x`."""
+    (kernel [kh, kw, I, O] initialised alike, bias unless use_bias=False) and compute dtype, by
+    `conv_transpose_2x`."""
     features: int
     kernel_size: Tuple[int, int] = (4, 4)
     padding: str = "SAME"
     dtype: Any = jnp.float32
+    use_bias: bool = True
+    kernel_init: Callable = nn.initializers.lecun_normal()
 
     @nn.compact
     def __call__(self, x):
         shape = tuple(self.kernel_size) + (x.shape[-1], self.features)
-        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        kernel = self.param("kernel", self.kernel_init, shape)
         y = conv_transpose_2x(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
-        return y + bias.astype(self.dtype)
+        if not self.use_bias:
+            return y
+        return y + self.param("bias", nn.initializers.zeros, (self.features,)).astype(self.dtype)
 
 
 def check_downsampling(shape, num_down, field="config.model.channels"):

@@ -12,6 +12,9 @@ Three metrics, each an `Evaluator(name, fn(params, key) -> dict)`:
   for (`class_accuracy_digits`). Every result states its sample count and
   reference, and only numbers from the Inception network are named plain `fid`.
 * 'recon': test reconstruction error and PSNR (`gm.metrics.reconstruction`); needs `reconstruct`.
+* 'translation': a translation family's test translations (`gm.metrics.translation`): cycle error,
+  the FID of each direction against that domain's real images of config.eval.reference, and on the
+  digit domains the share of translations that keep their digit; needs `translate`.
 
 A metric the model cannot provide is skipped (a VQ-VAE has no 'bpd', a GAN no 'recon'). Everything the
 metrics need (the data, the feature network's weights, the reference statistics) is loaded when the
@@ -29,6 +32,7 @@ from gm.method import Method
 from gm.metrics import sample_quality
 from gm.metrics.likelihood import evaluate_log_prob
 from gm.metrics.reconstruction import evaluate_reconstruction
+from gm.metrics.translation import evaluate_translation
 
 
 class Evaluator(NamedTuple):
@@ -102,12 +106,42 @@ def reconstruction_evaluator(e: EvalConfig, method: Method, dataset) -> Evaluato
     return Evaluator("recon", fn)
 
 
-_MAKERS = {"bpd": likelihood_evaluator, "fid": sample_quality_evaluator, "recon": reconstruction_evaluator}
+def translation_evaluator(e: EvalConfig, method: Method, dataset) -> Evaluator:
+    """Test translations of `method.translate`, each direction against its domain's real images."""
+    batches, num_batches = _test_batches(e, dataset)
+    extractor = sample_quality.make_extractor(e.features, dataset, e.inception_weights)
+    references = {}
+    if e.reference not in ("train", "test"):
+        raise ValueError(f"config.eval.reference={e.reference!r}: a translation is scored against the real images "
+                         "of each domain, so use 'train' or 'test'.")
+    for d in ("a", "b"):
+        features, _ = sample_quality.dataset_features(extractor, dataset, e.reference, e.batch_size,
+                                                      field=f"image_{d}")
+        first = getattr(dataset, e.reference)[f"first_{d}"][:len(features)]
+        mu, sigma = sample_quality.moments(features[first])
+        references[d] = sample_quality.Reference(mu, sigma, None, f"{extractor.name} features of "
+                                                 f"{dataset.info.name} {e.reference} {d.upper()}")
+    # The class checks need a classifier of the data's own classes (the digits' for the digit domains).
+    labelled = extractor.name != "inception" and sample_quality.resolve_features("auto", dataset.info.name) == \
+        extractor.name
+
+    def fn(params, key):
+        result = evaluate_translation(method.translate, params, key, batches(), extractor, references,
+                                      dataset.info.num_bits, labelled, num_batches)
+        result["reference"] = f"{extractor.name} features of {dataset.info.name} {e.reference} A and B"
+        return result
+
+    return Evaluator("translation", fn)
+
+
+_MAKERS = {"bpd": likelihood_evaluator, "fid": sample_quality_evaluator, "recon": reconstruction_evaluator,
+           "translation": translation_evaluator}
 
 
 def supported(method: Method, metric: str) -> bool:
     """Whether `method` can be measured by `metric`."""
-    return {"bpd": method.log_prob is not None, "recon": method.reconstruct is not None}.get(metric, True)
+    return {"bpd": method.log_prob is not None, "recon": method.reconstruct is not None,
+            "fid": method.sample is not None, "translation": method.translate is not None}[metric]
 
 
 def make_evaluators(e: EvalConfig, method: Method, dataset, metrics=None):
@@ -119,9 +153,9 @@ def make_evaluators(e: EvalConfig, method: Method, dataset, metrics=None):
             raise ValueError(f"Unknown metric {m!r} in config.eval.metrics; use any of {METRICS}.")
     usable = [m for m in metrics if supported(method, m)]
     if not usable:
-        raise ValueError(f"This model supports none of config.eval.metrics={metrics}: it has "
-                         f"{'a' if method.log_prob else 'no'} log_prob and {'a' if method.reconstruct else 'no'} "
-                         f"reconstruction; set --config.eval.metrics='(\"fid\",)' to evaluate its samples.")
+        can = [m for m in METRICS if supported(method, m)]
+        raise ValueError(f"This model supports none of config.eval.metrics={metrics}; set "
+                         f"--config.eval.metrics to some of {tuple(can)}.")
     skipped = sorted(set(metrics) - set(usable))
     if skipped:
         logging.info("Skipping config.eval.metrics %s: this model cannot provide them.", skipped)
@@ -136,7 +170,7 @@ def scalars(name, result):
     """The numbers of one evaluator's result, prefixed 'eval/' for metrics.jsonl and TensorBoard."""
     renamed = _BPD_NAMES if name == "bpd" else {}
     return {f"eval/{renamed.get(k, k)}": v for k, v in result.items()
-            if isinstance(v, (int, float)) and k not in ("step", "num_examples")}
+            if isinstance(v, (int, float)) and k not in ("step", "num_examples", "num_examples_a", "num_examples_b")}
 
 
 def summary(name, result, label=""):
@@ -152,6 +186,10 @@ def summary(name, result, label=""):
                  if "code_perplexity" in result else "")
         return (f"test reconstruction MSE {result['recon_mse']:.5f} ± {result['recon_mse_stderr']:.5f} "
                 f"([-1, 1] units), PSNR {result['psnr_db']:.2f} dB{codes} ({result['num_examples']} examples)")
+    if name == "translation":
+        parts = [f"{k} {v:.4g}" for k, v in result.items() if isinstance(v, float) and not k.endswith("_stderr")]
+        return (f"{', '.join(parts)} ({result['num_examples_a']} test images of A, {result['num_examples_b']} of B; "
+                f"FID against {result['reference']})")
     parts = [f"{k} {v:.4g}" for k, v in result.items()
              if isinstance(v, float) and not k.endswith("_std") and k != "num_samples"]
     return f"{', '.join(parts)} ({result['num_samples']} samples against {result['reference']})"

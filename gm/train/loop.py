@@ -185,13 +185,30 @@ def sample_prompts(method: Method, num: int, chunk: int):
     return [p for _ in range(-(-num // chunk)) for p in method.sample_prompts(chunk)][:num]
 
 
+def interleaved_rows(arrays, ncol=8):
+    """Arrays [N, H, W, C] of the same N images (e.g. originals and their reconstructions) interleaved in
+    rows of `ncol`: the first array's row, the others' rows of the same images underneath, then the
+    next `ncol` images."""
+    arrays = [np.asarray(a) for a in arrays]
+    rows = [a[i:i + ncol] for i in range(0, len(arrays[0]), ncol) for a in arrays]
+    return np.concatenate(rows)
+
+
 def reconstruction_grid(originals, reconstructions, ncol=8):
     """Originals and their reconstructions [N, H, W, C] interleaved in rows of `ncol`: originals, then
     their reconstructions underneath."""
-    originals, reconstructions = np.asarray(originals), np.asarray(reconstructions)
-    rows = [block for i in range(0, len(originals), ncol)
-            for block in (originals[i:i + ncol], reconstructions[i:i + ncol])]
-    return np.concatenate(rows)
+    return interleaved_rows([originals, reconstructions], ncol)
+
+
+# The rows of a translation grid: A, A -> B, back to A; B, B -> A, back to B (`gm.method.TranslateFn`).
+TRANSLATION_ROWS = ("image_a", "fake_b", "cycle_a", "image_b", "fake_a", "cycle_b")
+
+
+def save_translation_grid(path, translations, info):
+    """Translations (`gm.method.TranslateFn`'s arrays of N images) as a PNG grid at `path`: for each 8
+    images, a row of each of TRANSLATION_ROWS; returns the picture (uint8 pixels)."""
+    grid = interleaved_rows([translations[name] for name in TRANSLATION_ROWS])
+    return save_image_grid(path, np.asarray(dist.levels_to_uint8_pixels(grid, info.num_bits)), 8)
 
 
 def write_reconstructions(workdir, method, params, dataset, step, key, num=32):
@@ -226,7 +243,10 @@ def train_and_evaluate(run: RunConfig, workdir: str, method: Method, dataset):
     step_fn = state_lib.step_function(method, optimizer, run.optim.ema_decay, t.micro_batches)
     steps_per_call = t.steps_per_call
     train_step = strategy.compile_step(step_fn, stacked=steps_per_call > 1)
-    sampler = parallel.jit_sampler(method.sample, t.num_samples)
+    if method.sample is not None:
+        sampler = parallel.jit_sampler(method.sample, t.num_samples)
+    else:
+        translator = jax.jit(method.translate)
     periods = [t.log_every, t.checkpoint_every, t.sample_every] + ([eval_every] if eval_every else [])
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start)
     device_state = strategy.put_state(state)
@@ -241,10 +261,16 @@ def train_and_evaluate(run: RunConfig, workdir: str, method: Method, dataset):
 
     def write_grid(step):
         ema = strategy.get_state(device_state).ema_params
+        path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+        if method.sample is None:  # a translation family: the first test images of both domains, translated
+            batch = {k: v[:t.num_samples] for k, v in dataset.test.items()}
+            out = parallel.to_host(translator(ema, jax.random.fold_in(sample_key, step), batch))
+            if is_main:
+                writer.write_images(step, "translations", save_translation_grid(path, out, dataset.info))
+            return
         images = parallel.to_host(sampler(ema, jax.random.fold_in(sample_key, step)))
         if is_main:
-            grid = write_samples(os.path.join(workdir, "samples", f"step_{step:08d}.png"), images, dataset.info,
-                                 sample_prompts(method, len(images), len(images)))
+            grid = write_samples(path, images, dataset.info, sample_prompts(method, len(images), len(images)))
             if dataset.info.is_text:
                 writer.write_texts(step, "samples", grid)
             else:

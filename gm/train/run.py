@@ -54,9 +54,34 @@ def restore_latest(run: RunConfig, workdir: str, method: Method, dataset):
     return state, step
 
 
+def translations_to_files(run: RunConfig, workdir: str, method: Method, dataset, params, step):
+    """A translation family's --mode=sample: the first config.sample.num test rows (at most the split)
+    through `Method.translate`, config.sample.batch_size at a time, as an .npz of `loop.TRANSLATION_ROWS`
+    and a PNG grid of the first 32 rows; returns the .npz path."""
+    test = dataset.test
+    num = min(run.sample.num, len(test["label"]))
+    chunk = min(run.sample.batch_size, num)
+    translate = jax.jit(method.translate)
+    key = jax.random.fold_in(loop.run_keys(run.seed)[2], 10**9 + step)
+    rows = lambda i: {k: v[i:i + chunk] for k, v in test.items()}  # noqa: E731
+    outs = [parallel.to_host(translate(params, jax.random.fold_in(key, i), rows(i)))
+            for i in tqdm(range(0, num, chunk), desc="translate", disable=parallel.process_index() != 0)]
+    arrays = {name: np.concatenate([np.asarray(o[name]) for o in outs]) for name in loop.TRANSLATION_ROWS}
+    path = os.path.join(workdir, "samples", f"translations_step_{step}_n{num}.npz")
+    if parallel.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        np.savez_compressed(path, num_bits=dataset.info.num_bits, domains=np.asarray(dataset.info.domains), **arrays)
+        loop.save_translation_grid(path.replace(".npz", ".png"), {k: v[:32] for k, v in arrays.items()}, dataset.info)
+    logging.info("Wrote %d test translations each way to %s", num, path)
+    return path
+
+
 def sample_to_files(run: RunConfig, workdir: str, method: Method, dataset):
-    """Draw config.sample.num samples in chunks of config.sample.batch_size; returns the .npz path."""
+    """Draw config.sample.num samples in chunks of config.sample.batch_size (a translation family:
+    `translations_to_files`); returns the .npz path."""
     state, step = restore_latest(run, workdir, method, dataset)
+    if method.sample is None:
+        return translations_to_files(run, workdir, method, dataset, state.ema_params, step)
     num, chunk = run.sample.num, min(run.sample.batch_size, run.sample.num)
     sampler = parallel.jit_sampler(method.sample, chunk)
     key = jax.random.fold_in(loop.run_keys(run.seed)[2], 10**9 + step)  # apart from training grids
