@@ -17,7 +17,8 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import ml_collections
 
-from gm import autoregressive, cyclegan, dalle, diffusion, flow_matching, flows, gan, gpt, vae, vqvae, wavenet
+from gm import (autoregressive, cyclegan, dalle, diffusion, flow_matching, flows, gan, gpt, stylegan2, vae, vqvae,
+                wavenet)
 from gm.diffusion import continuous, vdm
 from gm import config as config_lib
 from gm.config import RunConfig
@@ -71,6 +72,8 @@ FAMILIES = {f.name: f for f in (
            (Stage("vqvae", lambda settings, info, previous: vqvae.make(settings, info)),
             Stage("prior", vqvae.make_prior, train="prior_train", optim="prior_optim")), "vqvae_cifar"),
     Family("gan", "GAN", gan.Settings, _one_stage(gan.make), "gan_cifar", check=_check_gan_batch),
+    Family("stylegan2", "StyleGAN2", stylegan2.Settings, _one_stage(stylegan2.make), "stylegan2_cifar",
+           check=stylegan2.check_batch),
     Family("realnvp", "RealNVP", flows.Settings, _one_stage(flows.make), "realnvp_cifar"),
     Family("glow", "Glow", flows.Settings, _one_stage(flows.make), "glow_cifar", preset=(("model.name", "glow"),)),
     Family("ddpm", "DDPM", diffusion.Settings, _one_stage(diffusion.make), "ddpm_cifar"),

@@ -57,6 +57,15 @@ def gradient_penalty(critic, key, real, fake):
     return jnp.mean((norms - 1.0) ** 2)
 
 
+def r1_penalty(critic, real):
+    """Mescheder et al. 2018's R1 per example: ||grad_x critic(x)||^2 at the real examples x [B, ...] -> [B]
+    (StyleGAN2 adds gamma / 2 times its mean); `critic` maps a batch to [B] and must treat examples
+    separately for the gradient of the sum to be each example's own (minibatch statistics couple them,
+    as in the reference)."""
+    grads = jax.grad(lambda x: jnp.sum(critic(x)))(real)
+    return jnp.sum(jnp.square(grads).reshape(grads.shape[0], -1), axis=-1)
+
+
 def value(p_data, p_g, d):
     """V(D, G) for discrete distributions p_data, p_g [N] and a discriminator d in (0, 1) [N], in nats."""
     return jnp.sum(p_data * jnp.log(d)) + jnp.sum(p_g * jnp.log1p(-d))

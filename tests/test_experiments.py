@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from conftest import CHILD_ENV
-from experiments import cyclegan, ddpm_cifar
+from experiments import cyclegan, ddpm_cifar, stylegan2_cifar
 from gm import audio
 from gm.train import loop
 from gm.train import run as run_lib
@@ -396,23 +396,42 @@ def test_cyclegan_experiment_trains_resumes_with_its_history_evaluates_and_trans
     assert os.path.exists(tmp_path / "samples" / "translations_step_6_n10.png")
 
 
+def test_stylegan2_experiment_trains_resumes_with_its_regularizers_and_samples_truncated(tmp_path):
+    # The smoke variant runs R1 and the path-length penalty every 2 steps: steps 0, 2 and 4 of 6.
+    _ar_run("stylegan2_cifar", tmp_path, *_smoke_steps(4))
+    assert "Restored step 4" in _ar_run("stylegan2_cifar", tmp_path, *_smoke_steps(6)).stderr
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(np.isfinite(r[k]) for r in records for k in ("g_loss", "d_loss"))
+    assert 0 < records[0]["pl_mean"] and len({r["pl_mean"] for r in records}) == 3  # moved at steps 2 and 4
+    restored = run_lib.restore(stylegan2_cifar.get_config("smoke"), str(tmp_path))
+    assert int(restored.state.extra["step"]) == 6  # the lazy regularizers' clock is checkpointed
+    _ar_run("stylegan2_cifar", tmp_path, *_smoke_steps(6), "--mode=sample", "--config.sample.num=8",
+            "--config.sample.batch_size=8", "--config.stylegan2.truncation_psi=0.5")
+    out = np.load(tmp_path / "samples" / "samples_step_6_n8.npz")
+    assert out["levels"].shape == (8, 8, 8, 1) and out["levels"].max() <= 15
+    proc = _ar_run("stylegan2_cifar", tmp_path, *_smoke_steps(6), "--mode=eval", "--config.eval.num_samples=200")
+    result = json.load(open(tmp_path / "eval_step_6_fid.json"))
+    assert result["num_samples"] == 200 and result["fid_digits"] > 0 and "fid_digits" in proc.stdout
+
+
 def test_compare_trains_every_family_and_writes_the_table(tmp_path):
     cmd = [sys.executable, "-m", "experiments.compare", f"--workdir={tmp_path}",
            "--config=experiments/compare.py:smoke"]
     proc = subprocess.run(cmd, cwd=REPO, env=CHILD_ENV, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["family"]: r for r in json.load(open(tmp_path / "compare.json"))}
-    assert list(rows) == ["nade", "pixelcnn", "vae", "vqvae", "gan", "realnvp", "glow", "ddpm", "score_sde", "edm",
-                          "vdm", "flow_matching", "dalle"]
+    assert list(rows) == ["nade", "pixelcnn", "vae", "vqvae", "gan", "stylegan2", "realnvp", "glow", "ddpm",
+                          "score_sde", "edm", "vdm", "flow_matching", "dalle"]
     for family, row in rows.items():
         assert row["train_steps"] == 4 and row["parameters"] > 0 and row["sample_ms_per_image"] > 0
         assert np.isfinite(row["fid_digits"]) and 1 <= row["is_digits"] <= 10
         assert os.path.exists(tmp_path / "samples" / f"{family}.png")
         # A likelihood wherever the family has one of the images.
-        assert ("test_bpd" in row) == (family not in ("gan", "vqvae", "dalle", "edm")), family
+        assert ("test_bpd" in row) == (family not in ("gan", "stylegan2", "vqvae", "dalle", "edm")), family
     assert rows["pixelcnn"]["bpd_kind"] == "exact" and rows["ddpm"]["bpd_kind"] == "bound"
     table = open(tmp_path / "compare.md").read()
-    assert table.count("\n| ") == 14 and "fid_digits" in table and "64 samples" in table
+    assert table.count("\n| ") == 15 and "fid_digits" in table and "64 samples" in table
     assert open(tmp_path / "compare.csv").readline().startswith("family,")
 
 
