@@ -57,15 +57,15 @@ def captions(dataset: str) -> list[list[str]]:
     return [[caption(t, k, dataset) for t in TEMPLATES[dataset]] for k in range(len(class_names(dataset)))]
 
 
-def encode(texts, length: int, field: str = "caption") -> np.ndarray:
-    """Texts -> int32 [N, length]: their UTF-8 bytes, then PAD; one sentence (naming `field`) for a text
-    longer than `length` bytes."""
+def encode(texts, length: int, field: str = "caption", length_field: str = "config.prior.text_len") -> np.ndarray:
+    """Texts -> int32 [N, length]: their UTF-8 bytes, then PAD; one sentence (naming `field` and the
+    config field `length_field` that sets `length`) for a text longer than `length` bytes."""
     out = np.full((len(texts), length), PAD, np.int32)
     for i, text in enumerate(texts):
         ids = TOKENIZER.encode(text)
         if len(ids) > length:
-            raise ValueError(f"{field} {text!r} is {len(ids)} bytes, longer than config.prior.text_len={length}; "
-                             "shorten it or raise config.prior.text_len.")
+            raise ValueError(f"{field} {text!r} is {len(ids)} bytes, longer than {length_field}={length}; "
+                             f"shorten it or raise {length_field}.")
         out[i, :len(ids)] = ids
     return out
 
@@ -76,8 +76,8 @@ def decode(tokens) -> str:
     return TOKENIZER.decode(tokens[tokens != PAD])
 
 
-def caption_table(dataset: str, length: int) -> np.ndarray:
+def caption_table(dataset: str, length: int, length_field: str = "config.prior.text_len") -> np.ndarray:
     """int32 [num_classes, num_templates, length]: every phrasing of every class, encoded."""
     phrasings = captions(dataset)
-    flat = encode([c for per_class in phrasings for c in per_class], length)
+    flat = encode([c for per_class in phrasings for c in per_class], length, length_field=length_field)
     return flat.reshape(len(phrasings), len(phrasings[0]), length)

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from gm import caption_datasets, captions, checks
+from gm import captions, checks, text_conditioning
 from gm import distributions as dist
 from gm import vqvae
 from gm.autoregressive import SamplingConfig, TransformerConfig
@@ -95,25 +95,11 @@ def best_candidates(sequences, scores, candidates: int):
     return sequences.reshape(candidates, num, -1)[best, jnp.arange(num)]
 
 
-def prompt_texts(p: PriorConfig, dataset: str):
-    """(the prompts samples cycle through, their classes or None for free prompts and captioned data)."""
-    if p.prompts:
-        return tuple(p.prompts), None
-    if dataset in caption_datasets.CAPTIONED:
-        return captions.CAPTION_PROMPTS, None
-    template = p.prompt_template or captions.PROMPT_TEMPLATES.get(dataset, "{name}")
-    num_classes = len(captions.class_names(dataset))
-    return tuple(captions.caption(template, k, dataset) for k in range(num_classes)), np.arange(num_classes)
-
-
 def check(run, settings: Settings) -> None:
     """Before anything trains (`gm.families.Family.check`): the dataset has captions or class names to
     caption with, and every training caption and prompt fits config.prior.text_len."""
-    p, name = settings.prior, run.data.name
-    texts, _ = prompt_texts(p, name)
-    captions.encode(texts, p.text_len, "config.prior.prompts" if p.prompts else "the prompt")
-    if name not in caption_datasets.CAPTIONED:
-        captions.caption_table(name, p.text_len)
+    p = settings.prior
+    text_conditioning.check_captions(run.data.name, p.text_len, p.prompts, p.prompt_template)
 
 
 def make_prior(settings: Settings, info, vq_params) -> Method:
@@ -124,21 +110,10 @@ def make_prior(settings: Settings, info, vq_params) -> Method:
     p = settings.prior
     vq, _ = vqvae.vqvae_from_config(settings.model, info)
     net = network(p, vq.grid, vq.num_codes)
-    captioned = bool(info.captions_per_image)
-    # Captions from the labels: [classes, phrasings, L]; captioned data brings its own.
-    table = None if captioned else jnp.asarray(captions.caption_table(info.name, p.text_len))
-    texts, labels = prompt_texts(p, info.name)
+    caption_tokens = text_conditioning.caption_sampler(info, p.text_len)
+    texts, labels = text_conditioning.prompt_texts(info.name, p.prompts, p.prompt_template)
     prompts = jnp.asarray(captions.encode(texts, p.text_len, "config.prior.prompts"))
     num_codes = vq.grid[0] * vq.grid[1]
-
-    def caption_tokens(batch, key):
-        """Each image's caption, one of its phrasings (or of its own captions) drawn with `key`: [B, L]."""
-        if captioned:  # the dataset's captions, cut at text_len bytes (PAD after the last byte)
-            phrasing = jax.random.randint(key, batch["label"].shape, 0, info.captions_per_image)
-            text = batch["captions"][jnp.arange(phrasing.shape[0]), phrasing, :p.text_len].astype(jnp.int32)
-            return jnp.pad(text, ((0, 0), (0, p.text_len - text.shape[1])), constant_values=captions.PAD)
-        phrasing = jax.random.randint(key, batch["label"].shape, 0, table.shape[1])
-        return table[batch["label"], phrasing]
 
     def sequence_of(batch, key):
         codes = vqvae.encode_to_codes(vq, vq_params, batch["image"], info.num_bits)

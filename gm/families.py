@@ -17,8 +17,8 @@ from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import ml_collections
 
-from gm import (autoregressive, cyclegan, dalle, diffusion, flow_matching, flows, gan, gpt, stylegan2, vae, vqvae,
-                wavenet)
+from gm import (autoregressive, cyclegan, dalle, diffusion, flow_matching, flows, gan, gpt, stylegan2, text_gan, vae,
+                vqvae, wavenet)
 from gm.diffusion import continuous, vdm
 from gm import config as config_lib
 from gm.config import RunConfig
@@ -87,6 +87,8 @@ FAMILIES = {f.name: f for f in (
            (Stage("vqvae", lambda settings, info, previous: vqvae.make(settings, info)),
             Stage("prior", dalle.make_prior, train="prior_train", optim="prior_optim")), "dalle_digits",
            check=dalle.check),
+    Family("text_gan", "GAN-INT-CLS (text-conditional GAN)", text_gan.Settings, _one_stage(text_gan.make),
+           "text_gan_digits", check=text_gan.check),
     Family("gpt", "GPT", gpt.Settings, _one_stage(gpt.make), "gpt_text", modality="text"),
     Family("cyclegan", "CycleGAN", cyclegan.Settings, _one_stage(cyclegan.make), "cyclegan", modality="domains"),
 )}

@@ -138,12 +138,6 @@ def pack(x, m):
     return jnp.moveaxis(x, 1, -2).reshape((b // m,) + x.shape[2:-1] + (m * x.shape[-1],))
 
 
-def _apply_discarding_batch_stats(net, params, *args):
-    # Batch norm runs on batch statistics in training and sampling alike; nothing running is kept.
-    out, _ = net.apply({"params": params}, *args, mutable=["batch_stats"])
-    return out
-
-
 def gan_from_config(model: GANModelConfig, info, packing: int = 1):
     """The two networks `model` describes for `info`'s data, the discriminator judging packs of `packing`
     -> (GAN, init(key, batch) -> params)."""
@@ -162,11 +156,11 @@ def gan_from_config(model: GANModelConfig, info, packing: int = 1):
     m = packing
 
     def generate(params, z, y):
-        x = _apply_discarding_batch_stats(g, params, z, y)
+        x = dcgan.apply_discarding_batch_stats(g, params, z, y)
         return x.reshape((z.shape[0],) + shape)
 
     def discriminate_packs(params, packs, y):
-        return _apply_discarding_batch_stats(d, params, packs, y)
+        return dcgan.apply_discarding_batch_stats(d, params, packs, y)
 
     def discriminate(params, x, y):
         return discriminate_packs(params, pack(x, m), y)

@@ -201,12 +201,14 @@ def path_length_penalty(n: Networks, s: StyleGAN2Config, g_params, pl_mean, key,
 # ---------------------------------------------------------------------------------------------------
 
 def generator_loss(n: Networks, s: StyleGAN2Config, g_params, d_params, key, num: int):
+    """G main: the non-saturating loss on `num` fresh samples (style-mixed with its probability)."""
     ws_key, noise_key = jax.random.split(key)
     fake = n.synthesize(g_params, mixed_ws(n, g_params, ws_key, num, s.style_mixing_prob), noise_key)
     return gan_losses.generator_loss(LOSS, n.judge(d_params, fake))
 
 
 def discriminator_loss(n: Networks, s: StyleGAN2Config, d_params, g_params, key, real):
+    """D main: the logistic loss on the real batch [B, R, R, C] against B fresh samples (no gradient to G)."""
     ws_key, noise_key = jax.random.split(key)
     fake = n.synthesize(g_params, mixed_ws(n, g_params, ws_key, real.shape[0], s.style_mixing_prob), noise_key)
     fake = jax.lax.stop_gradient(fake)

@@ -415,6 +415,25 @@ def test_stylegan2_experiment_trains_resumes_with_its_regularizers_and_samples_t
     assert result["num_samples"] == 200 and result["fid_digits"] > 0 and "fid_digits" in proc.stdout
 
 
+def test_text_gan_experiment_trains_resumes_evaluates_and_samples_for_free_prompts(tmp_path):
+    _ar_run("text_gan_digits", tmp_path, *_smoke_steps(4))
+    assert "Restored step 4" in _ar_run("text_gan_digits", tmp_path, *_smoke_steps(6)).stderr
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(np.isfinite(r[k]) for r in records for k in ("g_loss", "d_loss"))
+    # The sample grids are labelled with the prompts, one row per digit.
+    assert open(tmp_path / "samples" / "step_00000004.txt").read().splitlines()[:2] == ["the digit 0", "the digit 1"]
+    proc = _ar_run("text_gan_digits", tmp_path, *_smoke_steps(6), "--mode=eval")
+    result = json.load(open(tmp_path / "eval_step_6_fid.json"))
+    assert result["num_samples"] == 200 and 0 <= result["class_accuracy_digits"] <= 1
+    assert "class_accuracy_digits" in proc.stdout
+    _ar_run("text_gan_digits", tmp_path, *_smoke_steps(6), "--mode=sample", "--config.sample.num=4",
+            "--config.sample.batch_size=4", '--config.text_gan.prompts=("a handwritten three", "seven, written small")')
+    assert open(tmp_path / "samples" / "samples_step_6_n4_prompts.txt").read().splitlines() == [
+        "a handwritten three", "seven, written small", "a handwritten three", "seven, written small"]
+    assert np.load(tmp_path / "samples" / "samples_step_6_n4.npz")["levels"].shape == (4, 8, 8, 1)
+
+
 def test_compare_trains_every_family_and_writes_the_table(tmp_path):
     cmd = [sys.executable, "-m", "experiments.compare", f"--workdir={tmp_path}",
            "--config=experiments/compare.py:smoke"]
@@ -422,16 +441,16 @@ def test_compare_trains_every_family_and_writes_the_table(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["family"]: r for r in json.load(open(tmp_path / "compare.json"))}
     assert list(rows) == ["nade", "pixelcnn", "vae", "vqvae", "gan", "stylegan2", "realnvp", "glow", "ddpm",
-                          "score_sde", "edm", "vdm", "flow_matching", "dalle"]
+                          "score_sde", "edm", "vdm", "flow_matching", "dalle", "text_gan"]
     for family, row in rows.items():
         assert row["train_steps"] == 4 and row["parameters"] > 0 and row["sample_ms_per_image"] > 0
         assert np.isfinite(row["fid_digits"]) and 1 <= row["is_digits"] <= 10
         assert os.path.exists(tmp_path / "samples" / f"{family}.png")
         # A likelihood wherever the family has one of the images.
-        assert ("test_bpd" in row) == (family not in ("gan", "stylegan2", "vqvae", "dalle", "edm")), family
+        assert ("test_bpd" in row) == (family not in ("gan", "stylegan2", "vqvae", "dalle", "edm", "text_gan")), family
     assert rows["pixelcnn"]["bpd_kind"] == "exact" and rows["ddpm"]["bpd_kind"] == "bound"
     table = open(tmp_path / "compare.md").read()
-    assert table.count("\n| ") == 15 and "fid_digits" in table and "64 samples" in table
+    assert table.count("\n| ") == 16 and "fid_digits" in table and "64 samples" in table
     assert open(tmp_path / "compare.csv").readline().startswith("family,")
 
 

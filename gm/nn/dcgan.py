@@ -33,6 +33,13 @@ def _norm(kind):
     raise ValueError(f"config.model.g_norm and config.model.d_norm must be 'batch', 'layer' or 'none', got {kind!r}.")
 
 
+def apply_discarding_batch_stats(net: nn.Module, params, *args):
+    """net.apply on `params`: batch norm runs on batch statistics in training and sampling alike, and
+    nothing running is kept (DCGAN's use of it)."""
+    out, _ = net.apply({"params": params}, *args, mutable=["batch_stats"])
+    return out
+
+
 class DCGANGenerator(nn.Module):
     """z [B, L] (+ one-hot y) -> images [B, H, W, C] in [-1, 1] (tanh): Dense to the smallest grid with
     features * 2^(n-1) channels, then n stride-2 4x4 transposed convolutions, halving the channels."""

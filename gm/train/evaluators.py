@@ -1,6 +1,6 @@
 """Evaluation from config.eval, the same during training (every N steps, EMA params) and in --mode=eval.
 
-Three metrics, each an `Evaluator(name, fn(params, key) -> dict)`:
+Four metrics, each an `Evaluator(name, fn(params, key) -> dict)`:
 
 * 'bpd': test negative log-likelihood in nats and bits/dim with standard errors, exact or bound
   (`gm.metrics.likelihood.evaluate_log_prob`); needs a Method with `log_prob`. A prior over codes
@@ -109,11 +109,11 @@ def reconstruction_evaluator(e: EvalConfig, method: Method, dataset) -> Evaluato
 def translation_evaluator(e: EvalConfig, method: Method, dataset) -> Evaluator:
     """Test translations of `method.translate`, each direction against its domain's real images."""
     batches, num_batches = _test_batches(e, dataset)
-    extractor = sample_quality.make_extractor(e.features, dataset, e.inception_weights)
-    references = {}
     if e.reference not in ("train", "test"):
         raise ValueError(f"config.eval.reference={e.reference!r}: a translation is scored against the real images "
                          "of each domain, so use 'train' or 'test'.")
+    extractor = sample_quality.make_extractor(e.features, dataset, e.inception_weights)
+    references = {}
     for d in ("a", "b"):
         features, _ = sample_quality.dataset_features(extractor, dataset, e.reference, e.batch_size,
                                                       field=f"image_{d}")
@@ -122,8 +122,8 @@ def translation_evaluator(e: EvalConfig, method: Method, dataset) -> Evaluator:
         references[d] = sample_quality.Reference(mu, sigma, None, f"{extractor.name} features of "
                                                  f"{dataset.info.name} {e.reference} {d.upper()}")
     # The class checks need a classifier of the data's own classes (the digits' for the digit domains).
-    labelled = extractor.name != "inception" and sample_quality.resolve_features("auto", dataset.info.name) == \
-        extractor.name
+    own_classifier = sample_quality.resolve_features("auto", dataset.info.name)
+    labelled = extractor.name != "inception" and extractor.name == own_classifier
 
     def fn(params, key):
         result = evaluate_translation(method.translate, params, key, batches(), extractor, references,
