@@ -112,8 +112,8 @@ def test_each_family_default_config_is_its_sections_defaults(name):
 
 def test_an_unknown_family_is_one_sentence():
     config = config_lib.base_config()
-    config.family = "stylegan2"
-    with pytest.raises(ValueError, match=r"^Unknown config.family 'stylegan2'; use one of nade, pixelcnn, "):
+    config.family = "biggan"
+    with pytest.raises(ValueError, match=r"^Unknown config.family 'biggan'; use one of nade, pixelcnn, "):
         families.parse(config)
 
 

@@ -111,7 +111,8 @@ def _perfect_method(digits):
 @pytest.mark.parametrize("fields, message", [
     (dict(metrics=("bpd", "precision")), "config.eval.metrics"),
     (dict(metrics=("fid",), features="resnet"), "config.eval.features"),
-    (dict(metrics=("bpd",)), "no log_prob"),
+    (dict(metrics=("bpd",)),
+     r"supports none of config.eval.metrics=\('bpd',\); set --config.eval.metrics to some of \('fid',\)"),
     (dict(metrics=("fid",), batch_size=100), "config.eval.batch_size"),
 ])
 def test_bad_eval_config_is_one_sentence(digits, fields, message):
