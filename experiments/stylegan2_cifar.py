@@ -8,7 +8,8 @@
 
 The default is NVlabs/stylegan2-ada-pytorch's `--cfg=cifar`, the run behind the StyleGAN2 row of the
 StyleGAN2-ADA paper's CIFAR-10 table (Table 2: unconditional FID 8.32 +- 0.09 and IS 9.21 +- 0.09 for
-StyleGAN2, 2.92 +- 0.05 with ADA; to be measured here when a GPU is available): 512 channels at every
+StyleGAN2, 2.92 +- 0.05 with ADA, and with ADA and labels the 2.42 its abstract cites; to be measured here
+when a GPU is available): 512 channels at every
 resolution (channel_base 32768), a mapping network of 2 layers, z and w of 512, minibatch-stddev groups
 of 32, the discriminator without residual skips ('orig'), R1 with gamma 0.01 every 16 steps, no
 path-length regularization and no style mixing, Adam at 0.0025 with betas (0, 0.99) adjusted for the lazy
