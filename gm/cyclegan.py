@@ -189,18 +189,11 @@ def training(nets: Networks, cycle: CycleConfig, d_optimizer, shape, num_bits: i
         return (new_params, {"generators": g_state, "discriminators": d_state},
                 {"pool_a": pool_a, "pool_b": pool_b}, metrics)
 
-    def init_opt_state(params, optimizer):
-        return {"generators": optimizer.init(params["generators"]),
-                "discriminators": d_optimizer.init(params["discriminators"])}
-
     def init_extra(params):
         return {"pool_a": init_pool(cycle.pool_size, shape), "pool_b": init_pool(cycle.pool_size, shape)}
 
-    def average(ema_params, params, decay):
-        return {"generators": optim.ema_update(ema_params["generators"], params["generators"], decay),
-                "discriminators": params["discriminators"]}
-
-    return Training(update=update, init_opt_state=init_opt_state, init_extra=init_extra, average=average)
+    return optim.two_player_training(update, d_optimizer, init_extra, generator="generators",
+                                     discriminator="discriminators")
 
 
 # ---------------------------------------------------------------------------------------------------

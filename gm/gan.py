@@ -301,15 +301,7 @@ def training(gan, objective: ObjectiveConfig, d_optimizer) -> Training:
                    "g_grad_norm": optax.global_norm(g_grads)}
         return new_params, new_opt_state, extra, metrics
 
-    def init_opt_state(params, optimizer):
-        return {"generator": optimizer.init(params["generator"]),
-                "discriminator": d_optimizer.init(params["discriminator"])}
-
-    def average(ema_params, params, decay):
-        return {"generator": optim.ema_update(ema_params["generator"], params["generator"], decay),
-                "discriminator": params["discriminator"]}
-
-    return Training(update=update, init_opt_state=init_opt_state, average=average)
+    return optim.two_player_training(update, d_optimizer)
 
 
 def make(settings: Settings, info) -> Method:

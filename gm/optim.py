@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from gm.config import OptimConfig
+from gm.method import Training
 
 
 def learning_rate_schedule(learning_rate: float, warmup_steps: int = 0, lr_decay: float = 1.0,
@@ -154,3 +155,20 @@ def loss_update(loss: Callable):
 
     return gradient_update(loss_fn)
 
+
+
+def two_player_training(update, d_optimizer, init_extra=None, generator: str = "generator",
+                        discriminator: str = "discriminator") -> Training:
+    """The `Training` of a family of two players, a generator and a discriminator (the GANs): `update`
+    as given, one optax state per player under the players' keys of params (the generator's from the
+    trainer's optimizer, the discriminator's from `d_optimizer`), and the EMA over the generator only (the
+    discriminator's entry is the current one)."""
+
+    def init_opt_state(params, optimizer):
+        return {generator: optimizer.init(params[generator]), discriminator: d_optimizer.init(params[discriminator])}
+
+    def average(ema_params, params, decay):
+        return {generator: ema_update(ema_params[generator], params[generator], decay),
+                discriminator: params[discriminator]}
+
+    return Training(update=update, init_opt_state=init_opt_state, init_extra=init_extra, average=average)

@@ -35,7 +35,7 @@ import optax
 from gm import checks
 from gm import distributions as dist
 from gm import gan_losses, optim
-from gm.config import OptimConfig, interval, nonnegative, positive, setting
+from gm.config import OptimConfig, interval, positive, setting
 from gm.method import Method, Training
 from gm.nn import stylegan2 as nets
 
@@ -270,18 +270,10 @@ def training(n: Networks, s: StyleGAN2Config, d_optimizer, to_data) -> Training:
         return ({"generator": g, "discriminator": d}, {"generator": g_state, "discriminator": d_state},
                 {"step": step + 1, "pl_mean": pl_mean}, metrics)
 
-    def init_opt_state(params, optimizer):
-        return {"generator": optimizer.init(params["generator"]),
-                "discriminator": d_optimizer.init(params["discriminator"])}
-
     def init_extra(params):
         return {"step": jnp.zeros((), jnp.int32), "pl_mean": jnp.zeros((), jnp.float32)}
 
-    def average(ema_params, params, decay):
-        return {"generator": optim.ema_update(ema_params["generator"], params["generator"], decay),
-                "discriminator": params["discriminator"]}
-
-    return Training(update=update, init_opt_state=init_opt_state, init_extra=init_extra, average=average)
+    return optim.two_player_training(update, d_optimizer, init_extra)
 
 
 def make(settings: Settings, info) -> Method:

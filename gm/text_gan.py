@@ -151,15 +151,7 @@ def training(p: Players, t: TextGANConfig, d_optimizer, to_data, right_captions,
         metrics = {"loss": d_loss, "d_loss": d_loss, "g_loss": g_loss}
         return {"generator": g, "discriminator": d}, {"generator": g_state, "discriminator": d_state}, extra, metrics
 
-    def init_opt_state(params, optimizer):
-        return {"generator": optimizer.init(params["generator"]),
-                "discriminator": d_optimizer.init(params["discriminator"])}
-
-    def average(ema_params, params, decay):
-        return {"generator": optim.ema_update(ema_params["generator"], params["generator"], decay),
-                "discriminator": params["discriminator"]}
-
-    return Training(update=update, init_opt_state=init_opt_state, average=average)
+    return optim.two_player_training(update, d_optimizer)
 
 
 def make(settings: Settings, info) -> Method:
