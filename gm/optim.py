@@ -156,7 +156,6 @@ def loss_update(loss: Callable):
     return gradient_update(loss_fn)
 
 
-
 def two_player_training(update, d_optimizer, init_extra=None, generator: str = "generator",
                         discriminator: str = "discriminator") -> Training:
     """The `Training` of a family of two players, a generator and a discriminator (the GANs): `update`

@@ -65,11 +65,10 @@ def mismatched_caption_sampler(info, text_len: int) -> Callable[[dict, jax.Array
 
 
 def check_captions(dataset: str, text_len: int, prompts: Sequence[str] = (), template: str = "",
-                   section: str = "config.prior") -> None:
+                   length_field: str = "config.prior.text_len", prompts_field: str = "config.prior.prompts") -> None:
     """One sentence unless every prompt and every training caption of `dataset` fits `text_len` bytes
-    (SECTION.text_len; the prompts are SECTION.prompts or SECTION.prompt_template's)."""
+    (the config fields `length_field`; the prompts are `prompts_field`'s, or the template's)."""
     texts, _ = prompt_texts(dataset, prompts, template)
-    length_field = f"{section}.text_len"
-    captions.encode(texts, text_len, f"{section}.prompts" if prompts else "the prompt", length_field)
+    captions.encode(texts, text_len, prompts_field if prompts else "the prompt", length_field)
     if dataset not in caption_datasets.CAPTIONED:
         captions.caption_table(dataset, text_len, length_field)

@@ -73,7 +73,7 @@ def check(run, settings: Settings) -> None:
     """Before anything trains (`gm.families.Family.check`): every caption and prompt fits text_len."""
     t = settings.text_gan
     text_conditioning.check_captions(run.data.name, settings.model.text_len, t.prompts, t.prompt_template,
-                                     section="config.model")
+                                     "config.model.text_len", "config.text_gan.prompts")
 
 
 class Players:

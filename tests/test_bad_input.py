@@ -328,6 +328,7 @@ BAD_CONFIGS = [
     ("text_gan_digits", {"data.name": "ring8"}, "config.data.name='ring8' has no class names to caption"),
     ("text_gan_digits", {"model.text_len": 8}, "longer than config.model.text_len=8; shorten it or raise"),
     ("text_gan_digits", {"text_gan.interpolation": 1.5}, "config.text_gan.interpolation"),
+    ("text_gan_digits", {"text_gan.prompts": ("a digit " * 5,)}, "config.text_gan.prompts 'a digit "),
     ("cyclegan", {"data.name": "digits"}, "CycleGAN does not model image; config.data.name='digits'"),
     ("cyclegan", {"cyclegan.lambda_cycle": -1.0}, "config.cyclegan.lambda_cycle"),
     ("cyclegan", {"cyclegan.pool_size": -1}, "config.cyclegan.pool_size"),
