@@ -192,3 +192,31 @@ def test_one_step_runs_each_phase_it_claims_in_order():
         assert int(new_extra["step"]) == step + 1
         np.testing.assert_allclose(new_extra["pl_mean"], pl_mean, rtol=1e-5)
         assert np.isfinite(float(metrics["g_loss"])) and np.isfinite(float(metrics["d_loss"]))
+
+
+def _reference_counts(mapping_layers: int, d_architecture: str):
+    """stylegan2-ada-pytorch's parameter counts at 32x32x3 with 512 channels at every resolution, z = w = 512.
+    A synthesis layer is its affine (w -> 512 styles, with bias), 3x3 weight, bias and noise strength; ToRGB
+    its affine, 1x1 weight and bias. A discriminator conv is 3x3 with bias; the resnet blocks add a 1x1
+    skip without bias; the epilogue sees the 1 minibatch-stddev channel, then FC 512*4*4 -> 512 -> 1."""
+    fc, conv = 512 * 512 + 512, 512 * 512 * 9 + 512
+    layer, to_rgb = fc + conv + 1, fc + 3 * 512 + 3
+    mapping = mapping_layers * fc
+    synthesis = 512 * 4 * 4 + layer + to_rgb + 3 * (2 * layer + to_rgb)
+    skips = 3 * 512 * 512 if d_architecture == "resnet" else 0
+    discriminator = (3 * 512 + 512) + 3 * 2 * conv + skips + (513 * 512 * 9 + 512) + (512 * 16 * 512 + 512) + 513
+    return mapping, synthesis, discriminator
+
+
+@pytest.mark.parametrize("variant", [None, "tuned"])
+def test_cifar_networks_have_the_reference_parameter_counts(variant):
+    from experiments import stylegan2_cifar
+    from gm import families
+
+    model = families.parse(stylegan2_cifar.get_config(variant)).settings.model
+    n = stylegan2.networks(model, (32, 32, 3))
+    shapes = jax.eval_shape(lambda key: stylegan2.init_params(n, key, jnp.zeros((1, 32, 32, 3))), jax.random.key(0))
+    count = lambda tree: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(tree))
+    got = count(shapes["generator"]["mapping"]), count(shapes["generator"]["synthesis"]), count(shapes["discriminator"])
+    want = _reference_counts(model.mapping_layers, model.d_architecture)
+    assert got == want  # (2,101,248, 19,422,227, 21,507,073) for the baseline; 2 layers and 'orig' when tuned
