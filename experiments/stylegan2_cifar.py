@@ -29,8 +29,8 @@ without residual skips, 'orig') and no path-length regularization or style mixin
 only with ADA, so it has no number of its own to aim at.
 
 `paper` is the StyleGAN2 paper's config F as the ADA code's `--cfg=stylegan2` sets it: minibatch-stddev
-groups of 4, R1 with gamma 10, Adam at 0.002 and batch 32 for 25M images, an EMA half-life of 10k images. Sample grids use truncation
-psi = 0.7 only when asked (FID at psi = 1).
+groups of 4, R1 with gamma 10, Adam at 0.002 and batch 32 for 25M images, an EMA half-life of 10k
+images. Sample grids use truncation psi = 0.7 only when asked (FID at psi = 1).
 """
 from gm import families, stylegan2
 from gm.config import offline_smoke, variant
