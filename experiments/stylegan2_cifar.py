@@ -20,9 +20,8 @@ minibatch-stddev groups of 32, R1 with gamma 0.01 every 16 steps, Adam at 0.0025
 adjusted for the lazy regularization (`gm.stylegan2.lazy_adam`), batch 64 for 100M images (1,562,500
 steps), FID against the 50,000 training images. Departures: the generator EMA decays at a constant
 0.99991 per step (the reference's half-life of 500k images, reached after its ramp-up over the first 5% of
-images seen);
-float32 throughout (the reference runs its 4 highest resolutions in float16 with activations clamped
-at 256).
+images seen); float32 throughout (the reference runs its 4 highest resolutions in float16 with
+activations clamped at 256).
 
 `tuned` is `--cfg=cifar` without ADA: the tuning row's networks (2 mapping layers, the discriminator
 without residual skips, 'orig') and no path-length regularization or style mixing. The paper reports it
