@@ -1,6 +1,7 @@
 """StyleGAN2: modulated convolutions against per-example weights and unit variance, the resampling
 filters, minibatch stddev, R1 and the path-length penalty against finite differences, style mixing,
-truncation, and a train step that runs exactly the phases it claims."""
+truncation, a train step that runs exactly the phases it claims, and the CIFAR-10 networks' parameter
+counts against the reference's."""
 import dataclasses
 
 import jax
@@ -9,8 +10,9 @@ import numpy as np
 import optax
 import pytest
 
+from experiments import stylegan2_cifar
 from gm import data as gm_data
-from gm import gan_losses, stylegan2
+from gm import families, gan_losses, stylegan2
 from gm.nn import stylegan2 as nets
 
 
@@ -210,9 +212,6 @@ def _reference_counts(mapping_layers: int, d_architecture: str):
 
 @pytest.mark.parametrize("variant", [None, "tuned"])
 def test_cifar_networks_have_the_reference_parameter_counts(variant):
-    from experiments import stylegan2_cifar
-    from gm import families
-
     model = families.parse(stylegan2_cifar.get_config(variant)).settings.model
     n = stylegan2.networks(model, (32, 32, 3))
     shapes = jax.eval_shape(lambda key: stylegan2.init_params(n, key, jnp.zeros((1, 32, 32, 3))), jax.random.key(0))
