@@ -24,7 +24,7 @@ ramps the half-life up early, gm does not), 390,625 steps. Where gm differs: EDM
 augmentation (p = 0.12, with its 9-way augmentation label) is not implemented, so the default run is
 EDM's without augmentation; its loss sums over pixels where gm averages (a constant factor under Adam).
 """
-from gm import families
+from gm import families, optim
 from gm.config import offline_smoke, variant
 from gm.train import run
 
@@ -35,7 +35,7 @@ def get_config(arg=None):
     config.data.update(name="cifar10", random_flip=True)
     config.model.update(architecture="ddpmpp", ch=128, ch_mult=(2, 2, 2), num_res_blocks=4, attn_resolutions=(16,),
                         dropout=0.13)
-    config.optim.update(learning_rate=1e-3, warmup_steps=19_531, ema_decay=0.99929)
+    config.optim.update(learning_rate=1e-3, warmup_steps=19_531, ema_decay=optim.ema_decay_of_half_life(500_000, 512))
     config.train.update(batch_size=512, num_steps=390_625)
     config.sample.update(num=50_000, batch_size=1000)
     config.eval.update(metrics=("fid",))

@@ -31,16 +31,11 @@ only with ADA, so it has no number of its own to aim at.
 groups of 4, R1 with gamma 10, Adam at 0.002 and batch 32 for 25M images, an EMA half-life of 10k
 images. Sample grids use truncation psi = 0.7 only when asked (FID at psi = 1).
 """
-from gm import families, stylegan2
+from gm import families, optim, stylegan2
 from gm.config import offline_smoke, variant
 from gm.train import run
 
 STEPS = 100_000_000 // 64
-
-
-def ema_decay(half_life_images: int, batch_size: int) -> float:
-    """The per-step EMA decay of the reference's half-life in images (`ema_kimg`) at a batch size."""
-    return 0.5 ** (batch_size / half_life_images)
 
 
 def get_config(arg=None):
@@ -51,7 +46,8 @@ def get_config(arg=None):
     config.model.update(mapping_layers=8, channel_base=32768, channel_max=512, mbstd_group_size=32,
                         d_architecture="resnet")
     config.stylegan2.update(r1_gamma=0.01, pl_weight=2.0, style_mixing_prob=0.9)
-    config.optim.update(stylegan2.lazy_adam(0.0025, 0.99, 4), eps=1e-8, ema_decay=ema_decay(500_000, 64))
+    config.optim.update(stylegan2.lazy_adam(0.0025, 0.99, 4), eps=1e-8,
+                        ema_decay=optim.ema_decay_of_half_life(500_000, 64))
     config.optim_d.update(stylegan2.lazy_adam(0.0025, 0.99, 16), eps=1e-8)
     config.train.update(batch_size=64, num_steps=STEPS, log_every=1000, checkpoint_every=50_000,
                         sample_every=50_000)
@@ -67,7 +63,7 @@ def tuned(config):
 def paper(config):
     config.model.update(mbstd_group_size=4)
     config.stylegan2.update(r1_gamma=10.0)
-    config.optim.update(stylegan2.lazy_adam(0.002, 0.99, 4), ema_decay=ema_decay(10_000, 32))
+    config.optim.update(stylegan2.lazy_adam(0.002, 0.99, 4), ema_decay=optim.ema_decay_of_half_life(10_000, 32))
     config.optim_d.update(stylegan2.lazy_adam(0.002, 0.99, 16))
     config.train.update(batch_size=32, num_steps=25_000_000 // 32)
 

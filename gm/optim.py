@@ -67,6 +67,12 @@ def make_optimizer(o: OptimConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
+def ema_decay_of_half_life(half_life_images: int, batch_size: int) -> float:
+    """The per-step EMA decay whose weights halve every `half_life_images` images at `batch_size` images a
+    step: the half-life in images (StyleGAN2's and EDM's `ema_kimg`) as a constant decay."""
+    return 0.5 ** (batch_size / half_life_images)
+
+
 def ema_update(ema_params, params, decay):
     """Exponential moving average: decay * ema + (1 - decay) * params, leaf by leaf."""
     return jax.tree.map(lambda e, p: decay * e + (1.0 - decay) * p, ema_params, params)

@@ -110,3 +110,11 @@ def test_micro_batches_under_a_strategy_match_the_per_device_computation(strateg
         expected = jax.tree.map(lambda x: x[0], jax.jit(jax.vmap(on_device, axis_name="d"))(slices)[0])
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6), out.params, expected.params)
     assert int(out.step) == 1
+
+
+@pytest.mark.parametrize("half_life, batch_size", [(500_000, 64), (10_000, 32), (500_000, 512)])
+def test_an_ema_half_life_in_images_halves_an_old_weight_after_that_many_images(half_life, batch_size):
+    decay = optim.ema_decay_of_half_life(half_life, batch_size)
+    assert 0 < decay < 1
+    np.testing.assert_allclose(decay ** (half_life / batch_size), 0.5, rtol=1e-12)
+    np.testing.assert_allclose(decay ** (2 * half_life / batch_size), 0.25, rtol=1e-12)
