@@ -37,6 +37,7 @@ from gm.train.logging import save_table
 
 # Compared by default: every registered image family (`gm.families`).
 FAMILIES = tuple(name for name, family in families.FAMILIES.items() if family.modality == "image")
+GRID = 64  # samples in each family's grid; the trainer's last samples and the timing use the same batch
 
 
 def get_config(arg=None):
@@ -44,7 +45,8 @@ def get_config(arg=None):
     config = base_config()
     config.families = FAMILIES
     config.num_steps = 2000
-    config.timing_batch = 64
+    config.timing_batch = GRID
+    config.tiny_networks = False  # the registry's tiny networks (`families.with_tiny_networks`), for tests
     config.eval.update(metrics=("bpd", "fid"), batch_size=120, features="digits", num_samples=1000,
                        sample_batch_size=256)
     # Flow matching's and the score SDE's likelihoods from an accurate solver (a coarse one under-reports
@@ -58,21 +60,26 @@ def get_config(arg=None):
 
 def smoke(config):
     config.num_steps = 4
-    config.timing_batch = 16
-    config.eval.update(num_examples=40, num_samples=64, sample_batch_size=64)
+    config.tiny_networks = True
+    config.eval.update(num_examples=40, num_samples=GRID, sample_batch_size=GRID)
     config.overrides.flow_matching.flow_matching.update(solver="euler")
     config.overrides.score_sde.sde.update(ode_solver="euler")
+    config.overrides.vae.model.update(num_importance=8)  # the IWAE bound's samples per example (500)
 
 
 def family_config(config, family):
-    """The family's smoke config (its experiment's) with the comparison's steps, seed, evaluation and
-    overrides (config.overrides.FAMILY.SECTION.FIELD)."""
+    """The family's smoke config (its experiment's; with config.tiny_networks, the registry's tiny
+    networks) with the comparison's steps, seed, evaluation and overrides
+    (config.overrides.FAMILY.SECTION.FIELD)."""
     entry = families.get(family)
     cfg = importlib.import_module(f"experiments.{entry.experiment}").get_config("smoke")
+    if config.tiny_networks:
+        cfg = families.with_tiny_networks(cfg)
     n = int(config.num_steps)
     if n <= 0:
         raise ValueError(f"config.num_steps must be positive, got {n}.")
-    steps = dict(num_steps=n, checkpoint_every=n, sample_every=n, log_every=min(n, 50))
+    # The trainer's last grid has the comparison's size, so both compile one sampler.
+    steps = dict(num_steps=n, checkpoint_every=n, sample_every=n, log_every=min(n, 50), num_samples=GRID)
     with cfg.unlocked():
         cfg.seed = config.seed
         cfg.parallel = config.parallel
@@ -134,7 +141,7 @@ def measure_family(config, family, workdir, dataset, extractor, reference):
     quality = sample_quality.score(extractor, features, logits, reference)
     row.update({k: v for k, v in quality.items() if k != "num_samples"})
     row["sample_ms_per_image"] = 1000 * sampling_seconds_per_image(method, params, sample_key, config.timing_batch)
-    grid = parallel.to_host(parallel.jit_sampler(method.sample, 64)(params, jax.random.fold_in(sample_key, 7)))
+    grid = parallel.to_host(parallel.jit_sampler(method.sample, GRID)(params, jax.random.fold_in(sample_key, 7)))
     if parallel.process_index() == 0:
         loop.write_samples(os.path.join(workdir, "samples", f"{family}.png"), grid, dataset.info)
     return row

@@ -41,16 +41,18 @@ class Family:
     """name: the registry key (config.family); label: a row name for tables; settings: the frozen
     dataclass whose fields are the family's config sections; stages: what is trained, in order;
     experiment: the module under experiments/ with its paper configuration; preset: (dotted field,
-    value) pairs this entry sets on the sections' defaults (several entries share a module);
-    check(run, settings): rules that span the family's and the base sections; modality: what it models
-    ('image', which the image families also fit to 2-D points, 'audio', 'text' or 'domains': two unpaired
-    image domains to translate between)."""
+    value) pairs this entry sets on the sections' defaults (several entries share a module); tiny:
+    (dotted field, value) pairs that shrink the experiment's smoke networks where compiling them dominates
+    a test (`with_tiny_networks`); check(run, settings): rules that span the family's and the base
+    sections; modality: what it models ('image', which the image families also fit to 2-D points,
+    'audio', 'text' or 'domains': two unpaired image domains to translate between)."""
     name: str
     label: str
     settings: type
     stages: Tuple[Stage, ...]
     experiment: str
     preset: Tuple[Tuple[str, Any], ...] = ()
+    tiny: Tuple[Tuple[str, Any], ...] = ()
     check: Optional[Callable[[RunConfig, Any], None]] = None
     modality: str = "image"
 
@@ -63,10 +65,14 @@ def _check_gan_batch(run, settings):
     gan.check_batch_size(settings, run.train.batch_size, run.train.micro_batches)
 
 
+# One resolution of 16 channels with attention: every layer type of the DDPM-style UNets, compiled fast.
+_TINY_UNET = (("model.ch", 16), ("model.ch_mult", (1,)), ("model.attn_resolutions", (8,)))
+
 FAMILIES = {f.name: f for f in (
     Family("nade", "NADE (binarized)", autoregressive.Settings, _one_stage(autoregressive.make), "nade_mnist",
            preset=(("model.name", "nade"),)),
-    Family("pixelcnn", "PixelCNN++", autoregressive.Settings, _one_stage(autoregressive.make), "pixelcnn_cifar"),
+    Family("pixelcnn", "PixelCNN++", autoregressive.Settings, _one_stage(autoregressive.make), "pixelcnn_cifar",
+           tiny=(("model.pixelcnn_pp.nr_resnet", 1), ("model.pixelcnn_pp.nr_filters", 8))),
     Family("vae", "VAE", vae.Settings, _one_stage(vae.make), "vae_mnist"),
     Family("vqvae", "VQ-VAE + prior", vqvae.Settings,
            (Stage("vqvae", lambda settings, info, previous: vqvae.make(settings, info)),
@@ -74,15 +80,22 @@ FAMILIES = {f.name: f for f in (
     Family("gan", "GAN", gan.Settings, _one_stage(gan.make), "gan_cifar", check=_check_gan_batch),
     Family("stylegan2", "StyleGAN2", stylegan2.Settings, _one_stage(stylegan2.make), "stylegan2_cifar",
            check=stylegan2.check_batch),
-    Family("realnvp", "RealNVP", flows.Settings, _one_stage(flows.make), "realnvp_cifar"),
-    Family("glow", "Glow", flows.Settings, _one_stage(flows.make), "glow_cifar", preset=(("model.name", "glow"),)),
-    Family("ddpm", "DDPM", diffusion.Settings, _one_stage(diffusion.make), "ddpm_cifar"),
-    Family("score_sde", "score SDE", continuous.SDESettings, _one_stage(continuous.make_score_sde), "score_sde_cifar"),
-    Family("edm", "EDM", continuous.EDMSettings, _one_stage(continuous.make_edm), "edm_cifar"),
-    Family("vdm", "VDM", vdm.Settings, _one_stage(vdm.make), "vdm_cifar"),
+    Family("realnvp", "RealNVP", flows.Settings, _one_stage(flows.make), "realnvp_cifar",
+           tiny=(("model.num_scales", 1),)),
+    Family("glow", "Glow", flows.Settings, _one_stage(flows.make), "glow_cifar", preset=(("model.name", "glow"),),
+           tiny=(("model.num_levels", 1), ("model.depth", 1))),
+    Family("ddpm", "DDPM", diffusion.Settings, _one_stage(diffusion.make), "ddpm_cifar",
+           tiny=_TINY_UNET + (("diffusion.num_timesteps", 50),)),
+    Family("score_sde", "score SDE", continuous.SDESettings, _one_stage(continuous.make_score_sde), "score_sde_cifar",
+           tiny=_TINY_UNET + (("sde.num_steps", 4), ("sde.ode_steps", 2))),
+    Family("edm", "EDM", continuous.EDMSettings, _one_stage(continuous.make_edm), "edm_cifar",
+           tiny=_TINY_UNET + (("edm.solver.steps", 3),)),
+    Family("vdm", "VDM", vdm.Settings, _one_stage(vdm.make), "vdm_cifar",
+           tiny=(("model.ch", 16), ("model.num_res_blocks", 1), ("vdm.num_features", 8), ("vdm.sample_steps", 3))),
     Family("flow_matching", "flow matching", flow_matching.Settings, _one_stage(flow_matching.make),
-           "flow_matching_cifar"),
-    Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio"),
+           "flow_matching_cifar", tiny=(("model.ch", 16), ("model.ch_mult", (1,)), ("flow_matching.num_steps", 4))),
+    Family("wavenet", "WaveNet", wavenet.Settings, _one_stage(wavenet.make), "wavenet_sc09", modality="audio",
+           tiny=(("model.max_dilation", 8),)),
     Family("dalle", "DALL-E (VQ-VAE + text-image transformer)", dalle.Settings,
            (Stage("vqvae", lambda settings, info, previous: vqvae.make(settings, info)),
             Stage("prior", dalle.make_prior, train="prior_train", optim="prior_optim")), "dalle_digits",
@@ -120,13 +133,25 @@ def default_config(name: str) -> ml_collections.ConfigDict:
     config.family = name
     for section, fields in config_lib.to_config(family.settings()).items():
         config[section] = fields
-    for path, value in family.preset:
+    return set_fields(config, family.preset)
+
+
+def set_fields(config: ml_collections.ConfigDict, pairs) -> ml_collections.ConfigDict:
+    """config with each (dotted field, value) of `pairs` set, in place."""
+    for path, value in pairs:
         *parents, leaf = path.split(".")
         node = config
         for parent in parents:
             node = node[parent]
         node[leaf] = value
     return config
+
+
+def with_tiny_networks(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """config (an experiment's smoke config) with its family's `tiny` fields set, in place: networks
+    small enough that XLA compiles their train steps in seconds, for the contract tests and
+    `experiments.compare`'s smoke table, whose time is otherwise almost all compiling."""
+    return set_fields(config, get(config.family).tiny)
 
 
 class Setup(NamedTuple):

@@ -1,6 +1,6 @@
 """The contract, checked for every family in the registry and both parallel strategies.
 
-For each registered family (its experiment's smoke config, made smaller where compiling dominates) and
+For each registered family (its experiment's smoke config with the registry's tiny networks) and
 each of its stages: init; a finite scalar loss; one train step under `sharded` equal to the
 single-device step on the same global batch, and under `pmap` equal to the single-device step it
 stands for (each device's slice of the batch with fold_in(key, device), gradients and metrics averaged:
@@ -22,20 +22,6 @@ from gm.train import loop
 from gm.train import run as run_lib
 from gm.train import state as state_lib
 
-# Smaller than the smoke variants where a network's compile time dominates; any other family runs its
-# experiment's smoke config as it is.
-TINY = {
-    "ddpm": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "diffusion.num_timesteps": 50},
-    "flow_matching": {"model.ch": 16, "model.ch_mult": (1,), "flow_matching.num_steps": 4},
-    "score_sde": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "sde.num_steps": 4,
-                  "sde.ode_steps": 2},
-    "vdm": {"model.ch": 16, "model.num_res_blocks": 1, "vdm.num_features": 8, "vdm.sample_steps": 3},
-    "edm": {"model.ch": 16, "model.ch_mult": (1,), "model.attn_resolutions": (8,), "edm.solver.steps": 3},
-    "realnvp": {"model.num_scales": 1},
-    "glow": {"model.num_levels": 1, "model.depth": 1},
-    "pixelcnn": {"model.pixelcnn_pp.nr_resnet": 1, "model.pixelcnn_pp.nr_filters": 8},
-    "wavenet": {"model.max_dilation": 8},
-}
 BATCH = 16  # two examples per device under pmap on the suite's 8 devices
 STAGES = [(name, stage.name) for name, family in families.FAMILIES.items() for stage in family.stages]
 
@@ -46,13 +32,7 @@ def _ids(pair):
 
 def _config(name):
     config = importlib.import_module(f"experiments.{families.get(name).experiment}").get_config("smoke")
-    for path, value in TINY.get(name, {}).items():
-        *parents, leaf = path.split(".")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    return config
+    return families.with_tiny_networks(config)
 
 
 def _allclose(a, b, **kw):
