@@ -73,7 +73,7 @@ def family_config(config, family):
     (config.overrides.FAMILY.SECTION.FIELD)."""
     entry = families.get(family)
     cfg = importlib.import_module(f"experiments.{entry.experiment}").get_config("smoke")
-    if config.tiny_networks:
+    if config.get("tiny_networks", False):  # compare's own field; absent in configs that reuse this
         cfg = families.with_tiny_networks(cfg)
     n = int(config.num_steps)
     if n <= 0:
