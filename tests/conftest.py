@@ -25,8 +25,9 @@ NOTEBOOK_ENV = dict(os.environ)
 # tests compile at backend optimisation level 1: about 30% less compile time than the default, and
 # tests that train a few hundred steps were faster there than at the default or at 0 (which compiles
 # faster still but runs slower). The experiments' child processes run a handful of steps: level 0.
-os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=1"
-CHILD_ENV = dict(os.environ, XLA_FLAGS=os.environ["XLA_FLAGS"].replace("level=1", "level=0"))
+_FLAGS = os.environ["XLA_FLAGS"]
+os.environ["XLA_FLAGS"] = _FLAGS + " --xla_backend_optimization_level=1"
+CHILD_ENV = dict(os.environ, XLA_FLAGS=_FLAGS + " --xla_backend_optimization_level=0")
 
 
 import socket  # noqa: E402  (after the environment above, which must precede any JAX import)
